@@ -1,0 +1,290 @@
+"""One loaded CA: its instance, committed sessions, bounded mailbox and the transaction around each call.
+
+A call runs against the live ``state``; on success the state is encoded once (that encoding is both the dirty
+check and the bytes the store writes), on any error it is restored from the last encoding. Session effects live on
+working copies until the call succeeds (see bridge.session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+from bridge import codec
+from bridge.app import CA
+from bridge.committer import Pending
+from bridge.errors import AppError, CodecError
+from bridge.protocol import DEFAULT_SESSION, Request, error_body, reply_err, reply_ok, sync_answer
+from bridge.session import SessionAPI, SessionData, SessionTxn
+from bridge.store import CARecord, Change, SessionWrite
+
+if TYPE_CHECKING:
+    from bridge.runtime import Runtime
+
+__all__ = ["PULSE", "Actor"]
+
+log = logging.getLogger("bridge.ca")
+
+PULSE: Final = "pulse"
+RESUME: Final = "resume"
+_EMPTY_STATE: Final = codec.dumps({})
+
+Item = tuple[Request, "asyncio.Future[Any] | None"] | str
+
+
+class Actor:
+    """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
+
+    __slots__ = (
+        "ca", "durable", "epoch", "mailbox", "name", "pulse_queued", "ready", "rt", "running", "sessions",
+        "stale", "state_blob",
+    )
+
+    def __init__(self, rt: Runtime, name: str, record: CARecord | None) -> None:
+        self.rt = rt
+        self.name = name
+        self.ca: CA = rt.app()
+        self.ca.name = name
+        self.ca.scratch = {}
+        self.ca.log = logging.LoggerAdapter(log, {"ca": name})
+        self.mailbox: deque[Item] = deque()
+        self.running = False
+        self.pulse_queued = False
+        self.epoch = 0
+        self.stale = False
+        self._load(record)
+
+    def _load(self, record: CARecord | None) -> None:
+        self.sessions: dict[str, SessionData] = {}
+        self.ready = False
+        if record is None:
+            self.durable = False
+            self.state_blob = _EMPTY_STATE
+        else:
+            self.durable = True
+            self.state_blob = record.state
+            for sid, srec in record.sessions.items():
+                data = SessionData.from_meta(codec.loads(srec.meta))
+                data.queue = srec.notes
+                data.dedup = {rid: (pos, reply) for pos, rid, reply in srec.dedup}
+                data.dedup_pos = srec.dedup[-1][0] if srec.dedup else 0
+                self.sessions[sid] = data
+        self.ca.state = codec.loads(self.state_blob)
+
+    def invalidate(self) -> None:
+        """A commit of this CA failed: drop everything not yet durable and reload before the next item."""
+        self.epoch += 1
+        self.stale = True
+
+    # -- the worker -------------------------------------------------------------------------------------------
+
+    def enqueue(self, item: Item) -> None:
+        """Add to the mailbox and make sure a worker drains it."""
+        self.mailbox.append(item)
+        if not self.running:
+            self.running = True
+            self.rt.spawn(self._drain(), self.name)
+
+    async def _drain(self) -> None:
+        try:
+            while self.mailbox:
+                item = self.mailbox.popleft()
+                try:
+                    await self._process(item)
+                except Exception:
+                    log.exception("CA %s: unexpected failure processing an item", self.name)
+                    self._fail_item(item)
+        finally:
+            self.running = False
+
+    async def _process(self, item: Item) -> None:
+        if self.stale:
+            self._load(await self.rt.store.load(self.name))
+            self.stale = False
+        if item == PULSE:
+            self.pulse_queued = False
+            if await self._ready():
+                await self._hook("on_pulse")
+            return
+        if item == RESUME:
+            await self._ready()
+            return
+        req, future = item  # type: ignore[misc]
+        if req.kind == "call":
+            if self.durable and (hit := self._dedup_hit(req)) is not None:
+                self._submit(Pending(self, self.epoch, None, [(req.session, hit)], future, hit))
+            elif await self._ready():
+                await self._call(req, future)
+            else:
+                self._reject(req, future, error_body("internal", "NotReady", "the CA failed to initialize"))
+        elif req.kind == "sync":
+            self._sync(req)
+        else:
+            self._ack(req)
+
+    def _fail_item(self, item: Item) -> None:
+        if isinstance(item, tuple):
+            req, future = item
+            self._reject(req, future, error_body("unavailable", "Unavailable", "the bridge could not run the call"))
+
+    async def _ready(self) -> bool:
+        """Run on_init (new CA) or on_resume (loaded CA) once before anything else."""
+        if not self.ready:
+            self.ready = await self._hook("on_resume" if self.durable else "on_init")
+        return self.ready
+
+    # -- transactions -----------------------------------------------------------------------------------------
+
+    def _begin(self, sid: str, session_codec: codec.Codec | None = None) -> SessionTxn:
+        txn = SessionTxn(self.sessions, sid, self.rt.limits)
+        current = txn.write(sid)
+        if session_codec is not None and current.codec != session_codec:
+            current.codec = session_codec
+        self.ca.session = SessionAPI(txn)
+        return txn
+
+    def _rollback(self) -> None:
+        self.ca.state = codec.loads(self.state_blob)
+
+    async def _run(self, fn: Any, args: Any) -> Any:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            async with asyncio.timeout(self.rt.call_timeout):
+                result = await result
+        return result
+
+    async def _hook(self, name: str) -> bool:
+        epoch = self.epoch
+        txn = self._begin(DEFAULT_SESSION)
+        try:
+            await self._run(getattr(self.ca, name), ())
+            blob = codec.dumps(self.ca.state)
+        except Exception:
+            log.exception("CA %s: %s failed; rolled back", self.name, name)
+            self._rollback()
+            return False
+        change, sends = self._apply(txn, blob)
+        if not change.empty() or sends:
+            self._submit(Pending(self, epoch, change, sends))
+        return True
+
+    async def _call(self, req: Request, future: asyncio.Future[Any] | None) -> None:
+        epoch = self.epoch
+        spec = self.rt.app.methods[req.method]
+        txn = self._begin(req.session, req.codec)
+        error: BaseException | None = None
+        try:
+            result = await self._run(spec.fn, (self.ca, *req.args))
+            reply = reply_ok(req.id, result)
+            payload = codec.encode(reply, req.codec)
+            blob = codec.dumps(self.ca.state)
+        except AppError as exc:
+            error, reply = exc, reply_err(req.id, error_body("app", exc.name, exc.message, exc.data))
+        except TimeoutError as exc:
+            log.error("CA %s: %s (request %s) ran past %ss; rolled back", self.name, req.method, req.id,
+                      self.rt.call_timeout)
+            error, reply = exc, reply_err(req.id, error_body("internal", "Timeout", "the method ran past its deadline"))
+        except CodecError as exc:
+            error, reply = exc, reply_err(req.id, error_body("internal", "NotSerializable", str(exc)))
+        except Exception as exc:
+            log.exception("CA %s: %s (request %s) raised; rolled back", self.name, req.method, req.id)
+            error, reply = exc, reply_err(req.id, error_body("internal", "InternalError", "the method failed"))
+        if error is not None:
+            self._rollback()
+            txn = self._begin(req.session, req.codec)
+            blob = self.state_blob
+            try:
+                payload = codec.encode(reply, req.codec)
+            except CodecError:  # AppError data outside the wire subset
+                reply["err"]["data"] = {}
+                payload = codec.encode(reply, req.codec)
+        change, sends = self._apply(txn, blob)
+        self._record(req.session, req.id, payload, change)
+        sends.insert(0, (req.session, payload))
+        outcome = error if isinstance(error, AppError) else payload
+        self._submit(Pending(self, epoch, change, sends, future, outcome, lambda: self._unavailable(req, future)))
+
+    def _ack(self, req: Request) -> None:
+        txn = SessionTxn(self.sessions, req.session, self.rt.limits)
+        txn.ack(req.session, req.seq)
+        change, _ = self._apply(txn, self.state_blob)
+        if not change.empty():
+            self._submit(Pending(self, self.epoch, change))
+
+    def _sync(self, req: Request) -> None:
+        txn = self._begin(req.session, req.codec)
+        txn.ack(req.session, req.seq)
+        change, _ = self._apply(txn, self.state_blob)
+        data = self.sessions[req.session]
+        sends = [(req.session, codec.encode(sync_answer(data.first_seq, data.next_seq), data.codec))]
+        sends.extend(
+            (req.session, codec.encode_note(seq, args, data.codec)) for seq, args in data.queue if seq > req.seq
+        )
+        self._submit(Pending(self, self.epoch, None if change.empty() else change, sends))
+
+    def _apply(self, txn: SessionTxn, blob: bytes) -> tuple[Change, list[tuple[str, bytes]]]:
+        """Make a successful call's effects the committed in-memory view; return the store change and the sends."""
+        change = Change(self.name)
+        if blob != self.state_blob or not self.durable:
+            change.state = blob
+            self.state_blob = blob
+            self.durable = True
+        sends: list[tuple[str, bytes]] = []
+        for sid in txn.deleted:
+            if self.sessions.pop(sid, None) is not None:
+                change.sessions[sid] = SessionWrite(purge=True)
+        for sid, data in txn.working.items():
+            old = self.sessions.get(sid)
+            write = SessionWrite()
+            if old is None:
+                write.purge = sid in txn.deleted
+                write.meta = codec.dumps(data.meta())
+                new_notes = data.queue
+            else:
+                if data.meta() != old.meta():
+                    write.meta = codec.dumps(data.meta())
+                new_notes = [n for n in data.queue if n[0] >= old.next_seq]
+                if data.first_seq > old.first_seq:
+                    write.note_floor = data.first_seq
+            write.notes = list(new_notes)
+            sends.extend((sid, codec.encode_note(seq, args, data.codec)) for seq, args in new_notes)
+            self.sessions[sid] = data
+            if write.meta is not None or write.notes or write.note_floor or write.purge:
+                change.sessions[sid] = write
+        return change, sends
+
+    def _record(self, sid: str, rid: str, payload: bytes, change: Change) -> None:
+        """Remember a call's reply for dedup, in the same change as its effects."""
+        data = self.sessions[sid]
+        data.dedup_pos += 1
+        pos = data.dedup_pos
+        data.dedup[rid] = (pos, payload)
+        write = change.sessions.get(sid)
+        if write is None:
+            write = change.sessions[sid] = SessionWrite()
+        write.dedup.append((pos, rid, payload))
+        floor = pos - self.rt.limits.dedup_window + 1
+        if floor > 1:
+            write.dedup_floor = floor
+            dedup = data.dedup
+            while dedup and next(iter(dedup.values()))[0] < floor:
+                del dedup[next(iter(dedup))]
+
+    def _dedup_hit(self, req: Request) -> bytes | None:
+        data = self.sessions.get(req.session)
+        hit = data.dedup.get(req.id) if data else None
+        return None if hit is None else hit[1]
+
+    # -- replies outside a transaction --------------------------------------------------------------------------
+
+    def _submit(self, pending: Pending) -> None:
+        self.rt.committer.submit(pending)
+
+    def _reject(self, req: Request, future: asyncio.Future[Any] | None, err: dict[str, Any]) -> None:
+        self.rt.reply_now(self.name, req, future, err)
+
+    def _unavailable(self, req: Request, future: asyncio.Future[Any] | None) -> None:
+        self._reject(req, future, error_body("unavailable", "Unavailable", "the call could not be made durable; retry"))

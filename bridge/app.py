@@ -1,0 +1,90 @@
+"""What app authors write: the CA base class, the @method decorator and the method table."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+if TYPE_CHECKING:
+    from bridge.session import SessionAPI
+
+__all__ = ["CA", "MethodSpec", "method"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MARK = "__ca_method__"
+
+
+def method(fn: F) -> F:
+    """Mark a CA method as callable by devices. ``async def`` and plain ``def`` both work."""
+    if not callable(fn) or fn.__name__.startswith("_"):
+        raise TypeError("@method needs a public function (its name must not start with '_')")
+    setattr(fn, _MARK, True)
+    return fn
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    """A device-callable method: the function, whether to await it, and how many positional args it takes."""
+
+    fn: Callable[..., Any]
+    is_async: bool
+    min_args: int
+    max_args: int | None  # None: takes *args
+
+    def accepts(self, count: int) -> bool:
+        """True if ``count`` positional arguments fit the signature."""
+        return count >= self.min_args and (self.max_args is None or count <= self.max_args)
+
+
+def _spec(fn: Callable[..., Any]) -> MethodSpec:
+    params = list(inspect.signature(fn).parameters.values())[1:]  # drop self
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    star = any(p.kind is p.VAR_POSITIONAL for p in params)
+    return MethodSpec(fn, inspect.iscoroutinefunction(fn), len(required), None if star else len(positional))
+
+
+class CA:
+    """Base class of a Cloud Assistant.
+
+    Subclasses define hooks (``on_init``, ``on_resume``, ``on_pulse``) and ``@method`` methods. The runtime gives
+    each instance ``name``, ``state`` (a dict committed after every successful call and rolled back on any error),
+    ``session`` (the session API of the running call), ``scratch`` (a dict that is neither saved nor rolled back)
+    and ``log`` (a logger named after the CA).
+    """
+
+    methods: ClassVar[dict[str, MethodSpec]] = {}
+
+    name: str
+    state: dict[str, Any]
+    session: SessionAPI
+    scratch: dict[str, Any]
+    log: logging.LoggerAdapter[logging.Logger]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table: dict[str, MethodSpec] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                if getattr(value, _MARK, False) and not attr.startswith("_"):
+                    table[attr] = _spec(value)
+                elif attr in table:
+                    del table[attr]  # overridden without @method: no longer callable
+        cls.methods = table
+
+    async def on_init(self) -> None:
+        """Runs once, when a CA with a new name is created."""
+
+    async def on_resume(self) -> None:
+        """Runs each time the CA is loaded again from the store."""
+
+    async def on_pulse(self) -> None:
+        """Runs every pulse interval while the CA is loaded."""
+
+    @classmethod
+    def has_pulse(cls) -> bool:
+        """True if the class overrides on_pulse (the runtime skips pulses otherwise)."""
+        return cls.on_pulse is not CA.on_pulse

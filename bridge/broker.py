@@ -1,0 +1,76 @@
+"""The bundled broker: amqtt running in the bridge's own event loop, for development and small deployments.
+
+Production deployments use mosquitto (broker_config/mosquitto.conf) with ``ca-bridge run --broker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge.errors import ConfigError
+
+__all__ = ["DEFAULT_CONFIG", "EmbeddedBroker"]
+
+log = logging.getLogger("bridge.broker")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "broker_config" / "amqtt.yaml"
+_FALLBACK: dict[str, Any] = {
+    "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:1883", "max_connections": 10000}},
+    "timeout_disconnect_delay": 0,
+    "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+}
+
+
+def load_config(path: Path | None) -> dict[str, Any]:
+    """The amqtt config dict from a YAML file (the bundled one by default)."""
+    path = path or DEFAULT_CONFIG
+    if not path.exists():
+        if path == DEFAULT_CONFIG:
+            return copy.deepcopy(_FALLBACK)
+        raise ConfigError(f"broker config {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"broker config {path} is not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"broker config {path} must be a mapping")
+    return config
+
+
+class EmbeddedBroker:
+    """amqtt in this process, listening on ``host:port``. Use as an async context manager."""
+
+    def __init__(self, host: str, port: int, config: dict[str, Any] | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.config = copy.deepcopy(config) if config is not None else load_config(None)
+        self.config.setdefault("listeners", {}).setdefault("default", {"type": "tcp"})
+        self.config["listeners"]["default"]["bind"] = f"{host}:{port}"
+        self._broker: Any = None
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        from amqtt.broker import Broker  # imported here: only the embedded mode needs amqtt
+
+        self._broker = Broker(self.config)
+        try:
+            await self._broker.start()
+        except Exception as exc:
+            raise ConfigError(f"embedded broker cannot listen on {self.host}:{self.port}: {exc}") from None
+        log.info("embedded amqtt broker listening on %s:%d", self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._broker is None:
+            return
+        try:
+            async with asyncio.timeout(5):  # amqtt's shutdown can hang on a client that stopped reading
+                await self._broker.shutdown()
+        except (TimeoutError, Exception):
+            log.warning("embedded broker did not shut down cleanly", exc_info=True)
+        self._broker = None

@@ -1,0 +1,145 @@
+"""The `ca-bridge` command line: run an app, inspect a store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from bridge.app import CA
+from bridge.errors import BridgeError, ConfigError
+from bridge.service import Bridge, Settings
+from bridge.session import SessionLimits
+
+__all__ = ["load_app", "main"]
+
+log = logging.getLogger("bridge")
+
+
+def load_app(spec: str) -> type[CA]:
+    """Load ``path/to/file.py:Class`` or ``package.module:Class``."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ConfigError(f"APP must be path/to/file.py:Class or package.module:Class, not {spec!r}")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise ConfigError(f"no such file: {target}")
+        module_spec = importlib.util.spec_from_file_location(f"ca_app_{path.stem}", path)
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"cannot load {target}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import {target}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not (isinstance(app, type) and issubclass(app, CA)):
+        raise ConfigError(f"{spec} is not a subclass of bridge.CA")
+    return app
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ca-bridge", description="Run Cloud Assistants for gadgets over MQTT.")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a CA app (starts the embedded amqtt broker unless --broker is given)")
+    run.add_argument("app", metavar="APP", help="path/to/file.py:Class or package.module:Class")
+    run.add_argument("--broker", metavar="URL", help="external broker, e.g. mqtt://127.0.0.1:1883 (no embedded one)")
+    run.add_argument("--listen", type=_host_port, default=("127.0.0.1", 1883), metavar="HOST:PORT",
+                     help="embedded broker address (default 127.0.0.1:1883)")
+    run.add_argument("--broker-config", type=Path, metavar="FILE", help="amqtt YAML config for the embedded broker")
+    run.add_argument("--db", type=Path, default=Path("bridge.db"), help="SQLite store (default ./bridge.db)")
+    run.add_argument("--prefix", default="ca", help="topic prefix (default ca)")
+    run.add_argument("--pulse", type=float, default=2.0, metavar="SECONDS", help="pulse interval; 0 disables")
+    run.add_argument("--max-payload", type=int, default=65536, metavar="BYTES")
+    run.add_argument("--mailbox", type=int, default=256, help="per-CA mailbox bound (answers busy beyond it)")
+    run.add_argument("--call-timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline")
+    run.add_argument("--max-sessions", type=int, default=10)
+    run.add_argument("--queue-limit", type=int, default=5, help="default per-session queue limit")
+    run.add_argument("--dedup-window", type=int, default=64, help="replies remembered per session")
+    run.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "EXTRA"], help="SQLite durability")
+    run.add_argument("--client-id", help="the bridge's MQTT client id (default ca-bridge-PREFIX)")
+
+    insp = sub.add_parser("inspect", help="list CAs, or show one CA's state and sessions")
+    insp.add_argument("ca", nargs="?", metavar="CA")
+    insp.add_argument("--db", type=Path, default=Path("bridge.db"))
+    insp.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+async def _run(args: argparse.Namespace) -> None:
+    app = load_app(args.app)
+    settings = Settings(
+        db=args.db, broker=args.broker, listen=args.listen, broker_config=args.broker_config, prefix=args.prefix,
+        pulse=args.pulse or None, max_payload=args.max_payload, mailbox=args.mailbox, call_timeout=args.call_timeout,
+        synchronous=args.synchronous, client_id=args.client_id,
+        limits=SessionLimits(args.max_sessions, args.queue_limit, dedup_window=args.dedup_window),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Bridge(app, settings) as bridge:
+        where = f"embedded broker listening on {args.listen[0]}:{args.listen[1]}" if args.broker is None \
+            else f"broker {bridge.broker_url.host}:{bridge.broker_url.port}"
+        print(f"ca-bridge: {app.__name__} listening on {bridge.topics.inbound_filter} via {where}, "
+              f"store {args.db}", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+
+
+async def _inspect(args: argparse.Namespace) -> int:
+    from bridge.inspect import describe, render
+    from bridge.sqlite import SQLiteStore
+
+    if not args.db.exists():
+        raise ConfigError(f"no store at {args.db}")
+    store = SQLiteStore(args.db)
+    await store.open()
+    try:
+        if args.ca:
+            record = await store.load(args.ca)
+            if record is None:
+                print(f"no CA named {args.ca!r} in {args.db}", file=sys.stderr)
+                return 1
+            print(render(describe(record), args.json))
+        else:
+            print(render([describe(r) for r in await store.load_all()], args.json))
+    finally:
+        await store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ca-bridge` and `python -m bridge`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions"):  # chatty at INFO; their warnings still show
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        if args.command == "run":
+            asyncio.run(_run(args))
+            return 0
+        return asyncio.run(_inspect(args))
+    except BridgeError as exc:
+        print(f"ca-bridge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

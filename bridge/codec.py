@@ -1,0 +1,124 @@
+"""Payload encodings: CBOR (the default) and JSON, limited to the wire subset.
+
+The subset is what every device decoder reads: int (64-bit), float64, str, bytes, list, dict, bool, None.
+Decoding checks the subset and the nesting depth, so hostile payloads (tags, bombs, huge ints) are refused
+with a CodecError instead of reaching CA code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Final, Literal
+
+import cbor2
+
+from bridge.errors import CodecError
+
+__all__ = ["CBOR", "JSON", "Codec", "check_subset", "decode", "detect", "dumps", "encode_note", "loads"]
+
+Codec = Literal["cbor", "json"]
+CBOR: Final = "cbor"
+JSON: Final = "json"
+
+MAX_DEPTH: Final = 32
+_INT_MIN: Final = -(2**64)
+_INT_MAX: Final = 2**64 - 1
+_JSON_START: Final = frozenset(b"{ \t\r\n")
+
+
+def detect(payload: bytes) -> Codec:
+    """Tell the encoding of a request: JSON objects start with ``{``, everything else is CBOR."""
+    return JSON if payload[:1] and payload[0] in _JSON_START else CBOR
+
+
+def dumps(value: Any) -> bytes:
+    """Encode to CBOR (used for storage and CBOR sessions)."""
+    try:
+        return cbor2.dumps(value)
+    except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError) as exc:
+        raise CodecError(f"value cannot be encoded: {exc}") from None
+
+
+def loads(data: bytes) -> Any:
+    """Decode CBOR written by :func:`dumps` (trusted data from the store)."""
+    return cbor2.loads(data)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not in the wire subset")
+
+
+def _json_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and isinstance(b64 := obj.get("$bytes"), str):
+        try:
+            return base64.b64decode(b64, validate=True)
+        except ValueError:
+            raise CodecError("invalid base64 in $bytes") from None
+    return obj
+
+
+def encode(value: Any, codec: Codec) -> bytes:
+    """Encode an outgoing message in a session's codec."""
+    if codec == CBOR:
+        return dumps(value)
+    try:
+        return json.dumps(value, default=_json_default, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise CodecError(f"value cannot be encoded as JSON: {exc}") from None
+
+
+def decode(payload: bytes, codec: Codec) -> Any:
+    """Decode an incoming payload and check it stays inside the wire subset."""
+    try:
+        if codec == CBOR:
+            value = cbor2.loads(payload)
+        else:
+            value = json.loads(payload, object_hook=_json_hook)
+    except CodecError:
+        raise
+    except (ValueError, TypeError, RecursionError, MemoryError, OverflowError, EOFError) as exc:
+        raise CodecError(f"payload is not valid {codec.upper()}: {type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - cbor2 tag decoders raise assorted errors on hostile input
+        raise CodecError(f"payload is not valid {codec.upper()}: {type(exc).__name__}") from None
+    check_subset(value)
+    return value
+
+
+def check_subset(value: Any, depth: int = 0) -> None:
+    """Raise CodecError unless ``value`` is inside the wire subset and at most MAX_DEPTH deep."""
+    if depth > MAX_DEPTH:
+        raise CodecError(f"nesting deeper than {MAX_DEPTH}")
+    kind = type(value)
+    if kind is str or kind is float or kind is bool or value is None or kind is bytes:
+        return
+    if kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise CodecError("integer out of 64-bit range")
+        return
+    if kind is list:
+        for item in value:
+            check_subset(item, depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            check_subset(key, depth + 1)
+            check_subset(item, depth + 1)
+        return
+    raise CodecError(f"{kind.__name__} is not in the wire subset")
+
+
+_NOTE_HEAD: Final = cbor2.dumps("t") + cbor2.dumps("note") + cbor2.dumps("seq")
+_ARGS_KEY: Final = cbor2.dumps("args")
+
+
+def encode_note(seq: int, args_cbor: bytes, codec: Codec) -> bytes:
+    """Encode ``{"t": "note", "seq": seq, "args": args}`` from the stored CBOR of ``args``.
+
+    For CBOR sessions the stored bytes are spliced in, so a notification is never decoded and re-encoded.
+    """
+    if codec == CBOR:
+        return b"\xa3" + _NOTE_HEAD + cbor2.dumps(seq) + _ARGS_KEY + args_cbor
+    return encode({"t": "note", "seq": seq, "args": cbor2.loads(args_cbor)}, codec)

@@ -1,0 +1,60 @@
+"""`ca-bridge inspect`: read a store and describe its CAs (never writes)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bridge import codec
+from bridge.session import SessionData
+from bridge.store import CARecord
+
+__all__ = ["describe", "render"]
+
+
+def describe(record: CARecord) -> dict[str, Any]:
+    """One CA as plain data: state, and per session its queue, limit and persistent-session status."""
+    sessions = {}
+    for sid, srec in record.sessions.items():
+        data = SessionData.from_meta(codec.loads(srec.meta))
+        sessions[sid] = {
+            "queued": len(srec.notes),
+            "first_seq": srec.notes[0][0] if srec.notes else data.next_seq,
+            "next_seq": data.next_seq,
+            "limit": data.limit,
+            "pinned": data.pinned,
+            "has_nonce": data.nonce is not None,
+            "has_memento": data.memento is not None,
+            "dedup_records": len(srec.dedup),
+            "codec": data.codec,
+        }
+    return {"name": record.name, "state": codec.loads(record.state), "sessions": sessions}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def render(value: Any, as_json: bool) -> str:
+    """JSON for scripts, or a readable listing."""
+    if as_json:
+        return json.dumps(_plain(value), indent=2, sort_keys=True)
+    if isinstance(value, list):  # a listing of CAs
+        lines = [f"{'CA':<32} {'sessions':>8} {'queued':>8}"]
+        lines += [f"{ca['name']:<32} {len(ca['sessions']):>8} "
+                  f"{sum(s['queued'] for s in ca['sessions'].values()):>8}" for ca in value]
+        return "\n".join(lines)
+    lines = [f"CA {value['name']}", "state:", json.dumps(_plain(value["state"]), indent=2, sort_keys=True), "sessions:"]
+    for sid, s in value["sessions"].items():
+        lines.append(
+            f"  {sid}: {s['queued']} queued (seq {s['first_seq']}..{s['next_seq'] - 1}), limit {s['limit']}"
+            f"{' pinned' if s['pinned'] else ''}, nonce {'yes' if s['has_nonce'] else 'no'}, "
+            f"memento {'yes' if s['has_memento'] else 'no'}, {s['dedup_records']} dedup records, {s['codec']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""The CA runtime: the registry of loaded CAs, request admission, pulses and the group committer.
+
+It knows nothing about MQTT: requests come in through :meth:`Runtime.submit`, and everything that must reach a
+device goes out through a :class:`Sink` once it is durable. The service wires it to MQTT; the Harness to futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from bridge import codec
+from bridge.actor import PULSE, RESUME, Actor
+from bridge.app import CA
+from bridge.committer import Committer, Pending
+from bridge.protocol import Request, error_body, reply_err, sync_answer
+from bridge.session import SessionLimits
+from bridge.store import Store
+
+__all__ = ["Runtime", "Sink"]
+
+log = logging.getLogger("bridge.runtime")
+
+
+class Sink(Protocol):
+    """Where durable replies and notifications go."""
+
+    def send(self, ca: str, session: str, payload: bytes) -> None:
+        """Deliver one encoded message to a session (must not block)."""
+
+
+class Runtime:
+    """Runs one CA class for many CA names. Use as ``async with Runtime(...) as rt``."""
+
+    def __init__(
+        self,
+        app: type[CA],
+        store: Store,
+        sink: Sink,
+        *,
+        limits: SessionLimits | None = None,
+        mailbox: int = 256,
+        pulse: float | None = None,
+        call_timeout: float = 30.0,
+        autocreate: bool = True,
+    ) -> None:
+        if not (isinstance(app, type) and issubclass(app, CA)):
+            raise TypeError("app must be a subclass of bridge.CA")
+        self.app = app
+        self.store = store
+        self.sink = sink
+        self.limits = limits or SessionLimits()
+        self.mailbox_limit = mailbox
+        self.pulse = pulse
+        self.call_timeout = call_timeout
+        self.autocreate = autocreate
+        self.actors: dict[str, Actor] = {}
+        self.committer = Committer(store, self._deliver)
+        self.closing = False
+        self.rejected_busy = 0
+        self.rejected_bad = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._busy_workers = 0
+        self._workers_idle = asyncio.Event()
+        self._workers_idle.set()
+        self._service: list[asyncio.Task[Any]] = []
+
+    async def __aenter__(self) -> Runtime:
+        started = time.perf_counter()
+        for record in await self.store.load_all():
+            actor = self.actors[record.name] = Actor(self, record.name, record)
+            actor.enqueue(RESUME)
+        log.info("loaded %d CAs in %.3fs", len(self.actors), time.perf_counter() - started)
+        self._service.append(asyncio.create_task(self.committer.run(), name="bridge.committer"))
+        if self.pulse and self.app.has_pulse():
+            self._service.append(asyncio.create_task(self._pulse_loop(self.pulse), name="bridge.pulser"))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self, drain_timeout: float = 5.0) -> None:
+        """Stop admitting work, let the mailboxes and the committer drain (bounded), then cancel everything."""
+        self.closing = True
+        try:
+            async with asyncio.timeout(drain_timeout):
+                await self._workers_idle.wait()
+                await self.committer.wait_idle()
+        except TimeoutError:
+            log.warning("shutdown: work still pending after %.1fs; it was not committed", drain_timeout)
+        tasks = [*self._service, *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._service.clear()
+
+    # -- admission -------------------------------------------------------------------------------------------
+
+    def submit(self, ca: str, req: Request, future: asyncio.Future[Any] | None = None) -> None:
+        """Admit one request for CA ``ca`` (name already validated). Rejections are answered at once."""
+        if self.closing:
+            self.reply_now(ca, req, future, error_body("unavailable", "Unavailable", "the bridge is shutting down"))
+            return
+        if req.kind == "call":
+            spec = self.app.methods.get(req.method)
+            if spec is None:
+                self.rejected_bad += 1
+                self.reply_now(ca, req, future, error_body("bad_request", "NoSuchMethod", "no such method"))
+                return
+            if not spec.accepts(len(req.args)):
+                self.rejected_bad += 1
+                self.reply_now(ca, req, future, error_body(
+                    "bad_request", "WrongArguments", f"{req.method} does not take {len(req.args)} arguments"))
+                return
+        actor = self.actors.get(ca)
+        if actor is None:
+            if req.kind == "sync":  # nothing was ever queued for a CA that does not exist
+                self.sink.send(ca, req.session, codec.encode(sync_answer(1, 1), req.codec))
+                return
+            if req.kind != "call":
+                return
+            if not self.autocreate:
+                self.reply_now(ca, req, future, error_body("not_found", "NoSuchCA", "no such CA"))
+                return
+            actor = self.actors[ca] = Actor(self, ca, None)
+        if len(actor.mailbox) >= self.mailbox_limit:
+            self.rejected_busy += 1
+            self.reply_now(ca, req, future, error_body("busy", "Busy", "the CA's mailbox is full; retry later"))
+            return
+        actor.enqueue((req, future))
+
+    def reply_now(self, ca: str, req: Request, future: asyncio.Future[Any] | None, err: dict[str, Any]) -> None:
+        """Answer a call that will not run (nothing to commit, so nothing to wait for)."""
+        if req.kind != "call":
+            return
+        payload = codec.encode(reply_err(req.id, err), req.codec)
+        self.sink.send(ca, req.session, payload)
+        if future is not None and not future.done():
+            future.set_result(codec.decode(payload, req.codec))
+
+    # -- tasks -------------------------------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run one CA worker; the runtime owns it and cancels it on close."""
+        task = asyncio.create_task(coro, name=f"ca[{name}]")
+        self._tasks.add(task)
+        self._busy_workers += 1
+        self._workers_idle.clear()
+        task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._busy_workers -= 1
+        if self._busy_workers == 0:
+            self._workers_idle.set()
+
+    def _deliver(self, pending: Pending) -> None:
+        ca = pending.actor.name
+        for session, payload in pending.sends:
+            self.sink.send(ca, session, payload)
+        future = pending.future
+        if future is not None and not future.done():
+            outcome = pending.outcome
+            if isinstance(outcome, bytes):
+                future.set_result(codec.decode(outcome, codec.detect(outcome)))
+            else:
+                future.set_result(outcome)
+
+    async def _pulse_loop(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            if loop.time() - deadline > interval:  # fell behind: skip missed ticks instead of piling up
+                deadline = loop.time()
+            for actor in list(self.actors.values()):
+                if actor.durable and not actor.pulse_queued and len(actor.mailbox) < self.mailbox_limit:
+                    actor.pulse_queued = True
+                    actor.enqueue(PULSE)

@@ -1,0 +1,123 @@
+"""The bridge service: store + runtime + MQTT link (+ the embedded broker), as one async context manager."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge import codec
+from bridge.app import CA
+from bridge.broker import EmbeddedBroker, load_config
+from bridge.errors import BadRequest
+from bridge.mqtt import BrokerURL, MqttLink
+from bridge.protocol import Topics, error_body, parse_request, reply_err
+from bridge.runtime import Runtime
+from bridge.session import SessionLimits
+from bridge.sqlite import SQLiteStore
+
+__all__ = ["Bridge", "Settings"]
+
+log = logging.getLogger("bridge")
+
+
+@dataclass(slots=True)
+class Settings:
+    """Everything `ca-bridge run` can set."""
+
+    db: Path = Path("bridge.db")
+    broker: str | None = None  # None: run the embedded broker on ``listen``
+    listen: tuple[str, int] = ("127.0.0.1", 1883)
+    broker_config: Path | None = None
+    prefix: str = "ca"
+    pulse: float | None = 2.0
+    max_payload: int = 65536
+    mailbox: int = 256
+    call_timeout: float = 30.0
+    synchronous: str = "FULL"
+    client_id: str | None = None
+    limits: SessionLimits = field(default_factory=SessionLimits)
+
+
+class Bridge:
+    """Runs a CA class behind MQTT. ``async with Bridge(App, settings) as b: await b.serve_forever()``."""
+
+    def __init__(self, app: type[CA], settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = s = settings or Settings()
+        self.topics = Topics(s.prefix)
+        self.store = SQLiteStore(s.db, synchronous=s.synchronous)
+        self.runtime = Runtime(
+            app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout
+        )
+        self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)
+        self.link: MqttLink | None = None
+        self.dropped_topics = 0
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Bridge:
+        s = self.settings
+        try:
+            await self.store.open()
+            self._stack.push_async_callback(self.store.close)
+            if s.broker is None:
+                await self._stack.enter_async_context(
+                    EmbeddedBroker(s.listen[0], s.listen[1], load_config(s.broker_config)))
+            await self._stack.enter_async_context(self.runtime)
+            client_id = s.client_id or f"ca-bridge-{s.prefix.replace('/', '-')}"
+            self.link = MqttLink(
+                self.broker_url, client_id=client_id, on_message=self._on_message,
+                subscriptions=[(self.topics.inbound_filter, 1)],
+            )
+            await self._stack.enter_async_context(self.link)
+            self._stack.push_async_callback(self.runtime.aclose)  # drain before the link goes
+            if not await self.link.wait_connected(10):
+                log.warning("not connected to the broker yet; the bridge keeps trying")
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    # -- the Sink the runtime publishes through ------------------------------------------------------------
+
+    def send(self, ca: str, session: str, payload: bytes) -> None:
+        """Publish one durable message to a session topic."""
+        assert self.link is not None
+        self.link.publish(self.topics.session(ca, session), payload)
+
+    # -- inbound -----------------------------------------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        ca = self.topics.ca_of(topic)
+        if ca is None:
+            self.dropped_topics += 1
+            if self.dropped_topics % 1000 == 1:
+                log.warning("dropped a message on an invalid topic %r (%d so far)", topic[:80], self.dropped_topics)
+            return
+        try:
+            req = parse_request(payload, self.settings.max_payload)
+        except BadRequest as exc:
+            self._reject(ca, exc)
+            return
+        self.runtime.submit(ca, req)
+
+    def _reject(self, ca: str, exc: BadRequest) -> None:
+        self.runtime.rejected_bad += 1
+        err = error_body("bad_request", "BadRequest", str(exc))
+        enc: Any = exc.codec if exc.codec in (codec.CBOR, codec.JSON) else codec.CBOR
+        assert self.link is not None
+        if exc.session is not None and exc.request_id is not None:
+            self.link.publish(self.topics.session(ca, exc.session), codec.encode(reply_err(exc.request_id, err), enc))
+        else:
+            self.link.publish(self.topics.errors(ca), codec.encode({"t": "error", "err": err}, enc))
+        log.info("CA %s: rejected a message: %s", ca, exc)
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled."""
+        await asyncio.Event().wait()

@@ -1,0 +1,185 @@
+"""The default durable store: one SQLite file, WAL, synchronous=FULL, one writer thread.
+
+A batch of many CAs' calls is one SQLite transaction (group commit): one fsync however many calls it holds.
+All database work runs on a single dedicated thread, so the event loop never blocks on the disk and the
+connection is never shared between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from bridge.errors import StoreError
+from bridge.store import CARecord, Change, SessionRecord, merge
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ca (name TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS session (
+    ca TEXT NOT NULL, sid TEXT NOT NULL, meta BLOB NOT NULL, PRIMARY KEY (ca, sid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS note (
+    ca TEXT NOT NULL, sid TEXT NOT NULL, seq INTEGER NOT NULL, args BLOB NOT NULL,
+    PRIMARY KEY (ca, sid, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedup (
+    ca TEXT NOT NULL, sid TEXT NOT NULL, pos INTEGER NOT NULL, rid TEXT NOT NULL, reply BLOB NOT NULL,
+    PRIMARY KEY (ca, sid, pos)) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"""
+
+
+class SQLiteStore:
+    """A :class:`bridge.store.Store` in one SQLite file."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self._db: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise StoreError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def open(self) -> None:
+        """Open the file (creating it and the schema) on the writer thread."""
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        self._db = db
+
+    async def close(self) -> None:
+        """Close the connection and stop the writer thread."""
+        if self._pool is None:
+            return
+        await self._run(self._close)
+        self._pool.shutdown(wait=True)
+        self._pool = None
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def load_all(self) -> list[CARecord]:
+        """Every CA with its sessions."""
+        return await self._run(self._load, None)
+
+    async def load(self, name: str) -> CARecord | None:
+        """One CA, or None."""
+        found = await self._run(self._load, name)
+        return found[0] if found else None
+
+    async def names(self) -> list[str]:
+        """Sorted CA names."""
+        return await self._run(lambda: [r[0] for r in self._conn().execute("SELECT name FROM ca ORDER BY name")])
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is closed")
+        return self._db
+
+    def _load(self, name: str | None) -> list[CARecord]:
+        db = self._conn()
+        where, args = ("WHERE ca = ?", (name,)) if name is not None else ("", ())
+        db.execute("BEGIN")
+        try:
+            cas = {
+                n: CARecord(n, state)
+                for n, state in db.execute(
+                    "SELECT name, state FROM ca " + ("WHERE name = ?" if name is not None else ""), args
+                )
+            }
+            for ca, sid, meta in db.execute(f"SELECT ca, sid, meta FROM session {where}", args):
+                cas[ca].sessions[sid] = SessionRecord(meta)
+            for ca, sid, seq, blob in db.execute(f"SELECT ca, sid, seq, args FROM note {where} ORDER BY ca, sid, seq", args):
+                cas[ca].sessions[sid].notes.append((seq, blob))
+            for ca, sid, pos, rid, reply in db.execute(
+                f"SELECT ca, sid, pos, rid, reply FROM dedup {where} ORDER BY ca, sid, pos", args
+            ):
+                cas[ca].sessions[sid].dedup.append((pos, rid, reply))
+        finally:
+            db.execute("COMMIT")
+        return list(cas.values())
+
+    async def commit(self, changes: Sequence[Change]) -> None:
+        """One SQLite transaction for the whole batch."""
+        merged = merge(changes)
+        await self._run(self._commit, merged)
+
+    def _commit(self, merged: dict[str, Change]) -> None:
+        db = self._conn()
+        states, purges, metas, notes, dedups, note_floors, dedup_floors = [], [], [], [], [], [], []
+        for ca, change in merged.items():
+            if change.state is not None:
+                states.append((ca, change.state))
+            for sid, w in change.sessions.items():
+                key = (ca, sid)
+                if w.purge:
+                    purges.append(key)
+                if w.meta is not None:
+                    metas.append((ca, sid, w.meta))
+                notes.extend((ca, sid, seq, blob) for seq, blob in w.notes)
+                dedups.extend((ca, sid, pos, rid, reply) for pos, rid, reply in w.dedup)
+                if w.note_floor:
+                    note_floors.append((ca, sid, w.note_floor))
+                if w.dedup_floor:
+                    dedup_floors.append((ca, sid, w.dedup_floor))
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if purges:
+                    for table in ("session", "note", "dedup"):
+                        db.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
+                db.executemany(
+                    "INSERT INTO ca (name, state) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+                    states,
+                )
+                db.executemany(
+                    "INSERT INTO session (ca, sid, meta) VALUES (?, ?, ?) "
+                    "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta",
+                    metas,
+                )
+                db.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
+                db.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
+                db.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
+                db.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?", dedup_floors)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"commit failed: {exc}") from None
+
+    def integrity_check(self) -> list[str]:
+        """Run SQLite's integrity check plus the store's own invariants (synchronously, for tools and tests)."""
+        db = sqlite3.connect(self.path)
+        try:
+            problems = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            orphans = db.execute(
+                "SELECT count(*) FROM note n WHERE NOT EXISTS "
+                "(SELECT 1 FROM session s WHERE s.ca = n.ca AND s.sid = n.sid)"
+            ).fetchone()[0]
+            if orphans:
+                problems.append(f"{orphans} notifications without a session")
+            return problems
+        finally:
+            db.close()

@@ -1,0 +1,182 @@
+"""The durable store interface, its records, and an in-memory store for tests.
+
+A store keeps, per CA: the state (CBOR), and per session the metadata row, the queued notifications and the dedup
+records. The runtime hands it batches of :class:`Change` (one per call, many CAs) and needs each batch committed
+atomically: all of it durable, or none of it. Anything transactional can implement this: SQLite here,
+PostgreSQL later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["CARecord", "Change", "MemoryStore", "SessionRecord", "SessionWrite", "Store", "merge"]
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """One session as loaded: its meta row, queued notifications and dedup records, oldest first."""
+
+    meta: bytes
+    notes: list[tuple[int, bytes]] = field(default_factory=list)
+    dedup: list[tuple[int, str, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CARecord:
+    """One CA as loaded from the store."""
+
+    name: str
+    state: bytes
+    sessions: dict[str, SessionRecord] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SessionWrite:
+    """What one call (or a merged batch) changes in a session.
+
+    ``purge`` deletes every row of the session first; with ``meta`` None after a purge the session is gone.
+    """
+
+    meta: bytes | None = None
+    notes: list[tuple[int, bytes]] = field(default_factory=list)
+    note_floor: int = 0
+    dedup: list[tuple[int, str, bytes]] = field(default_factory=list)
+    dedup_floor: int = 0
+    purge: bool = False
+
+    def absorb(self, later: SessionWrite) -> None:
+        """Fold a later write of the same session into this one."""
+        if later.purge:
+            self.purge = True
+            self.meta = None
+            self.notes.clear()
+            self.dedup.clear()
+            self.note_floor = self.dedup_floor = 0
+        if later.meta is not None:
+            self.meta = later.meta
+        self.notes.extend(later.notes)
+        self.dedup.extend(later.dedup)
+        self.note_floor = max(self.note_floor, later.note_floor)
+        self.dedup_floor = max(self.dedup_floor, later.dedup_floor)
+
+
+@dataclass(slots=True)
+class Change:
+    """Everything one committed call changes in one CA."""
+
+    ca: str
+    state: bytes | None = None  # None: unchanged
+    sessions: dict[str, SessionWrite] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        """True if there is nothing to write."""
+        return self.state is None and not self.sessions
+
+
+def merge(changes: Iterable[Change]) -> dict[str, Change]:
+    """Fold a batch into one Change per CA: the last state wins, session writes are absorbed in order."""
+    merged: dict[str, Change] = {}
+    for change in changes:
+        into = merged.get(change.ca)
+        if into is None:
+            into = merged[change.ca] = Change(change.ca)
+        if change.state is not None:
+            into.state = change.state
+        for sid, write in change.sessions.items():
+            have = into.sessions.get(sid)
+            if have is None:
+                have = into.sessions[sid] = SessionWrite()
+            have.absorb(write)
+    return merged
+
+
+class Store(Protocol):
+    """What the runtime needs from durable storage."""
+
+    async def open(self) -> None:
+        """Create or open the store (and its schema)."""
+
+    async def close(self) -> None:
+        """Release everything; further calls fail."""
+
+    async def load_all(self) -> list[CARecord]:
+        """Every CA, for start-up."""
+
+    async def load(self, name: str) -> CARecord | None:
+        """One CA, or None if it was never committed."""
+
+    async def names(self) -> list[str]:
+        """Every CA name, sorted."""
+
+    async def commit(self, changes: Sequence[Change]) -> None:
+        """Make a batch durable atomically, or raise StoreError having changed nothing."""
+
+
+class MemoryStore:
+    """A Store in a dict: no durability, same semantics. For unit tests and the Harness."""
+
+    def __init__(self) -> None:
+        self._cas: dict[str, CARecord] = {}
+        self.commits = 0
+        self.fail_next: Exception | None = None  # test hook: the next commit raises this
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def load_all(self) -> list[CARecord]:
+        """Copies of every CA."""
+        return [_copy(rec) for rec in self._cas.values()]
+
+    async def load(self, name: str) -> CARecord | None:
+        """A copy of one CA."""
+        rec = self._cas.get(name)
+        return None if rec is None else _copy(rec)
+
+    async def names(self) -> list[str]:
+        """Sorted names."""
+        return sorted(self._cas)
+
+    async def commit(self, changes: Sequence[Change]) -> None:
+        """Apply a batch (all or nothing: the failure hook fires before anything changes)."""
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        for change in merge(changes).values():
+            rec = self._cas.get(change.ca)
+            if rec is None:
+                rec = self._cas[change.ca] = CARecord(change.ca, b"\xa0")
+            if change.state is not None:
+                rec.state = change.state
+            for sid, write in change.sessions.items():
+                _apply(rec, sid, write)
+        self.commits += 1
+
+
+def _apply(rec: CARecord, sid: str, write: SessionWrite) -> None:
+    if write.purge:
+        rec.sessions.pop(sid, None)
+    if write.meta is None and sid not in rec.sessions:
+        return
+    srec = rec.sessions.get(sid)
+    if srec is None:
+        srec = rec.sessions[sid] = SessionRecord(write.meta or b"")
+    elif write.meta is not None:
+        srec.meta = write.meta
+    srec.notes.extend(write.notes)
+    srec.notes[:] = [n for n in srec.notes if n[0] >= write.note_floor]
+    srec.dedup.extend(write.dedup)
+    srec.dedup[:] = [d for d in srec.dedup if d[0] >= write.dedup_floor]
+
+
+def _copy(rec: CARecord) -> CARecord:
+    return CARecord(
+        rec.name,
+        rec.state,
+        {sid: SessionRecord(s.meta, list(s.notes), list(s.dedup)) for sid, s in rec.sessions.items()},
+    )

@@ -1,0 +1,143 @@
+"""Unit-test CAs without a broker: the real runtime and store, with calls made through futures.
+
+    async with Harness(Shop, db=tmp_path / "t.db") as h:
+        assert await h.call("shop1", "default", "buy", nonce, 0, "apple") == {"apple": 1}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+from bridge import codec
+from bridge.actor import PULSE
+from bridge.app import CA
+from bridge.errors import CallError
+from bridge.protocol import Request, check_name
+from bridge.runtime import Runtime
+from bridge.session import SessionLimits
+from bridge.sqlite import SQLiteStore
+from bridge.store import MemoryStore, Store
+
+__all__ = ["Harness"]
+
+
+class _Recorder:
+    """A sink that keeps every message sent to each session, decoded."""
+
+    def __init__(self) -> None:
+        self.sent: dict[tuple[str, str], list[Any]] = {}
+
+    def send(self, ca: str, session: str, payload: bytes) -> None:
+        self.sent.setdefault((ca, session), []).append(codec.decode(payload, codec.detect(payload)))
+
+
+class Harness:
+    """Runs a CA class on the real runtime, with SQLite (``db`` path) or an in-memory store (``db=None``)."""
+
+    def __init__(self, app: type[CA], db: str | os.PathLike[str] | None = None, **runtime_options: Any) -> None:
+        self.app = app
+        self.store: Store = SQLiteStore(Path(db)) if db is not None else MemoryStore()
+        self.options = runtime_options
+        self.options.setdefault("limits", SessionLimits())
+        self.sink = _Recorder()
+        self.runtime: Runtime | None = None
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(4).hex()
+
+    async def __aenter__(self) -> Harness:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the store and load every CA (on_resume runs for each)."""
+        await self.store.open()
+        self.runtime = await Runtime(self.app, self.store, self.sink, **self.options).__aenter__()
+        await self.settle()
+
+    async def stop(self) -> None:
+        """Drain and close, as a clean bridge shutdown would."""
+        if self.runtime is not None:
+            await self.runtime.aclose()
+            self.runtime = None
+        await self.store.close()
+
+    async def restart(self) -> None:
+        """Reload every CA from the store, as a bridge restart would (on_resume runs)."""
+        await self.stop()
+        await self.start()
+
+    def _rt(self) -> Runtime:
+        if self.runtime is None:
+            raise RuntimeError("the Harness is not started")
+        return self.runtime
+
+    async def settle(self) -> None:
+        """Wait until every mailbox is empty and everything is committed."""
+        rt = self._rt()
+        while True:
+            await rt._workers_idle.wait()  # noqa: SLF001 - the harness is part of the runtime's package
+            await rt.committer.wait_idle()
+            if rt._workers_idle.is_set():  # noqa: SLF001
+                return
+
+    async def send(self, ca: str, request: Request) -> Any:
+        """Submit a raw request; for calls, return the decoded reply message."""
+        check_name(ca, "CA name")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._rt().submit(ca, request, future)
+        if request.kind != "call":
+            await self.settle()
+            return None
+        return await future
+
+    async def call(self, ca: str, session_id: str, method: str, *args: Any, request_id: str | None = None) -> Any:
+        """Call a method; return its result or raise the AppError (CallError for other failures)."""
+        rid = request_id or f"{self._prefix}-{next(self._ids)}"
+        outcome = await self.send(ca, Request("call", session_id, "cbor", rid, method, list(args)))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if "ok" in outcome:
+            return outcome["ok"]
+        err = outcome["err"]
+        raise CallError(err["kind"], err["name"], err["message"], err["data"])
+
+    async def ack(self, ca: str, session_id: str, seq: int) -> None:
+        """Acknowledge notifications up to ``seq``."""
+        await self.send(ca, Request("ack", session_id, "cbor", seq=seq))
+
+    async def sync(self, ca: str, session_id: str, seq: int = 0) -> list[Any]:
+        """Send a sync request; return what the session received for it (the answer, then the notifications)."""
+        before = len(self.sink.sent.get((ca, session_id), []))
+        await self.send(ca, Request("sync", session_id, "cbor", seq=seq))
+        return self.sink.sent.get((ca, session_id), [])[before:]
+
+    async def pulse(self, ca: str) -> None:
+        """Run one pulse of ``ca`` now and wait for it to commit."""
+        actor = self._rt().actors[ca]
+        actor.pulse_queued = True
+        actor.enqueue(PULSE)
+        await self.settle()
+
+    def state(self, ca: str) -> Any:
+        """The committed state of ``ca`` (a fresh copy)."""
+        return codec.loads(self._rt().actors[ca].state_blob)
+
+    def outq(self, ca: str, session_id: str) -> list[Any]:
+        """The pending notifications' args of one session, oldest first."""
+        data = self._rt().actors[ca].sessions.get(session_id)
+        return [codec.loads(args) for _, args in data.queue] if data else []
+
+    def sessions(self, ca: str) -> list[str]:
+        """The session ids of ``ca``."""
+        return list(self._rt().actors[ca].sessions)
+
+    def sent(self, ca: str, session_id: str) -> list[Any]:
+        """Every message published to a session so far (replies, notes, sync answers), decoded."""
+        return list(self.sink.sent.get((ca, session_id), []))
