@@ -139,10 +139,12 @@ class Actor:
     # -- transactions -----------------------------------------------------------------------------------------
 
     def _begin(self, sid: str, session_codec: codec.Codec | None = None) -> SessionTxn:
+        """Start a call in session ``sid``; a device's call creates its session (a hook's does not)."""
         txn = SessionTxn(self.sessions, sid, self.rt.limits)
-        current = txn.write(sid)
-        if session_codec is not None and current.codec != session_codec:
-            current.codec = session_codec
+        if session_codec is not None:
+            current = txn.peek(sid)
+            if current is None or current.codec != session_codec:
+                txn.write(sid).codec = session_codec
         self.ca.session = SessionAPI(txn)
         return txn
 
@@ -178,6 +180,7 @@ class Actor:
         error: BaseException | None = None
         try:
             result = await self._run(spec.fn, (self.ca, *req.args))
+            codec.check_subset(result)
             reply = reply_ok(req.id, result)
             payload = codec.encode(reply, req.codec)
             blob = codec.dumps(self.ca.state)

@@ -98,7 +98,7 @@ def check_subset(value: Any, depth: int = 0) -> None:
         if not _INT_MIN <= value <= _INT_MAX:
             raise CodecError("integer out of 64-bit range")
         return
-    if kind is list:
+    if kind is list or kind is tuple:  # tuples go out as arrays
         for item in value:
             check_subset(item, depth + 1)
         return

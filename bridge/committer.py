@@ -100,7 +100,10 @@ class Committer:
             self.batches += 1
             self.committed_calls += len(changes)
         for pending in live:
-            self._deliver(pending)
+            try:
+                self._deliver(pending)
+            except Exception:  # a delivery bug must never stop the commit loop
+                log.exception("delivering the effects of CA %s failed", pending.actor.name)
 
     @staticmethod
     def _fail(pending: Pending) -> None:

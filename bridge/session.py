@@ -193,6 +193,8 @@ class SessionAPI:
             targets = [sid for sid in self._txn.ids() if session_id.search(sid)]
         else:
             targets = [check_name(session_id, "session id")]
+        if customizer is None:
+            codec.check_subset(args)
         encoded = None if customizer else codec.dumps(args)
         for sid in targets:
             if customizer is None:
@@ -201,6 +203,7 @@ class SessionAPI:
                 custom = customizer(sid, args)
                 if type(custom) is not list:
                     raise TypeError("a customizer must return a list")
+                codec.check_subset(custom)
                 payload = codec.dumps(custom)
             assert payload is not None
             self._txn.notify(sid, payload)

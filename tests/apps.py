@@ -1,0 +1,100 @@
+"""CA classes used by the tests (loaded as tests/apps.py:Name by bridge processes)."""
+
+import asyncio
+import re
+
+from bridge import CA, AppError, method
+
+
+class Counter(CA):
+    """Counts every token it is given: the crash tests check each count is exactly 1."""
+
+    async def on_init(self):
+        self.state["seen"] = {}
+        self.state["resumes"] = 0
+
+    async def on_resume(self):
+        self.state["resumes"] = self.state.get("resumes", 0) + 1
+
+    @method
+    async def record(self, token):
+        self.state["seen"][token] = self.state["seen"].get(token, 0) + 1
+        return self.state["seen"][token]
+
+    @method
+    def incr(self):
+        self.state["n"] = self.state.get("n", 0) + 1
+        return self.state["n"]
+
+    @method
+    async def get(self):
+        return self.state
+
+    @method
+    async def fail_after_write(self, kind):
+        self.state["dirty"] = True
+        self.session.notify(["should not be sent"])
+        self.session.limit_queue(1)
+        if kind == "app":
+            raise AppError("refused", reason="test", n=1)
+        raise RuntimeError("secret internal detail")
+
+    @method
+    async def notify_to(self, session_id, *args):
+        self.session.notify(list(args), session_id)
+        return len(self.session.outq(session_id))
+
+    @method
+    async def notify_pattern(self, pattern, msg):
+        self.session.notify([msg], re.compile(pattern), lambda sid, args: [sid, *args])
+        return sorted(self.session.get_all_session_ids())
+
+    @method
+    async def sleep(self, seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+    @method
+    async def bad_result(self):
+        return {1, 2}
+
+    @method
+    async def bad_state(self):
+        self.state["x"] = object()
+
+    @method
+    async def big(self, size):
+        return "x" * size
+
+    def not_a_method(self):
+        return "never callable"
+
+    async def _private(self):
+        return "never callable"
+
+
+class Pulsing(CA):
+    async def on_init(self):
+        self.state["pulses"] = 0
+
+    async def on_pulse(self):
+        self.state["pulses"] += 1
+        self.session.notify([self.state["pulses"]], "watch")
+
+    @method
+    async def pulses(self):
+        return self.state["pulses"]
+
+    @method
+    async def slow(self, seconds):
+        await asyncio.sleep(seconds)
+        return self.state["pulses"]
+
+
+class BrokenInit(CA):
+    async def on_init(self):
+        raise RuntimeError("cannot init")
+
+    @method
+    async def ping(self):
+        return "pong"

@@ -1,0 +1,247 @@
+"""The runtime's guarantees, through the Harness: transactions, dedup, admission, failures, pulses."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.errors import AppError, CallError, StoreError
+from bridge.protocol import Request
+from bridge.store import MemoryStore
+from bridge.testing import Harness
+from tests.apps import BrokenInit, Counter, Pulsing
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def h(request, tmp_path):
+    async with Harness(Counter, db=None if request.param == "memory" else tmp_path / "c.db") as harness:
+        yield harness
+
+
+async def test_state_commits_and_survives_restart(tmp_path):
+    async with Harness(Counter, db=tmp_path / "c.db") as h:
+        assert [await h.call("c1", "s", "incr") for _ in range(3)] == [1, 2, 3]
+        await h.restart()
+        assert h.state("c1")["n"] == 3
+        assert h.state("c1")["resumes"] == 1  # on_resume ran once, in a committed transaction
+        assert await h.call("c1", "s", "incr") == 4
+
+
+async def test_app_error_rolls_back_and_reports_name_message_data(h):
+    await h.call("c1", "s", "incr")
+    with pytest.raises(AppError) as err:
+        await h.call("c1", "s", "fail_after_write", "app")
+    assert (err.value.name, err.value.message, err.value.data) == ("AppError", "refused", {"reason": "test", "n": 1})
+    assert "dirty" not in h.state("c1")
+    assert h.outq("c1", "s") == []
+    reply = h.sent("c1", "s")[-1]
+    assert reply["err"] == {"kind": "app", "name": "AppError", "message": "refused", "data": {"reason": "test", "n": 1}}
+    assert await h.call("c1", "s", "incr") == 2
+
+
+async def test_internal_error_rolls_back_without_leaking(h, caplog):
+    with pytest.raises(CallError) as err:
+        await h.call("c1", "s", "fail_after_write", "boom")
+    assert err.value.kind == "internal"
+    assert "secret" not in err.value.message and "secret" not in str(h.sent("c1", "s"))
+    assert "secret internal detail" in caplog.text  # logged with its traceback for the operator
+    assert "dirty" not in h.state("c1")
+
+
+async def test_unserializable_result_or_state_is_an_internal_error(h):
+    for name in ("bad_result", "bad_state"):
+        with pytest.raises(CallError) as err:
+            await h.call("c1", "s", name)
+        assert err.value.kind == "internal" and err.value.name == "NotSerializable"
+    assert "x" not in h.state("c1")
+
+
+async def test_same_request_id_runs_once_and_replays_the_reply(h):
+    first = await h.call("c1", "s", "record", "tok", request_id="req-1")
+    again = await h.call("c1", "s", "record", "tok", request_id="req-1")
+    assert first == again == 1
+    assert h.state("c1")["seen"]["tok"] == 1
+    replies = [m for m in h.sent("c1", "s") if m["t"] == "reply"]
+    assert replies[0] == replies[1]
+    assert await h.call("c1", "other", "record", "tok", request_id="req-1") == 2  # ids are per session
+
+
+async def test_dedup_survives_restart_and_covers_errors(tmp_path):
+    async with Harness(Counter, db=tmp_path / "d.db") as h:
+        await h.call("c1", "s", "record", "a", request_id="r1")
+        with pytest.raises(CallError):
+            await h.call("c1", "s", "fail_after_write", "boom", request_id="r2")
+        await h.restart()
+        assert await h.call("c1", "s", "record", "a", request_id="r1") == 1
+        with pytest.raises(CallError) as err:
+            await h.call("c1", "s", "fail_after_write", "boom", request_id="r2")
+        assert err.value.kind == "internal"
+        assert h.state("c1")["seen"] == {"a": 1}
+
+
+async def test_dedup_window_is_bounded(tmp_path):
+    from bridge.session import SessionLimits
+
+    async with Harness(Counter, db=tmp_path / "w.db", limits=SessionLimits(dedup_window=3)) as h:
+        for i in range(5):
+            await h.call("c1", "s", "record", f"t{i}", request_id=f"r{i}")
+        actor = h.runtime.actors["c1"]
+        assert list(actor.sessions["s"].dedup) == ["r2", "r3", "r4"]
+        assert await h.call("c1", "s", "record", "t4", request_id="r4") == 1  # inside the window: replayed
+        assert await h.call("c1", "s", "record", "t0", request_id="r0") == 2  # outside: runs again (documented)
+        await h.restart()
+        assert list(h.runtime.actors["c1"].sessions["s"].dedup) == ["r3", "r4", "r0"]
+
+
+@pytest.mark.parametrize("name", ["on_init", "on_resume", "_private", "not_a_method", "state", "__class__",
+                                  "__init__", "methods", "session"])
+async def test_only_decorated_methods_are_callable(h, name):
+    with pytest.raises(CallError) as err:
+        await h.call("c1", "s", name)
+    assert (err.value.kind, err.value.name) == ("bad_request", "NoSuchMethod")
+    assert "c1" not in h.runtime.actors  # rejected input creates nothing
+
+
+async def test_wrong_argument_count_is_a_bad_request(h):
+    with pytest.raises(CallError) as err:
+        await h.call("c1", "s", "record")
+    assert err.value.kind == "bad_request"
+    with pytest.raises(CallError):
+        await h.call("c1", "s", "record", 1, 2)
+    assert await h.call("c1", "s", "notify_to", "s2", 1, 2, 3) == 1  # *args accepted
+
+
+async def test_sync_methods_work(h):
+    assert await h.call("c1", "s", "incr") == 1
+
+
+async def test_one_call_at_a_time_per_ca_many_cas_concurrently():
+    async with Harness(Counter) as h:
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(h.call(f"c{i}", "s", "sleep", 0.2) for i in range(10)))
+        parallel = asyncio.get_running_loop().time() - started
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(h.call("one", "s", "sleep", 0.05) for _ in range(6)))
+        serial = asyncio.get_running_loop().time() - started
+        assert parallel < 1.0  # ten CAs overlapped
+        assert serial >= 0.3  # one CA ran its six calls one after another
+
+
+async def test_full_mailbox_answers_busy_and_others_keep_working():
+    async with Harness(Counter, mailbox=3) as h:
+        calls = [asyncio.create_task(h.call("flooded", "s", "sleep", 0.1)) for _ in range(8)]
+        other = await h.call("calm", "s", "incr")
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        busy = [r for r in results if isinstance(r, CallError) and r.kind == "busy"]
+        assert other == 1
+        # all eight arrive before the worker's first step: three fit the mailbox, five are refused
+        assert len(busy) == 5
+        assert [r for r in results if r == 0.1] == [0.1] * 3
+        assert h.runtime.rejected_busy == 5
+
+
+async def test_call_deadline_is_an_internal_error():
+    async with Harness(Counter, call_timeout=0.1) as h:
+        with pytest.raises(CallError) as err:
+            await h.call("c", "s", "sleep", 5)
+        assert err.value.name == "Timeout"
+        assert await h.call("c", "s", "incr") == 1
+
+
+async def test_failed_init_creates_nothing_and_retries_later(tmp_path):
+    async with Harness(BrokenInit, db=tmp_path / "b.db") as h:
+        with pytest.raises(CallError) as err:
+            await h.call("c", "s", "ping")
+        assert err.value.name == "NotReady"
+        assert await h.store.names() == []
+
+
+class GatedStore(MemoryStore):
+    """Holds every commit until released, to watch what leaves before durability."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def commit(self, changes):
+        await self.gate.wait()
+        await super().commit(changes)
+
+
+async def test_nothing_is_published_before_its_commit_is_durable():
+    h = Harness(Counter)
+    h.store = store = GatedStore()
+    async with h:
+        store.gate.set()
+        await h.call("c", "s", "incr")
+        store.gate.clear()
+        before = len(h.sent("c", "s"))
+        task = asyncio.create_task(h.call("c", "s", "notify_to", "s", "hello"))
+        await asyncio.sleep(0.1)
+        assert len(h.sent("c", "s")) == before  # ran, but neither reply nor notification left
+        assert not task.done()
+        store.gate.set()
+        assert await task == 1
+        kinds = [m["t"] for m in h.sent("c", "s")[before:]]
+        assert kinds == ["reply", "note"]
+
+
+async def test_pipelined_calls_commit_in_batches_and_reply_in_order():
+    h = Harness(Counter)
+    h.store = store = GatedStore()
+    async with h:
+        store.gate.set()
+        await h.call("c", "s", "incr")
+        store.gate.clear()
+        tasks = [asyncio.create_task(h.call("c", "s", "incr")) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        assert await asyncio.gather(*tasks) == list(range(2, 22))
+        assert store.commits <= 4  # group commit: far fewer transactions than calls
+
+
+async def test_failed_commit_answers_unavailable_and_reloads_committed_state():
+    async with Harness(Counter) as h:
+        assert await h.call("c", "s", "incr") == 1
+        h.store.fail_next = StoreError("disk full")
+        with pytest.raises(CallError) as err:
+            await h.call("c", "s", "incr")
+        assert err.value.kind == "unavailable"
+        assert await h.call("c", "s", "incr") == 2  # the lost increment was never visible
+        assert h.state("c")["n"] == 2
+
+
+async def test_pulses_run_commit_and_never_pile_up():
+    async with Harness(Pulsing, pulse=0.02) as h:
+        await h.call("p", "s", "pulses")
+        slow = await h.call("p", "s", "slow", 0.3)
+        after = await h.call("p", "s", "pulses")
+        assert after - slow <= 2  # at most one pulse waited behind the slow call
+        await asyncio.sleep(0.2)
+        assert await h.call("p", "s", "pulses") > after + 2
+        assert len(h.outq("p", "watch")) == 5  # default queue limit, oldest dropped
+
+
+async def test_pulse_notifications_go_to_sessions_and_ack_clears_them():
+    async with Harness(Pulsing) as h:
+        await h.call("p", "s", "pulses")
+        for _ in range(3):
+            await h.pulse("p")
+        assert h.outq("p", "watch") == [[1], [2], [3]]
+        await h.ack("p", "watch", 2)
+        assert h.outq("p", "watch") == [[3]]
+        answer = await h.sync("p", "watch", 2)
+        assert answer == [{"t": "sync", "first": 3, "next": 4}, {"t": "note", "seq": 3, "args": [3]}]
+
+
+async def test_sync_on_unknown_ca_answers_without_creating_it():
+    async with Harness(Counter) as h:
+        assert await h.sync("ghost", "s", 0) == [{"t": "sync", "first": 1, "next": 1}]
+        assert "ghost" not in h.runtime.actors
+
+
+async def test_raw_requests_are_validated_before_admission():
+    async with Harness(Counter) as h:
+        reply = await h.send("c", Request("call", "s", "cbor", "r1", "record", ["a", "b"]))
+        assert reply["err"]["kind"] == "bad_request"
