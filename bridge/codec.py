@@ -60,6 +60,10 @@ def _json_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+def _no_constants(name: str) -> Any:
+    raise CodecError(f"{name} is not valid JSON")
+
+
 def encode(value: Any, codec: Codec) -> bytes:
     """Encode an outgoing message in a session's codec."""
     if codec == CBOR:
@@ -76,7 +80,7 @@ def decode(payload: bytes, codec: Codec) -> Any:
         if codec == CBOR:
             value = cbor2.loads(payload)
         else:
-            value = json.loads(payload, object_hook=_json_hook)
+            value = json.loads(payload, object_hook=_json_hook, parse_constant=_no_constants)
     except CodecError:
         raise
     except (ValueError, TypeError, RecursionError, MemoryError, OverflowError, EOFError) as exc:

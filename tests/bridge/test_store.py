@@ -1,0 +1,83 @@
+"""The SQLite store: atomic batches, merged writes, purge and recreate, integrity."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from bridge.errors import StoreError
+from bridge.sqlite import SQLiteStore
+from bridge.store import Change, MemoryStore, SessionWrite, merge
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request, tmp_path):
+    s = SQLiteStore(tmp_path / "s.db") if request.param == "sqlite" else MemoryStore()
+    await s.open()
+    yield s
+    await s.close()
+
+
+def write(meta=b"m", notes=(), floor=0, dedup=(), dfloor=0, purge=False):
+    return SessionWrite(meta, list(notes), floor, list(dedup), dfloor, purge)
+
+
+async def test_round_trip(store):
+    await store.commit([Change("a", b"\xa0", {"s": write(notes=[(1, b"n1"), (2, b"n2")], dedup=[(1, "r1", b"p")])})])
+    await store.commit([Change("a", None, {"s": write(meta=None, notes=[(3, b"n3")], floor=2, dedup=[(2, "r2", b"q")],
+                                                      dfloor=2)})])
+    rec = await store.load("a")
+    assert rec.state == b"\xa0"
+    assert rec.sessions["s"].notes == [(2, b"n2"), (3, b"n3")]
+    assert rec.sessions["s"].dedup == [(2, "r2", b"q")]
+    assert await store.load("missing") is None
+    assert await store.names() == ["a"]
+
+
+async def test_purge_then_recreate_in_one_batch(store):
+    await store.commit([Change("a", b"\xa0", {"s": write(notes=[(1, b"old")])})])
+    await store.commit([
+        Change("a", None, {"s": SessionWrite(purge=True)}),
+        Change("a", None, {"s": write(meta=b"new", notes=[(1, b"fresh")], purge=True)}),
+    ])
+    rec = await store.load("a")
+    assert rec.sessions["s"].meta == b"new"
+    assert rec.sessions["s"].notes == [(1, b"fresh")]
+    await store.commit([Change("a", None, {"s": SessionWrite(purge=True)})])
+    assert (await store.load("a")).sessions == {}
+
+
+def test_merge_keeps_the_last_state_and_all_notes():
+    merged = merge([Change("a", b"1", {"s": write(notes=[(1, b"x")])}), Change("a", b"2", {"s": write(
+        meta=None, notes=[(2, b"y")], floor=2)}), Change("b", b"3")])
+    assert merged["a"].state == b"2" and merged["b"].state == b"3"
+    assert merged["a"].sessions["s"].notes == [(1, b"x"), (2, b"y")]
+    assert merged["a"].sessions["s"].note_floor == 2
+
+
+async def test_failed_batch_changes_nothing(tmp_path):
+    s = SQLiteStore(tmp_path / "f.db")
+    await s.open()
+    await s.commit([Change("a", b"\xa0")])
+    bad = Change("b", b"\xa0", {"s": write(notes=[(1, "not bytes but a str is fine"), (2, object())])})
+    with pytest.raises(Exception):
+        await s.commit([Change("a", b"\xa1"), bad])
+    assert (await s.load("a")).state == b"\xa0"
+    assert await s.names() == ["a"]
+    assert s.integrity_check() == []
+    await s.close()
+
+
+async def test_settings_and_errors(tmp_path):
+    s = SQLiteStore(tmp_path / "x.db", synchronous="normal")
+    await s.open()
+    assert s.synchronous == "NORMAL"
+    await s.close()
+    with pytest.raises(StoreError):
+        await s.commit([Change("a", b"\xa0")])
+    with pytest.raises(ValueError):
+        SQLiteStore(tmp_path / "y.db", synchronous="OFF")
+    db = sqlite3.connect(tmp_path / "x.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
