@@ -33,6 +33,7 @@ class Device:
         self._ids = itertools.count(1)
         self._tag = os.urandom(4).hex()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"dev-{self._tag}")
+        self.client.reconnect_delay_set(0.1, 1)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self._subscribed = threading.Event()
@@ -65,8 +66,8 @@ class Device:
                 self.syncs.append(msg)
             self._cond.notify_all()
 
-    def publish(self, payload: bytes, topic: str | None = None) -> None:
-        self.client.publish(topic or f"{self.prefix}/{self.ca}/in", payload, qos=1)
+    def publish(self, payload: bytes, topic: str | None = None, qos: int = 1) -> None:
+        self.client.publish(topic or f"{self.prefix}/{self.ca}/in", payload, qos=qos)
 
     def new_id(self) -> str:
         return f"{self._tag}-{next(self._ids)}"
