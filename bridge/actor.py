@@ -104,15 +104,13 @@ class Actor:
         if self.stale:
             self._load(await self.rt.store.load(self.name))
             self.stale = False
-        if item == PULSE:
-            self.pulse_queued = False
-            if await self._ready():
+        if isinstance(item, str):  # PULSE or RESUME
+            if item == PULSE:
+                self.pulse_queued = False
+            if await self._ready() and item == PULSE:
                 await self._hook("on_pulse")
             return
-        if item == RESUME:
-            await self._ready()
-            return
-        req, future = item  # type: ignore[misc]
+        req, future = item
         if req.kind == "call":
             if self.durable and (hit := self._dedup_hit(req)) is not None:
                 self._submit(Pending(self, self.epoch, None, [(req.session, hit)], future, hit))

@@ -55,7 +55,7 @@ class EmbeddedBroker:
         self._broker: Any = None
 
     async def __aenter__(self) -> EmbeddedBroker:
-        from amqtt.broker import Broker  # imported here: only the embedded mode needs amqtt
+        from amqtt.broker import Broker  # type: ignore[import-untyped]  # only the embedded mode needs amqtt
 
         self._broker = Broker(self.config)
         try:

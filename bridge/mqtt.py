@@ -9,6 +9,7 @@ re-subscribes, and keeps QoS 1 publishes made while the broker is away (bounded)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -208,7 +209,7 @@ class MqttLink:
             self._in_loop(self._lost.set)
             return
         self.connects += 1
-        self._unacked = len(client._out_messages)  # noqa: SLF001 - resent by paho after CONNACK
+        self._unacked = len(client._out_messages)  # paho resends these after CONNACK
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
         log.info("connected to broker %s:%d", self.url.host, self.url.port)
@@ -230,7 +231,7 @@ class MqttLink:
             log.warning("dropped a message whose topic is not UTF-8")
             return
         try:
-            self._on_message_cb(topic, msg.payload)
+            self._on_message_cb(topic, bytes(msg.payload))
         except Exception:
             log.exception("unexpected failure handling a message on %r", topic[:200])
 
@@ -239,10 +240,8 @@ class MqttLink:
             self._unacked -= 1
 
     def _on_socket_open(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        try:
+        with contextlib.suppress(OSError):  # not a TCP socket (e.g. a test's socketpair)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         self._in_loop(self._loop.add_reader, sock, self._readable)
 
     def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
@@ -270,10 +269,8 @@ class MqttLink:
     def _remove_writer(self, sock: Any) -> None:
         if self._writing:
             self._writing = False
-            try:
+            with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_writer(sock)
-            except (ValueError, OSError):
-                pass
 
     def _readable(self) -> None:
         self._client.loop_read(100)

@@ -87,8 +87,7 @@ class Runtime:
         self.closing = True
         try:
             async with asyncio.timeout(drain_timeout):
-                await self._workers_idle.wait()
-                await self.committer.wait_idle()
+                await self.wait_idle()
         except TimeoutError:
             log.warning("shutdown: work still pending after %.1fs; it was not committed", drain_timeout)
         tasks = [*self._service, *self._tasks]
@@ -96,6 +95,14 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._service.clear()
+
+    async def wait_idle(self) -> None:
+        """Return once every mailbox is empty and everything submitted is committed and delivered."""
+        while True:
+            await self._workers_idle.wait()
+            await self.committer.wait_idle()
+            if self._workers_idle.is_set():
+                return
 
     # -- admission -------------------------------------------------------------------------------------------
 

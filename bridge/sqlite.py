@@ -12,7 +12,8 @@ import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from bridge.errors import StoreError
 from bridge.store import CARecord, Change, SessionRecord, merge
@@ -110,7 +111,8 @@ class SQLiteStore:
             }
             for ca, sid, meta in db.execute(f"SELECT ca, sid, meta FROM session {where}", args):
                 cas[ca].sessions[sid] = SessionRecord(meta)
-            for ca, sid, seq, blob in db.execute(f"SELECT ca, sid, seq, args FROM note {where} ORDER BY ca, sid, seq", args):
+            notes = db.execute(f"SELECT ca, sid, seq, args FROM note {where} ORDER BY ca, sid, seq", args)
+            for ca, sid, seq, blob in notes:
                 cas[ca].sessions[sid].notes.append((seq, blob))
             for ca, sid, pos, rid, reply in db.execute(
                 f"SELECT ca, sid, pos, rid, reply FROM dedup {where} ORDER BY ca, sid, pos", args
@@ -127,7 +129,13 @@ class SQLiteStore:
 
     def _commit(self, merged: dict[str, Change]) -> None:
         db = self._conn()
-        states, purges, metas, notes, dedups, note_floors, dedup_floors = [], [], [], [], [], [], []
+        states: list[tuple[str, bytes]] = []
+        purges: list[tuple[str, str]] = []
+        metas: list[tuple[str, str, bytes]] = []
+        notes: list[tuple[str, str, int, bytes]] = []
+        dedups: list[tuple[str, str, int, str, bytes]] = []
+        note_floors: list[tuple[str, str, int]] = []
+        dedup_floors: list[tuple[str, str, int]] = []
         for ca, change in merged.items():
             if change.state is not None:
                 states.append((ca, change.state))
@@ -150,7 +158,8 @@ class SQLiteStore:
                     for table in ("session", "note", "dedup"):
                         db.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
                 db.executemany(
-                    "INSERT INTO ca (name, state) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+                    "INSERT INTO ca (name, state) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
                     states,
                 )
                 db.executemany(

@@ -80,12 +80,7 @@ class Harness:
 
     async def settle(self) -> None:
         """Wait until every mailbox is empty and everything is committed."""
-        rt = self._rt()
-        while True:
-            await rt._workers_idle.wait()  # noqa: SLF001 - the harness is part of the runtime's package
-            await rt.committer.wait_idle()
-            if rt._workers_idle.is_set():  # noqa: SLF001
-                return
+        await self._rt().wait_idle()
 
     async def send(self, ca: str, request: Request) -> Any:
         """Submit a raw request; for calls, return the decoded reply message."""

