@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
-from bridge import codec
+from bridge import codec, faults
 from bridge.app import CA
 from bridge.committer import Pending
 from bridge.errors import AppError, CodecError
@@ -213,6 +213,7 @@ class Actor:
         txn.ack(req.session, req.seq)
         change, _ = self._apply(txn, self.state_blob)
         if not change.empty():
+            faults.hit("in_ack")
             self._submit(Pending(self, self.epoch, change))
 
     def _sync(self, req: Request) -> None:

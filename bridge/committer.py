@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bridge import faults
 from bridge.store import Change, Store
 
 if TYPE_CHECKING:
@@ -99,11 +100,13 @@ class Committer:
                 return
             self.batches += 1
             self.committed_calls += len(changes)
+            faults.hit("after_commit")
         for pending in live:
             try:
                 self._deliver(pending)
             except Exception:  # a delivery bug must never stop the commit loop
                 log.exception("delivering the effects of CA %s failed", pending.actor.name)
+        faults.hit("after_publish")
 
     @staticmethod
     def _fail(pending: Pending) -> None:

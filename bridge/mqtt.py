@@ -83,6 +83,8 @@ class MqttLink:
         self.dropped = 0  # publishes refused because too many were queued
         self.connects = 0
         self._unacked = 0
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
         self._closing = False
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -127,12 +129,15 @@ class MqttLink:
         return True
 
     async def flush(self, timeout: float) -> bool:
-        """Wait until every QoS 1 publish is acknowledged by the broker; False on timeout."""
-        loop = self._loop
-        deadline = loop.time() + timeout
-        while self._unacked > 0 and loop.time() < deadline and self.connected.is_set():
-            await asyncio.sleep(0.01)
-        return self._unacked == 0
+        """Wait until every QoS 1 publish is acknowledged by the broker; False on timeout or if disconnected."""
+        if not self.connected.is_set():
+            return self._unacked == 0
+        try:
+            async with asyncio.timeout(timeout):
+                await self._all_acked.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def aclose(self, flush_timeout: float = 2.0) -> None:
         """Flush (bounded), disconnect cleanly and stop the link's tasks."""
@@ -156,6 +161,7 @@ class MqttLink:
                             self.dropped)
         elif qos:
             self._unacked += 1
+            self._all_acked.clear()
 
     # -- connection management -----------------------------------------------------------------------------------
 
@@ -210,6 +216,8 @@ class MqttLink:
             return
         self.connects += 1
         self._unacked = len(client._out_messages)  # paho resends these after CONNACK
+        if self._unacked == 0:
+            self._in_loop(self._all_acked.set)
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
         log.info("connected to broker %s:%d", self.url.host, self.url.port)
@@ -238,6 +246,8 @@ class MqttLink:
     def _on_publish(self, *_args: Any) -> None:
         if self._unacked > 0:
             self._unacked -= 1
+            if self._unacked == 0:
+                self._all_acked.set()
 
     def _on_socket_open(self, _c: paho.Client, _u: Any, sock: Any) -> None:
         with contextlib.suppress(OSError):  # not a TCP socket (e.g. a test's socketpair)

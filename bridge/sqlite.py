@@ -15,6 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from bridge import faults
 from bridge.errors import StoreError
 from bridge.store import CARecord, Change, SessionRecord, merge
 
@@ -171,6 +172,7 @@ class SQLiteStore:
                 db.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
                 db.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
                 db.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?", dedup_floors)
+                faults.hit("in_commit")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

@@ -22,6 +22,18 @@ class Counter(CA):
         return self.state["seen"][token]
 
     @method
+    async def record_notify(self, token):
+        """Record a token and notify session "watch" (unbounded queue) with it."""
+        self.state["seen"][token] = self.state["seen"].get(token, 0) + 1
+        self.session.limit_queue(0, "watch")
+        self.session.notify([token], "watch")
+        return self.state["seen"][token]
+
+    @method
+    async def outq_len(self, session_id):
+        return len(self.session.outq(session_id))
+
+    @method
     def incr(self):
         self.state["n"] = self.state.get("n", 0) + 1
         return self.state["n"]

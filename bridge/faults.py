@@ -1,0 +1,42 @@
+"""Deterministic crash points for reliability tests. Off unless CA_BRIDGE_FAULTS is set.
+
+``CA_BRIDGE_FAULTS="after_commit=3"`` makes the process SIGKILL itself the third time it reaches the point
+``after_commit``. Several points are separated by commas. Points:
+
+* ``in_commit``: inside the store transaction, after the writes and before COMMIT (the batch must vanish);
+* ``after_commit``: the batch is durable, nothing of it is published yet;
+* ``after_publish``: the batch's replies and notifications are handed to MQTT (maybe not yet sent);
+* ``in_ack``: an ack was applied in memory but not committed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["POINTS", "hit"]
+
+POINTS = frozenset({"in_commit", "after_commit", "after_publish", "in_ack"})
+
+
+def _parse(spec: str) -> dict[str, int]:
+    armed: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count = item.partition("=")
+        if name not in POINTS or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"CA_BRIDGE_FAULTS: bad item {item!r} (points: {', '.join(sorted(POINTS))})")
+        armed[name] = int(count)
+    return armed
+
+
+_armed = _parse(os.environ.get("CA_BRIDGE_FAULTS", ""))
+
+
+def hit(point: str) -> None:
+    """Count one pass through ``point``; SIGKILL this process when its count runs out."""
+    if not _armed or point not in _armed:
+        return
+    _armed[point] -= 1
+    if _armed[point] == 0:
+        os.write(2, f"CA_BRIDGE_FAULTS: killing the bridge at {point}\n".encode())
+        os.kill(os.getpid(), signal.SIGKILL)
