@@ -116,7 +116,8 @@ class Bridge:
             self.link.publish(self.topics.session(ca, exc.session), codec.encode(reply_err(exc.request_id, err), enc))
         else:
             self.link.publish(self.topics.errors(ca), codec.encode({"t": "error", "err": err}, enc))
-        log.info("CA %s: rejected a message: %s", ca, exc)
+        if self.runtime.rejected_bad % 1000 == 1:  # rate-limited: hostile traffic must not flood the log
+            log.warning("CA %s: rejected a message: %s (%d rejected so far)", ca, exc, self.runtime.rejected_bad)
 
     async def serve_forever(self) -> None:
         """Run until cancelled."""

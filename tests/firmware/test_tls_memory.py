@@ -61,7 +61,7 @@ def test_tls_calls_through_mosquitto_tls_listener(procs, tmp_path, certdir, inte
     rc, res, out, err = run_device(interp, SCRIPT, [tls_port, "tls", ca, other], timeout=60)
     assert rc == 0, out + err
     assert isinstance(res["counter"], int)
-    assert res["echo"]["current"] == "default"
+    assert isinstance(res["echo"], dict) and res["echo"]["current"] == "default", res["echo"]
     assert res["bad_ca"].startswith("refused")
 
 

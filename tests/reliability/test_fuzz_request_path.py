@@ -1,0 +1,136 @@
+"""Fuzz the bridge's whole request path (topic check, decode, validate, admit, run) in process.
+
+A seeded mutation fuzzer produces tens of thousands of hostile messages: random bytes, truncations, bit flips,
+wrong types for every field, nesting bombs, hostile names. Expectations: nothing escapes the handler, every
+rejection that has a reply path gets a bad_request, no state or queue changes, memory stays bounded, and a normal
+call still works afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import cbor2
+
+from bridge import codec
+from bridge.service import Bridge, Settings
+from tests.apps import Counter
+
+FIELDS = {"t": ["call", "ack", "sync", "bogus", "", None, 1],
+          "id": ["r1", "", "x" * 65, 7, None, ["r"], {"a": 1}],
+          "session": ["default", "s/1", "+", "#", "$x", "a\x00", "x" * 65, "", 5, None, "caf\u00e9"],
+          "method": ["incr", "on_init", "_private", "__class__", "state", "nope", "", 3, None, "record_notify"],
+          "args": [[], [1], ["t"], "notalist", None, {"a": 1}, [[[[[]]]]], [1, 2, 3, 4]],
+          "seq": [0, -1, 2**70, "1", None, 5]}
+TOPICS = ["ca/victim/in", "ca/victim/in", "ca/victim/in", "ca/+/in", "ca/#", "ca/victim/out", "ca//in",
+          "ca/" + "v" * 80 + "/in", "ca/vic tim/in", "ca/victim\x7f/in", "x/victim/in", "ca/victim/in/"]
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.published.append((topic, payload))
+
+
+def mutate(rng: random.Random) -> tuple[str, bytes]:
+    topic = rng.choice(TOPICS)
+    kind = rng.randrange(6)
+    if kind == 0:
+        return topic, rng.randbytes(rng.randrange(0, 200))
+    msg = {k: rng.choice(v) for k, v in FIELDS.items() if rng.random() < 0.8}
+    data = cbor2.dumps(msg) if rng.random() < 0.7 else codec.encode(msg, "json") if _jsonable(msg) else b"{"
+    if kind == 1:
+        return topic, data[: rng.randrange(len(data) + 1)]
+    if kind == 2:
+        buf = bytearray(data)
+        for _ in range(rng.randrange(1, 4)):
+            if buf:
+                buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+        return topic, bytes(buf)
+    if kind == 3:
+        depth = rng.choice([10, 33, 1000, 20000])
+        return topic, (b"\x81" * depth + b"\x00") if rng.random() < 0.5 else (b"[" * depth)
+    if kind == 4:
+        return topic, cbor2.dumps({"t": "call", "id": "big", "method": "incr", "args": ["x" * rng.choice([10, 70_000])]})
+    return topic, data
+
+
+def _jsonable(msg: dict) -> bool:
+    try:
+        codec.encode(msg, "json")
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+async def test_fuzzed_messages_change_nothing_and_never_escape(tmp_path):
+    bridge = Bridge(Counter, Settings(db=tmp_path / "fuzz.db", pulse=None))
+    link = FakeLink()
+    bridge.link = link  # type: ignore[assignment]
+    await bridge.store.open()
+    try:
+        async with bridge.runtime:
+            rng = random.Random(20261126)
+            bridge._on_message("ca/victim/in", cbor2.dumps({"t": "call", "id": "seed", "method": "incr"}))
+            await bridge.runtime.wait_idle()
+            baseline = codec.loads(bridge.runtime.actors["victim"].state_blob)
+            tracemalloc.start()
+            peaks = []
+            inputs = 0
+            for round_ in range(4):
+                for _ in range(5000):
+                    topic, payload = mutate(rng)
+                    if topic == "ca/victim/in" and _is_valid_call(payload):
+                        continue  # a well-formed call would legitimately change state
+                    bridge._on_message(topic, payload)
+                    inputs += 1
+                await bridge.runtime.wait_idle()
+                peaks.append(tracemalloc.get_traced_memory()[0])
+                link.published.clear()
+            tracemalloc.stop()
+            victim = bridge.runtime.actors["victim"]
+            assert codec.loads(victim.state_blob) == baseline
+            assert all(not data.queue for data in victim.sessions.values())
+            assert set(bridge.runtime.actors) == {"victim"}  # no CA created by hostile input
+            # memory after each 5000-input round stays flat (no per-message leak)
+            assert peaks[-1] < peaks[0] + 2_000_000, peaks
+            bridge._on_message("ca/victim/in", cbor2.dumps({"t": "call", "id": "after", "method": "incr"}))
+            await bridge.runtime.wait_idle()
+            assert codec.loads(victim.state_blob)["n"] == baseline["n"] + 1
+            assert inputs > 15_000
+    finally:
+        await bridge.store.close()
+
+
+def _is_valid_call(payload: bytes) -> bool:
+    from bridge.errors import BadRequest
+    from bridge.protocol import parse_request
+
+    try:
+        req = parse_request(payload, 65536)
+    except BadRequest:
+        return False
+    return req.kind == "call" and req.method in Counter.methods and Counter.methods[req.method].accepts(len(req.args))
+
+
+async def test_rejections_answer_on_the_session_or_errors_topic(tmp_path):
+    bridge = Bridge(Counter, Settings(db=tmp_path / "r.db", pulse=None))
+    link = FakeLink()
+    bridge.link = link  # type: ignore[assignment]
+    await bridge.store.open()
+    try:
+        async with bridge.runtime:
+            bridge._on_message("ca/v/in", cbor2.dumps({"t": "call", "id": "r1", "method": 5}))
+            bridge._on_message("ca/v/in", b"\x00garbage")
+            bridge._on_message("ca/v/in", cbor2.dumps({"t": "call", "id": "r2", "session": "s", "method": "nope"}))
+            await bridge.runtime.wait_idle()
+            by_topic = {t: cbor2.loads(p) for t, p in link.published}
+            assert by_topic["ca/v/session/default"]["err"]["kind"] == "bad_request"
+            assert by_topic["ca/v/errors"]["err"]["kind"] == "bad_request"
+            assert by_topic["ca/v/session/s"]["err"]["name"] == "NoSuchMethod"
+            assert b"garbage" not in b"".join(p for _, p in link.published)  # never echoes payloads
+    finally:
+        await bridge.store.close()
