@@ -1,0 +1,72 @@
+# hellopersistent device: buy every item exactly once although the device crashes at random.
+# Runs unchanged under CPython and MicroPython; rerun it until it exits 0 (see forever.py).
+#
+# env: CA_HOST CA_PORT CA_NAME (foo-ca1) ITEMS (count; default: a fixed fruit list)
+#      CRASH (per-256 chance to die before each buy, default 47)
+#      CRASH_MID (per-256 chance to die while a buy is in flight, default 0)
+#      SEED, RUN (seed the crash dice; forever.py sets RUN to the attempt number)
+import os
+import sys
+
+from firmware_client import Client, PersistentSession
+
+getenv = getattr(os, "getenv", lambda k, d=None: d)
+FRUIT = ["apple", "banana", "cherry", "date", "elderberry", "fig", "grape", "honeydew", "kiwi", "lemon"]
+n_items = int(getenv("ITEMS", "0"))
+ITEMS = ["item%03d" % i for i in range(n_items)] if n_items else FRUIT
+CRASH = int(getenv("CRASH", "47"))
+CRASH_MID = int(getenv("CRASH_MID", "0"))
+
+try:
+    import random
+
+    if getenv("SEED"):
+        random.seed(int(getenv("SEED")) * 7919 + int(getenv("RUN", "0")))
+
+    def dice():
+        return random.getrandbits(8)
+
+except ImportError:
+
+    def dice():
+        return os.urandom(1)[0]
+
+
+def crash(why):
+    print("crash:", why)
+    sys.exit(1)
+
+
+def main():
+    c = Client(getenv("CA_NAME", "foo-ca1"), "default", host=getenv("CA_HOST", "127.0.0.1"),
+               port=int(getenv("CA_PORT", "1883")), timeout=10)
+    c.connect()
+    ps = PersistentSession(c)
+    start = 0
+    if isinstance(ps.memento, int) and not isinstance(ps.memento, bool):
+        print("Crash detected, resuming at", ps.memento + 1)
+        start = ps.memento + 1
+    for i in range(start, len(ITEMS)):
+        if dice() < CRASH:
+            crash("before buying %d" % i)
+        if dice() < CRASH_MID:
+            try:  # send the buy, then die before (or just after) the reply: did it commit?
+                c.call("buy", ps.nonce, i, ITEMS[i], timeout=dice() / 5000)
+            except Exception:
+                pass
+            crash("while buying %d" % i)
+        c.call("buy", ps.nonce, i, ITEMS[i])
+    ok = ps.end()
+    c.close()
+    print("done, end ->", ok)
+    return 0 if ok else 1
+
+
+try:
+    code = main()
+except SystemExit:
+    raise
+except Exception as e:  # any error: crash and let the next run resume from the memento
+    print("error:", repr(e))
+    code = 1
+sys.exit(code)

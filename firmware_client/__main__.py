@@ -1,0 +1,106 @@
+"""Command line (CPython): call a CA method, or listen to a session's notifications.
+
+    python -m firmware_client call --ca NAME [--session S] METHOD [ARGS...]
+    python -m firmware_client listen --ca NAME --session S
+
+ARGS are parsed as JSON when possible, else taken as strings. Results and notifications are
+printed as JSON (bytes as {"$bytes": base64}). Host, port, user and password come from flags or
+CA_HOST, CA_PORT, CA_USER, CA_PASSWORD.
+"""
+
+import argparse
+import base64
+import json
+import os
+import sys
+
+from firmware_client import CAError, Client
+
+
+def _arg(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _json(value):
+    def default(o):
+        if isinstance(o, (bytes, bytearray)):
+            return {"$bytes": base64.b64encode(bytes(o)).decode()}
+        raise TypeError(type(o).__name__)
+
+    return json.dumps(value, default=default, ensure_ascii=False)
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m firmware_client", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default=os.getenv("CA_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.getenv("CA_PORT", "0")) or None)
+    p.add_argument("--user", default=os.getenv("CA_USER"))
+    p.add_argument("--password", default=os.getenv("CA_PASSWORD"))
+    p.add_argument("--prefix", default="ca")
+    p.add_argument("--codec", choices=["cbor", "json"], default="cbor")
+    p.add_argument("--tls-ca", help="CA certificate file: connect with TLS")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (call: per call; listen: 0 = forever)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("call", help="call METHOD with ARGS, print the result as JSON")
+    c.add_argument("--ca", required=True)
+    c.add_argument("--session", default="default")
+    c.add_argument("method")
+    c.add_argument("args", nargs="*")
+    li = sub.add_parser("listen", help="print notifications as JSON lines")
+    li.add_argument("--ca", required=True)
+    li.add_argument("--session", required=True)
+    li.add_argument("--count", type=int, default=0, help="exit after this many notifications")
+    return p
+
+
+def _client(a, session, clean):
+    ssl = {"cafile": a.tls_ca} if a.tls_ca else None
+    kw = {}
+    if clean:  # a one-shot CLI call must not kick a device using the stable client id
+        kw["client_id"] = "cli-%s" % os.urandom(6).hex()
+        kw["clean"] = True
+    c = Client(a.ca, session, a.host, a.port, a.user, a.password, codec=a.codec, ssl=ssl, prefix=a.prefix, **kw)
+    c.connect(timeout=a.timeout)
+    return c
+
+
+def main(argv=None):
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "call":
+            c = _client(a, a.session, True)
+            try:
+                result = c.call(a.method, *[_arg(x) for x in a.args], timeout=a.timeout)
+            finally:
+                c.close()
+            print(_json(result))
+            return 0
+        c = _client(a, a.session, False)
+        seen = [0]
+
+        def show(args):
+            print(_json(args), flush=True)
+            seen[0] += 1
+
+        c.on_notify = show
+        try:
+            while not a.count or seen[0] < a.count:
+                c.poll(0.5)
+        finally:
+            c.close()
+        return 0
+    except CAError as e:
+        print("error: %s %s: %s %s" % (e.kind, e.name, e.message, _json(e.data)), file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print("error: %s: %s" % (type(e).__name__, e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
