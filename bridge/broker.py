@@ -43,26 +43,67 @@ def load_config(path: Path | None) -> dict[str, Any]:
     return config
 
 
-class EmbeddedBroker:
-    """amqtt in this process, listening on ``host:port``. Use as an async context manager."""
+POLICY_PLUGIN = "bridge.amqtt_plugins.DevicePolicyPlugin"
+# amqtt plugins that decide who may connect or use a topic: replaced by POLICY_PLUGIN when auth is on.
+_ACCESS_PLUGINS = (
+    "amqtt.plugins.authentication.AnonymousAuthPlugin",
+    "amqtt.plugins.authentication.FileAuthPlugin",
+    "amqtt.plugins.topic_checking.TopicAccessControlListPlugin",
+    "amqtt.plugins.topic_checking.TopicTabooPlugin",
+)
 
-    def __init__(self, host: str, port: int, config: dict[str, Any] | None = None) -> None:
+
+class EmbeddedBroker:
+    """amqtt in this process, listening on ``host:port``. Use as an async context manager.
+
+    ``password_file`` (an auth directory's amqtt.passwd) turns on authentication and the per-device ACL of
+    bridge.amqtt_plugins for topics under ``prefix``; ``tls`` = (certfile, keyfile, host, port) adds a TLS
+    listener next to the plain one.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        config: dict[str, Any] | None = None,
+        *,
+        password_file: Path | None = None,
+        prefix: str = "ca",
+        tls: tuple[Path, Path, str, int] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.config = copy.deepcopy(config) if config is not None else load_config(None)
         self.config.setdefault("listeners", {}).setdefault("default", {"type": "tcp"})
         self.config["listeners"]["default"]["bind"] = f"{host}:{port}"
+        if password_file is not None:
+            plugins = {k: v for k, v in (self.config.get("plugins") or {}).items() if k not in _ACCESS_PLUGINS}
+            plugins[POLICY_PLUGIN] = {"password_file": str(password_file), "prefix": prefix}
+            self.config["plugins"] = plugins
+        if tls is not None:
+            certfile, keyfile, tls_host, tls_port = tls
+            for f in (certfile, keyfile):
+                if not Path(f).is_file():
+                    raise ConfigError(f"TLS file {f} does not exist")
+            max_conn = self.config["listeners"]["default"].get("max_connections", 10000)
+            self.config["listeners"]["tls"] = {
+                "type": "tcp", "bind": f"{tls_host}:{tls_port}", "ssl": True, "certfile": str(certfile),
+                "keyfile": str(keyfile), "max_connections": max_conn,
+            }
+        self.tls = tls
         self._broker: Any = None
 
     async def __aenter__(self) -> EmbeddedBroker:
-        from amqtt.broker import Broker  # type: ignore[import-untyped]  # only the embedded mode needs amqtt
+        from bridge.amqtt_plugins import broker_class  # only the embedded mode needs amqtt
 
-        self._broker = Broker(self.config)
+        self._broker = broker_class()(self.config)
         try:
             await self._broker.start()
         except Exception as exc:
             raise ConfigError(f"embedded broker cannot listen on {self.host}:{self.port}: {exc}") from None
         log.info("embedded amqtt broker listening on %s:%d", self.host, self.port)
+        if self.tls is not None:
+            log.info("embedded amqtt broker listening with TLS on %s:%d", self.tls[2], self.tls[3])
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

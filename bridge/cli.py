@@ -76,6 +76,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dedup-window", type=int, default=64, help="replies remembered per session")
     run.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "EXTRA"], help="SQLite durability")
     run.add_argument("--client-id", help="the bridge's MQTT client id (default ca-bridge-PREFIX)")
+    run.add_argument("--auth", type=Path, metavar="DIR",
+                     help="auth directory (see `device add`): the embedded broker requires passwords and applies the "
+                          "per-device ACL; the bridge connects as user ca-bridge with its password from DIR")
+    run.add_argument("--ca-file", type=Path, metavar="FILE", help="CA certificate to verify an mqtts:// broker")
+    run.add_argument("--tls-cert", type=Path, metavar="FILE", help="embedded broker: TLS certificate (chain), PEM")
+    run.add_argument("--tls-key", type=Path, metavar="FILE", help="embedded broker: TLS private key, PEM")
+    run.add_argument("--tls-listen", type=_host_port, default=("127.0.0.1", 8883), metavar="HOST:PORT",
+                     help="embedded broker TLS listener address (default 127.0.0.1:8883)")
+
+    dev = sub.add_parser("device", help="manage device credentials (add, remove, list)")
+    dev_sub = dev.add_subparsers(dest="device_command", required=True)
+    auth_help = "auth directory (default ./devices.auth)"
+    add = dev_sub.add_parser("add", help="create a device and print its settings (the password is shown only once)")
+    add.add_argument("name", metavar="NAME", help="the device's CA name (also its MQTT username)")
+    add.add_argument("--rotate", action="store_true", help="give an existing device a new password")
+    add.add_argument("--host", default="127.0.0.1", help="broker host to print in the settings")
+    add.add_argument("--port", type=int, default=1883, help="broker port to print in the settings")
+    add.add_argument("--tls", action="store_true", help="print mqtts settings")
+    add.add_argument("--prefix", default="ca", help="topic prefix to print in the settings")
+    add.add_argument("--json", action="store_true", help="print the settings as JSON")
+    rm = dev_sub.add_parser("remove", help="revoke a device")
+    rm.add_argument("name", metavar="NAME")
+    ls = dev_sub.add_parser("list", help="list device names (never secrets)")
+    ls.add_argument("--json", action="store_true")
+    for p_ in (add, rm, ls):
+        p_.add_argument("--auth", type=Path, default=Path("devices.auth"), metavar="DIR", help=auth_help)
 
     insp = sub.add_parser("inspect", help="list CAs, or show one CA's state and sessions")
     insp.add_argument("ca", nargs="?", metavar="CA")
@@ -91,11 +117,19 @@ async def _run(args: argparse.Namespace) -> None:
         pulse=args.pulse or None, max_payload=args.max_payload, mailbox=args.mailbox, call_timeout=args.call_timeout,
         synchronous=args.synchronous, client_id=args.client_id,
         limits=SessionLimits(args.max_sessions, args.queue_limit, dedup_window=args.dedup_window),
+        auth=args.auth, ca_file=args.ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_listen=args.tls_listen,
     )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.auth is not None and args.broker is None:
+        from bridge.amqtt_plugins import reload_all
+
+        loop.add_signal_handler(signal.SIGHUP, reload_all)  # reread the password file now (it is also watched)
     async with Bridge(app, settings) as bridge:
         where = f"embedded broker listening on {args.listen[0]}:{args.listen[1]}" if args.broker is None \
             else f"broker {bridge.broker_url.host}:{bridge.broker_url.port}"
@@ -127,6 +161,43 @@ async def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(args: argparse.Namespace) -> int:
+    import json
+
+    from bridge.auth import AuthStore
+
+    store = AuthStore(args.auth)
+    if args.device_command == "list":
+        names = store.devices() if args.auth.exists() else []
+        print(json.dumps(names) if args.json else "\n".join(names) or f"no devices in {args.auth}")
+        return 0
+    if args.device_command == "remove":
+        if not store.remove(args.name):
+            print(f"no device named {args.name!r} in {args.auth}", file=sys.stderr)
+            return 1
+        print(f"removed device {args.name!r} from {args.auth}; it is refused on its next connect "
+              "(the embedded broker rereads the file; send mosquitto a SIGHUP)")
+        return 0
+    store.bridge_credentials()  # the bridge's own entry exists before any device's
+    creds = store.add(args.name, rotate=args.rotate)
+    prefix = args.prefix
+    settings = {
+        "host": args.host, "port": args.port, "tls": args.tls, "username": creds.username,
+        "password": creds.password, "ca": creds.username,
+        "publish": f"{prefix}/{creds.username}/in",
+        "subscribe": [f"{prefix}/{creds.username}/session/+", f"{prefix}/{creds.username}/errors"],
+    }
+    if args.json:
+        print(json.dumps(settings))
+    else:
+        print(f"{'rotated' if args.rotate else 'added'} device {creds.username!r} in {args.auth}")
+        for key in ("host", "port", "tls", "username", "password", "publish", "subscribe"):
+            value = settings[key]
+            print(f"  {key:9} {', '.join(value) if isinstance(value, list) else value}")
+        print("The password is shown only now: store it on the device.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ca-bridge` and `python -m bridge`."""
     args = _parser().parse_args(argv)
@@ -137,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             asyncio.run(_run(args))
             return 0
+        if args.command == "device":
+            return _device(args)
         return asyncio.run(_inspect(args))
     except BridgeError as exc:
         print(f"ca-bridge: {exc}", file=sys.stderr)

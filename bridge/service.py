@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 from bridge import codec
 from bridge.app import CA
 from bridge.broker import EmbeddedBroker, load_config
-from bridge.errors import BadRequest
+from bridge.errors import BadRequest, ConfigError
 from bridge.mqtt import BrokerURL, MqttLink
 from bridge.protocol import Topics, error_body, parse_request, reply_err
 from bridge.runtime import Runtime
@@ -40,6 +42,11 @@ class Settings:
     synchronous: str = "FULL"
     client_id: str | None = None
     limits: SessionLimits = field(default_factory=SessionLimits)
+    auth: Path | None = None  # auth directory (bridge.auth): embedded broker auth + ACL, the bridge's own credentials
+    ca_file: Path | None = None  # CA certificate to verify the broker's TLS certificate
+    tls_cert: Path | None = None  # embedded broker: add a TLS listener with this certificate chain ...
+    tls_key: Path | None = None  # ... and this private key
+    tls_listen: tuple[str, int] = ("127.0.0.1", 8883)
 
 
 class Bridge:
@@ -63,14 +70,22 @@ class Bridge:
         try:
             await self.store.open()
             self._stack.push_async_callback(self.store.close)
+            if s.auth is not None and self.broker_url.username is None:
+                from bridge.auth import AuthStore
+
+                creds = AuthStore(s.auth).bridge_credentials()  # never logged
+                self.broker_url = dataclasses.replace(
+                    self.broker_url, username=creds.username, password=creds.password)
             if s.broker is None:
-                await self._stack.enter_async_context(
-                    EmbeddedBroker(s.listen[0], s.listen[1], load_config(s.broker_config)))
+                tls = (s.tls_cert, s.tls_key, *s.tls_listen) if s.tls_cert and s.tls_key else None
+                await self._stack.enter_async_context(EmbeddedBroker(
+                    s.listen[0], s.listen[1], load_config(s.broker_config),
+                    password_file=s.auth / "amqtt.passwd" if s.auth is not None else None, prefix=s.prefix, tls=tls))
             await self._stack.enter_async_context(self.runtime)
             client_id = s.client_id or f"ca-bridge-{s.prefix.replace('/', '-')}"
             self.link = MqttLink(
                 self.broker_url, client_id=client_id, on_message=self._on_message,
-                subscriptions=[(self.topics.inbound_filter, 1)],
+                subscriptions=[(self.topics.inbound_filter, 1)], tls_context=self._tls_context(),
             )
             await self._stack.enter_async_context(self.link)
             self._stack.push_async_callback(self.runtime.aclose)  # drain before the link goes
@@ -83,6 +98,16 @@ class Bridge:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """A verifying client context for mqtts:// (with --ca-file as the trust anchor when given)."""
+        if not self.broker_url.tls:
+            return None
+        ca_file = self.settings.ca_file
+        try:
+            return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the CA certificate {ca_file}: {exc}") from None
 
     # -- the Sink the runtime publishes through ------------------------------------------------------------
 

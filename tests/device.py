@@ -23,7 +23,9 @@ class CallFailed(Exception):
 
 class Device:
     def __init__(self, port: int, ca: str, session: str = "default", *, codec: str = "cbor", prefix: str = "ca",
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, username: str | None = None, password: str | None = None,
+                 tls: str | None = None) -> None:
+        """``username``/``password`` authenticate; ``tls`` is a CA certificate file: connect over TLS verifying it."""
         self.ca, self.session, self.codec, self.prefix = ca, session, codec, prefix
         self.replies: dict[str, dict[str, Any]] = {}
         self.notes: list[dict[str, Any]] = []
@@ -39,6 +41,10 @@ class Device:
         self.client.on_connect = self._on_connect
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: self._subscribed.set()
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls is not None:
+            self.client.tls_set(ca_certs=tls)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
