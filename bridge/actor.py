@@ -39,8 +39,8 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "durable", "epoch", "mailbox", "name", "pulse_queued", "ready", "rt", "running", "sessions",
-        "stale", "state_blob",
+        "ca", "dedup", "dedup_pos", "durable", "epoch", "mailbox", "name", "pulse_queued", "ready", "rt", "running",
+        "sessions", "stale", "state_blob",
     )
 
     def __init__(self, rt: Runtime, name: str, record: CARecord | None) -> None:
@@ -59,6 +59,10 @@ class Actor:
 
     def _load(self, record: CARecord | None) -> None:
         self.sessions: dict[str, SessionData] = {}
+        # (session, request id) -> (position, encoded reply), oldest first; kept per CA so that collecting a
+        # session does not forget which of its requests already ran
+        self.dedup: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.dedup_pos = 0
         self.ready = False
         if record is None:
             self.durable = False
@@ -69,9 +73,9 @@ class Actor:
             for sid, srec in record.sessions.items():
                 data = SessionData.from_meta(codec.loads(srec.meta))
                 data.queue = srec.notes
-                data.dedup = {rid: (pos, reply) for pos, rid, reply in srec.dedup}
-                data.dedup_pos = srec.dedup[-1][0] if srec.dedup else 0
                 self.sessions[sid] = data
+            self.dedup = {(sid, rid): (pos, reply) for pos, sid, rid, reply in record.dedup}
+            self.dedup_pos = record.dedup[-1][0] if record.dedup else 0
         self.ca.state = codec.loads(self.state_blob)
 
     def invalidate(self) -> None:
@@ -260,24 +264,19 @@ class Actor:
 
     def _record(self, sid: str, rid: str, payload: bytes, change: Change) -> None:
         """Remember a call's reply for dedup, in the same change as its effects."""
-        data = self.sessions[sid]
-        data.dedup_pos += 1
-        pos = data.dedup_pos
-        data.dedup[rid] = (pos, payload)
-        write = change.sessions.get(sid)
-        if write is None:
-            write = change.sessions[sid] = SessionWrite()
-        write.dedup.append((pos, rid, payload))
+        self.dedup_pos += 1
+        pos = self.dedup_pos
+        self.dedup[(sid, rid)] = (pos, payload)
+        change.dedup.append((pos, sid, rid, payload))
         floor = pos - self.rt.limits.dedup_window + 1
         if floor > 1:
-            write.dedup_floor = floor
-            dedup = data.dedup
+            change.dedup_floor = floor
+            dedup = self.dedup
             while dedup and next(iter(dedup.values()))[0] < floor:
                 del dedup[next(iter(dedup))]
 
     def _dedup_hit(self, req: Request) -> bytes | None:
-        data = self.sessions.get(req.session)
-        hit = data.dedup.get(req.id) if data else None
+        hit = self.dedup.get((req.session, req.id))
         return None if hit is None else hit[1]
 
     # -- replies outside a transaction --------------------------------------------------------------------------

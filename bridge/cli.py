@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--call-timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline")
     run.add_argument("--max-sessions", type=int, default=10)
     run.add_argument("--queue-limit", type=int, default=5, help="default per-session queue limit")
-    run.add_argument("--dedup-window", type=int, default=64, help="replies remembered per session")
+    run.add_argument("--dedup-window", type=int, default=64, help="replies remembered per CA")
+    run.add_argument("--max-queue", type=int, default=10_000,
+                     help="hard cap of any session queue, even an 'unlimited' one (oldest dropped)")
     run.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "EXTRA"], help="SQLite durability")
     run.add_argument("--client-id", help="the bridge's MQTT client id (default ca-bridge-PREFIX)")
     run.add_argument("--auth", type=Path, metavar="DIR",
@@ -116,7 +118,7 @@ async def _run(args: argparse.Namespace) -> None:
         db=args.db, broker=args.broker, listen=args.listen, broker_config=args.broker_config, prefix=args.prefix,
         pulse=args.pulse or None, max_payload=args.max_payload, mailbox=args.mailbox, call_timeout=args.call_timeout,
         synchronous=args.synchronous, client_id=args.client_id,
-        limits=SessionLimits(args.max_sessions, args.queue_limit, dedup_window=args.dedup_window),
+        limits=SessionLimits(args.max_sessions, args.queue_limit, args.max_queue, args.dedup_window),
         auth=args.auth, ca_file=args.ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_listen=args.tls_listen,
     )

@@ -15,6 +15,9 @@ __all__ = ["describe", "render"]
 def describe(record: CARecord) -> dict[str, Any]:
     """One CA as plain data: state, and per session its queue, limit and persistent-session status."""
     sessions = {}
+    dedup_by_session: dict[str, int] = {}
+    for _pos, sid, _rid, _reply in record.dedup:
+        dedup_by_session[sid] = dedup_by_session.get(sid, 0) + 1
     for sid, srec in record.sessions.items():
         data = SessionData.from_meta(codec.loads(srec.meta))
         sessions[sid] = {
@@ -25,10 +28,11 @@ def describe(record: CARecord) -> dict[str, Any]:
             "pinned": data.pinned,
             "has_nonce": data.nonce is not None,
             "has_memento": data.memento is not None,
-            "dedup_records": len(srec.dedup),
+            "dedup_records": dedup_by_session.get(sid, 0),
             "codec": data.codec,
         }
-    return {"name": record.name, "state": codec.loads(record.state), "sessions": sessions}
+    return {"name": record.name, "state": codec.loads(record.state), "sessions": sessions,
+            "dedup_records": len(record.dedup)}
 
 
 def _plain(value: Any) -> Any:

@@ -22,7 +22,8 @@ Customizer = Callable[[str, list[Any]], list[Any]]
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
-    """Per-CA session settings: the Caf.js defaults, plus a hard cap no queue may pass."""
+    """Per-CA settings: Caf.js's session defaults, a hard cap no queue may pass, and the dedup window (the
+    replies of the last ``dedup_window`` requests of each CA are remembered)."""
 
     max_sessions: int = 10
     default_queue: int = 5
@@ -35,8 +36,6 @@ class SessionData:
     """The committed (or working) data of one logical session.
 
     ``queue`` holds ``(seq, cbor(args))`` with contiguous sequence numbers ending at ``next_seq - 1``.
-    ``dedup`` maps recent request ids to ``(position, encoded reply)``; it is shared, not copied, by working
-    copies, because only the runtime writes it, after the call is over.
     """
 
     limit: int
@@ -46,8 +45,6 @@ class SessionData:
     next_seq: int = 1
     codec: codec.Codec = "cbor"
     queue: list[tuple[int, bytes]] = field(default_factory=list)
-    dedup: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    dedup_pos: int = 0
 
     @property
     def first_seq(self) -> int:
@@ -60,16 +57,14 @@ class SessionData:
 
     @classmethod
     def from_meta(cls, meta: list[Any] | tuple[Any, ...]) -> SessionData:
-        """Rebuild from :meth:`meta` (queue and dedup records are loaded separately)."""
+        """Rebuild from :meth:`meta` (the queue is loaded separately)."""
         limit, pinned, nonce, memento, next_seq, session_codec = meta
         return cls(limit, pinned, nonce, memento, next_seq, session_codec)
 
     def copy(self) -> SessionData:
-        """A working copy for one call (queue copied, dedup shared)."""
+        """A working copy for one call."""
         return SessionData(
-            self.limit, self.pinned, self.nonce, self.memento, self.next_seq, self.codec,
-            list(self.queue), self.dedup, self.dedup_pos,
-        )
+            self.limit, self.pinned, self.nonce, self.memento, self.next_seq, self.codec, list(self.queue))
 
     def trim(self, hard_cap: int) -> None:
         """Drop the oldest notifications beyond the limit (and always beyond the hard cap)."""

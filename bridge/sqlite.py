@@ -31,10 +31,14 @@ CREATE TABLE IF NOT EXISTS note (
     ca TEXT NOT NULL, sid TEXT NOT NULL, seq INTEGER NOT NULL, args BLOB NOT NULL,
     PRIMARY KEY (ca, sid, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dedup (
-    ca TEXT NOT NULL, sid TEXT NOT NULL, pos INTEGER NOT NULL, rid TEXT NOT NULL, reply BLOB NOT NULL,
-    PRIMARY KEY (ca, sid, pos)) WITHOUT ROWID;
-PRAGMA user_version = 1;
+    ca TEXT NOT NULL, pos INTEGER NOT NULL, sid TEXT NOT NULL, rid TEXT NOT NULL, reply BLOB NOT NULL,
+    PRIMARY KEY (ca, pos)) WITHOUT ROWID;
 """
+SCHEMA_VERSION = 2
+# Version 1 kept dedup records per session (PRIMARY KEY (ca, sid, pos)); version 2 keeps them per CA so that a
+# collected session does not take them along. Upgrading drops the old records (at worst a retry in flight
+# during the upgrade runs again).
+MIGRATIONS = {1: "DROP TABLE dedup;"}
 
 
 class SQLiteStore:
@@ -63,7 +67,13 @@ class SQLiteStore:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"store {self.path} has schema {version}, newer than this bridge ({SCHEMA_VERSION})")
+            if version in MIGRATIONS:
+                db.executescript(MIGRATIONS[version])
             db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
         self._db = db
@@ -115,10 +125,10 @@ class SQLiteStore:
             notes = db.execute(f"SELECT ca, sid, seq, args FROM note {where} ORDER BY ca, sid, seq", args)
             for ca, sid, seq, blob in notes:
                 cas[ca].sessions[sid].notes.append((seq, blob))
-            for ca, sid, pos, rid, reply in db.execute(
-                f"SELECT ca, sid, pos, rid, reply FROM dedup {where} ORDER BY ca, sid, pos", args
+            for ca, pos, sid, rid, reply in db.execute(
+                f"SELECT ca, pos, sid, rid, reply FROM dedup {where} ORDER BY ca, pos", args
             ):
-                cas[ca].sessions[sid].dedup.append((pos, rid, reply))
+                cas[ca].dedup.append((pos, sid, rid, reply))
         finally:
             db.execute("COMMIT")
         return list(cas.values())
@@ -134,12 +144,15 @@ class SQLiteStore:
         purges: list[tuple[str, str]] = []
         metas: list[tuple[str, str, bytes]] = []
         notes: list[tuple[str, str, int, bytes]] = []
-        dedups: list[tuple[str, str, int, str, bytes]] = []
+        dedups: list[tuple[str, int, str, str, bytes]] = []
         note_floors: list[tuple[str, str, int]] = []
-        dedup_floors: list[tuple[str, str, int]] = []
+        dedup_floors: list[tuple[str, int]] = []
         for ca, change in merged.items():
             if change.state is not None:
                 states.append((ca, change.state))
+            dedups.extend((ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup)
+            if change.dedup_floor:
+                dedup_floors.append((ca, change.dedup_floor))
             for sid, w in change.sessions.items():
                 key = (ca, sid)
                 if w.purge:
@@ -147,16 +160,13 @@ class SQLiteStore:
                 if w.meta is not None:
                     metas.append((ca, sid, w.meta))
                 notes.extend((ca, sid, seq, blob) for seq, blob in w.notes)
-                dedups.extend((ca, sid, pos, rid, reply) for pos, rid, reply in w.dedup)
                 if w.note_floor:
                     note_floors.append((ca, sid, w.note_floor))
-                if w.dedup_floor:
-                    dedup_floors.append((ca, sid, w.dedup_floor))
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if purges:
-                    for table in ("session", "note", "dedup"):
+                    for table in ("session", "note"):
                         db.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
                 db.executemany(
                     "INSERT INTO ca (name, state) VALUES (?, ?) "
@@ -171,7 +181,7 @@ class SQLiteStore:
                 db.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
                 db.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
                 db.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
-                db.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?", dedup_floors)
+                db.executemany("DELETE FROM dedup WHERE ca = ? AND pos < ?", dedup_floors)
                 faults.hit("in_commit")
                 db.execute("COMMIT")
             except BaseException:

@@ -1,7 +1,7 @@
 """The durable store interface, its records, and an in-memory store for tests.
 
-A store keeps, per CA: the state (CBOR), and per session the metadata row, the queued notifications and the dedup
-records. The runtime hands it batches of :class:`Change` (one per call, many CAs) and needs each batch committed
+A store keeps, per CA: the state (CBOR), the dedup records of its recent requests, and per session the metadata
+row and the queued notifications. The runtime hands it batches of :class:`Change` (one per call, many CAs) and needs each batch committed
 atomically: all of it durable, or none of it. Anything transactional can implement this: SQLite here,
 PostgreSQL later.
 """
@@ -17,11 +17,10 @@ __all__ = ["CARecord", "Change", "MemoryStore", "SessionRecord", "SessionWrite",
 
 @dataclass(slots=True)
 class SessionRecord:
-    """One session as loaded: its meta row, queued notifications and dedup records, oldest first."""
+    """One session as loaded: its meta row and queued notifications, oldest first."""
 
     meta: bytes
     notes: list[tuple[int, bytes]] = field(default_factory=list)
-    dedup: list[tuple[int, str, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -31,6 +30,7 @@ class CARecord:
     name: str
     state: bytes
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
+    dedup: list[tuple[int, str, str, bytes]] = field(default_factory=list)  # (pos, session, request id, reply)
 
 
 @dataclass(slots=True)
@@ -43,8 +43,6 @@ class SessionWrite:
     meta: bytes | None = None
     notes: list[tuple[int, bytes]] = field(default_factory=list)
     note_floor: int = 0
-    dedup: list[tuple[int, str, bytes]] = field(default_factory=list)
-    dedup_floor: int = 0
     purge: bool = False
 
     def absorb(self, later: SessionWrite) -> None:
@@ -53,27 +51,29 @@ class SessionWrite:
             self.purge = True
             self.meta = None
             self.notes.clear()
-            self.dedup.clear()
-            self.note_floor = self.dedup_floor = 0
+            self.note_floor = 0
         if later.meta is not None:
             self.meta = later.meta
         self.notes.extend(later.notes)
-        self.dedup.extend(later.dedup)
         self.note_floor = max(self.note_floor, later.note_floor)
-        self.dedup_floor = max(self.dedup_floor, later.dedup_floor)
 
 
 @dataclass(slots=True)
 class Change:
-    """Everything one committed call changes in one CA."""
+    """Everything one committed call changes in one CA.
+
+    Dedup records belong to the CA, not to a session, so collecting a session never forgets which requests ran.
+    """
 
     ca: str
     state: bytes | None = None  # None: unchanged
     sessions: dict[str, SessionWrite] = field(default_factory=dict)
+    dedup: list[tuple[int, str, str, bytes]] = field(default_factory=list)
+    dedup_floor: int = 0  # delete records with a smaller position
 
     def empty(self) -> bool:
         """True if there is nothing to write."""
-        return self.state is None and not self.sessions
+        return self.state is None and not self.sessions and not self.dedup
 
 
 def merge(changes: Iterable[Change]) -> dict[str, Change]:
@@ -85,6 +85,8 @@ def merge(changes: Iterable[Change]) -> dict[str, Change]:
             into = merged[change.ca] = Change(change.ca)
         if change.state is not None:
             into.state = change.state
+        into.dedup.extend(change.dedup)
+        into.dedup_floor = max(into.dedup_floor, change.dedup_floor)
         for sid, write in change.sessions.items():
             have = into.sessions.get(sid)
             if have is None:
@@ -155,6 +157,8 @@ class MemoryStore:
                 rec.state = change.state
             for sid, write in change.sessions.items():
                 _apply(rec, sid, write)
+            rec.dedup.extend(change.dedup)
+            rec.dedup[:] = [d for d in rec.dedup if d[0] >= change.dedup_floor]
         self.commits += 1
 
 
@@ -170,13 +174,12 @@ def _apply(rec: CARecord, sid: str, write: SessionWrite) -> None:
         srec.meta = write.meta
     srec.notes.extend(write.notes)
     srec.notes[:] = [n for n in srec.notes if n[0] >= write.note_floor]
-    srec.dedup.extend(write.dedup)
-    srec.dedup[:] = [d for d in srec.dedup if d[0] >= write.dedup_floor]
 
 
 def _copy(rec: CARecord) -> CARecord:
     return CARecord(
         rec.name,
         rec.state,
-        {sid: SessionRecord(s.meta, list(s.notes), list(s.dedup)) for sid, s in rec.sessions.items()},
+        {sid: SessionRecord(s.meta, list(s.notes)) for sid, s in rec.sessions.items()},
+        list(rec.dedup),
     )

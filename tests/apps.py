@@ -30,6 +30,23 @@ class Counter(CA):
         return self.state["seen"][token]
 
     @method
+    async def tick(self, token):
+        """Count a token and notify the calling session with it (the load test's call)."""
+        seen = self.state.setdefault("ticks", {})
+        seen[token] = seen.get(token, 0) + 1
+        self.session.notify([token])
+        return seen[token]
+
+    @method
+    async def spam(self, session_id, count, size, unlimited):
+        """Queue ``count`` notifications of ``size`` bytes for a session (the overload tests' deaf device)."""
+        if unlimited:
+            self.session.limit_queue(0, session_id)
+        for i in range(count):
+            self.session.notify([i, "x" * size], session_id)
+        return len(self.session.outq(session_id))
+
+    @method
     async def outq_len(self, session_id):
         return len(self.session.outq(session_id))
 

@@ -148,3 +148,43 @@ def bridge_factory(tmp_path):
     finally:
         for b in made:
             b.kill()
+
+
+
+class Live:
+    def __init__(self, bridge, broker: Mosquitto | None) -> None:
+        self.bridge = bridge
+        self.broker = broker
+
+    @property
+    def port(self) -> int:
+        return self.broker.port if self.broker else self.bridge.port
+
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def live_factory(request, bridge_factory, tmp_path):
+    brokers: list[Mosquitto] = []
+
+    def make(app: str = "tests/apps.py:Counter", extra: list[str] | None = None) -> Live:
+        if request.param == "mosquitto":
+            broker = Mosquitto(tmp_path)
+            broker.start()
+            brokers.append(broker)
+            bridge = bridge_factory(app, broker_port=broker.port, extra=extra)
+        else:
+            broker = None
+            bridge = bridge_factory(app, extra=extra)
+        bridge.start()
+        return Live(bridge, broker)
+
+    make.kind = request.param
+    try:
+        yield make
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+@pytest.fixture
+def live(live_factory):
+    return live_factory()

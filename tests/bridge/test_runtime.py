@@ -80,6 +80,23 @@ async def test_dedup_survives_restart_and_covers_errors(tmp_path):
         assert h.state("c1")["seen"] == {"a": 1}
 
 
+async def test_dedup_records_outlive_a_collected_session(tmp_path):
+    """Regression (found by the load test): the max-sessions rule collected a session with pending notifications,
+    its dedup records went with it, and a retry of one of its calls ran a second time."""
+    from bridge.session import SessionLimits
+
+    async with Harness(Counter, db=tmp_path / "g.db", limits=SessionLimits(max_sessions=2)) as h:
+        assert await h.call("c1", "victim", "record_notify", "tok", request_id="r1") == 1
+        await h.call("c1", "victim", "notify_to", "victim", "pending")  # collectable: pending, default limit
+        for sid in ("a", "b", "c"):
+            await h.call("c1", sid, "incr")
+        assert "victim" not in h.sessions("c1")
+        assert await h.call("c1", "victim", "record_notify", "tok", request_id="r1") == 1  # replayed, not rerun
+        await h.restart()
+        assert await h.call("c1", "victim", "record_notify", "tok", request_id="r1") == 1
+        assert h.state("c1")["seen"] == {"tok": 1}
+
+
 async def test_dedup_window_is_bounded(tmp_path):
     from bridge.session import SessionLimits
 
@@ -87,11 +104,11 @@ async def test_dedup_window_is_bounded(tmp_path):
         for i in range(5):
             await h.call("c1", "s", "record", f"t{i}", request_id=f"r{i}")
         actor = h.runtime.actors["c1"]
-        assert list(actor.sessions["s"].dedup) == ["r2", "r3", "r4"]
+        assert list(actor.dedup) == [("s", "r2"), ("s", "r3"), ("s", "r4")]
         assert await h.call("c1", "s", "record", "t4", request_id="r4") == 1  # inside the window: replayed
         assert await h.call("c1", "s", "record", "t0", request_id="r0") == 2  # outside: runs again (documented)
         await h.restart()
-        assert list(h.runtime.actors["c1"].sessions["s"].dedup) == ["r3", "r4", "r0"]
+        assert list(h.runtime.actors["c1"].dedup) == [("s", "r3"), ("s", "r4"), ("s", "r0")]
 
 
 @pytest.mark.parametrize("name", ["on_init", "on_resume", "_private", "not_a_method", "state", "__class__",

@@ -19,20 +19,44 @@ async def store(request, tmp_path):
     await s.close()
 
 
-def write(meta=b"m", notes=(), floor=0, dedup=(), dfloor=0, purge=False):
-    return SessionWrite(meta, list(notes), floor, list(dedup), dfloor, purge)
+def write(meta=b"m", notes=(), floor=0, purge=False):
+    return SessionWrite(meta, list(notes), floor, purge)
 
 
 async def test_round_trip(store):
-    await store.commit([Change("a", b"\xa0", {"s": write(notes=[(1, b"n1"), (2, b"n2")], dedup=[(1, "r1", b"p")])})])
-    await store.commit([Change("a", None, {"s": write(meta=None, notes=[(3, b"n3")], floor=2, dedup=[(2, "r2", b"q")],
-                                                      dfloor=2)})])
+    await store.commit([Change("a", b"\xa0", {"s": write(notes=[(1, b"n1"), (2, b"n2")])}, [(1, "s", "r1", b"p")])])
+    await store.commit([Change("a", None, {"s": write(meta=None, notes=[(3, b"n3")], floor=2)}, [(2, "s", "r2", b"q")],
+                               2)])
     rec = await store.load("a")
     assert rec.state == b"\xa0"
     assert rec.sessions["s"].notes == [(2, b"n2"), (3, b"n3")]
-    assert rec.sessions["s"].dedup == [(2, "r2", b"q")]
+    assert rec.dedup == [(2, "s", "r2", b"q")]
     assert await store.load("missing") is None
     assert await store.names() == ["a"]
+
+
+async def test_purging_a_session_keeps_its_dedup_records(store):
+    await store.commit([Change("a", b"\xa0", {"s": write()}, [(1, "s", "r1", b"p")])])
+    await store.commit([Change("a", None, {"s": SessionWrite(purge=True)})])
+    rec = await store.load("a")
+    assert rec.sessions == {} and rec.dedup == [(1, "s", "r1", b"p")]
+
+
+async def test_upgrade_from_per_session_dedup_schema(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE ca (name TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;"
+        "CREATE TABLE dedup (ca TEXT NOT NULL, sid TEXT NOT NULL, pos INTEGER NOT NULL, rid TEXT NOT NULL,"
+        " reply BLOB NOT NULL, PRIMARY KEY (ca, sid, pos)) WITHOUT ROWID;"
+        "INSERT INTO ca VALUES ('a', x'a0'); INSERT INTO dedup VALUES ('a', 's', 1, 'r', x'00');"
+        "PRAGMA user_version = 1;")
+    db.close()
+    s = SQLiteStore(path)
+    await s.open()
+    await s.commit([Change("a", None, {}, [(1, "s", "r2", b"p")])])
+    assert (await s.load("a")).dedup == [(1, "s", "r2", b"p")]
+    await s.close()
 
 
 async def test_purge_then_recreate_in_one_batch(store):
