@@ -40,7 +40,7 @@ class Actor:
 
     __slots__ = (
         "ca", "dedup", "dedup_pos", "durable", "epoch", "mailbox", "name", "pulse_queued", "ready", "rt", "running",
-        "sessions", "stale", "state_blob",
+        "sessions", "stale", "state_blob", "tokens", "tokens_at",
     )
 
     def __init__(self, rt: Runtime, name: str, record: CARecord | None) -> None:
@@ -55,6 +55,8 @@ class Actor:
         self.pulse_queued = False
         self.epoch = 0
         self.stale = False
+        self.tokens = 0.0  # rate limiting (Runtime.admit): calls this CA may still take, refilled over time
+        self.tokens_at = 0.0
         self._load(record)
 
     def _load(self, record: CARecord | None) -> None:
@@ -64,7 +66,7 @@ class Actor:
         self.dedup: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.dedup_pos = 0
         self.ready = False
-        if record is None:
+        if record is None or not record.state:  # never created, or registered by `ca-bridge create` only
             self.durable = False
             self.state_blob = _EMPTY_STATE
         else:

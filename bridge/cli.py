@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="hard cap of any session queue, even an 'unlimited' one (oldest dropped)")
     run.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "EXTRA"], help="SQLite durability")
     run.add_argument("--client-id", help="the bridge's MQTT client id (default ca-bridge-PREFIX)")
+    run.add_argument("--no-autocreate", dest="autocreate", action="store_false",
+                     help="only CAs already in the store or made with `ca-bridge create` exist; others: not_found")
+    run.add_argument("--rate", type=float, default=0.0, metavar="CALLS_PER_S",
+                     help="per-CA call rate limit (0: none); beyond it calls answer busy (RateLimited)")
+    run.add_argument("--burst", type=int, default=20, help="calls a CA may take at once under --rate")
     run.add_argument("--auth", type=Path, metavar="DIR",
                      help="auth directory (see `device add`): the embedded broker requires passwords and applies the "
                           "per-device ACL; the bridge connects as user ca-bridge with its password from DIR")
@@ -105,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     for p_ in (add, rm, ls):
         p_.add_argument("--auth", type=Path, default=Path("devices.auth"), metavar="DIR", help=auth_help)
 
+    create = sub.add_parser("create", help="create CAs (needed when the bridge runs with --no-autocreate)")
+    create.add_argument("names", nargs="+", metavar="NAME")
+    create.add_argument("--db", type=Path, default=Path("bridge.db"))
+
     insp = sub.add_parser("inspect", help="list CAs, or show one CA's state and sessions")
     insp.add_argument("ca", nargs="?", metavar="CA")
     insp.add_argument("--db", type=Path, default=Path("bridge.db"))
@@ -120,7 +129,7 @@ async def _run(args: argparse.Namespace) -> None:
         synchronous=args.synchronous, client_id=args.client_id,
         limits=SessionLimits(args.max_sessions, args.queue_limit, args.max_queue, args.dedup_window),
         auth=args.auth, ca_file=args.ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_listen=args.tls_listen,
+        tls_listen=args.tls_listen, autocreate=args.autocreate, rate=args.rate, burst=args.burst,
     )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -158,6 +167,23 @@ async def _inspect(args: argparse.Namespace) -> int:
             print(render(describe(record), args.json))
         else:
             print(render([describe(r) for r in await store.load_all()], args.json))
+    finally:
+        await store.close()
+    return 0
+
+
+async def _create(args: argparse.Namespace) -> int:
+    from bridge.protocol import check_name
+    from bridge.sqlite import SQLiteStore
+
+    for name in args.names:
+        check_name(name, "CA name")
+    store = SQLiteStore(args.db)
+    await store.open()
+    try:
+        for name in args.names:
+            made = await store.register(name)
+            print(f"{'created' if made else 'exists already:'} {name}")
     finally:
         await store.close()
     return 0
@@ -212,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "device":
             return _device(args)
+        if args.command == "create":
+            return asyncio.run(_create(args))
         return asyncio.run(_inspect(args))
     except BridgeError as exc:
         print(f"ca-bridge: {exc}", file=sys.stderr)

@@ -31,7 +31,8 @@ def describe(record: CARecord) -> dict[str, Any]:
             "dedup_records": dedup_by_session.get(sid, 0),
             "codec": data.codec,
         }
-    return {"name": record.name, "state": codec.loads(record.state), "sessions": sessions,
+    state = codec.loads(record.state) if record.state else None  # empty: created, on_init not run yet
+    return {"name": record.name, "state": state, "sessions": sessions,
             "dedup_records": len(record.dedup)}
 
 

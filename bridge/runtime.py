@@ -46,6 +46,8 @@ class Runtime:
         pulse: float | None = None,
         call_timeout: float = 30.0,
         autocreate: bool = True,
+        rate: float = 0.0,
+        burst: int = 0,
     ) -> None:
         if not (isinstance(app, type) and issubclass(app, CA)):
             raise TypeError("app must be a subclass of bridge.CA")
@@ -57,6 +59,11 @@ class Runtime:
         self.pulse = pulse
         self.call_timeout = call_timeout
         self.autocreate = autocreate
+        self.rate = rate  # calls per second per CA; 0: unlimited
+        self.burst = max(burst, 1) if rate else 0
+        self.rejected_rate = 0
+        self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None]]] = {}
+        self._unknown: dict[str, float] = {}  # recent store misses, so hostile names cost one lookup a while
         self.actors: dict[str, Actor] = {}
         self.committer = Committer(store, self._deliver)
         self.closing = False
@@ -130,14 +137,65 @@ class Runtime:
             if req.kind != "call":
                 return
             if not self.autocreate:
-                self.reply_now(ca, req, future, error_body("not_found", "NoSuchCA", "no such CA"))
+                self._lookup_then_submit(ca, req, future)
                 return
             actor = self.actors[ca] = Actor(self, ca, None)
+        if self.rate and req.kind == "call" and not self._take_token(actor):
+            self.rejected_rate += 1
+            self.reply_now(ca, req, future, error_body("busy", "RateLimited", "too many calls to this CA; retry later"))
+            return
         if len(actor.mailbox) >= self.mailbox_limit:
             self.rejected_busy += 1
             self.reply_now(ca, req, future, error_body("busy", "Busy", "the CA's mailbox is full; retry later"))
             return
         actor.enqueue((req, future))
+
+    def _take_token(self, actor: Actor) -> bool:
+        now = time.monotonic()
+        actor.tokens = min(float(self.burst), actor.tokens + (now - actor.tokens_at) * self.rate) \
+            if actor.tokens_at else float(self.burst)
+        actor.tokens_at = now
+        if actor.tokens < 1.0:
+            return False
+        actor.tokens -= 1.0
+        return True
+
+    def _lookup_then_submit(self, ca: str, req: Request, future: asyncio.Future[Any] | None) -> None:
+        """With autocreate off, a CA unknown here may have been created (`ca-bridge create`) since start-up."""
+        waiting = self._lookups.get(ca)
+        if waiting is not None:
+            if len(waiting) < self.mailbox_limit:
+                waiting.append((req, future))
+            else:
+                self.reply_now(ca, req, future, error_body("busy", "Busy", "the CA's mailbox is full; retry later"))
+            return
+        missed = self._unknown.get(ca)
+        if missed is not None and time.monotonic() - missed < 5.0:
+            self.reply_now(ca, req, future, error_body("not_found", "NoSuchCA", "no such CA"))
+            return
+        self._lookups[ca] = [(req, future)]
+        self.spawn(self._lookup(ca), ca)
+
+    async def _lookup(self, ca: str) -> None:
+        try:
+            record = await self.store.load(ca)
+        except Exception:
+            log.exception("looking up CA %s failed", ca)
+            record = None
+        waiting = self._lookups.pop(ca, [])
+        if record is None:
+            if len(self._unknown) >= 10_000:
+                self._unknown.clear()
+            self._unknown[ca] = time.monotonic()
+            for req, future in waiting:
+                self.reply_now(ca, req, future, error_body("not_found", "NoSuchCA", "no such CA"))
+            return
+        self._unknown.pop(ca, None)
+        if ca not in self.actors:
+            self.actors[ca] = Actor(self, ca, record)
+            self.actors[ca].enqueue(RESUME)
+        for req, future in waiting:
+            self.submit(ca, req, future)
 
     def reply_now(self, ca: str, req: Request, future: asyncio.Future[Any] | None, err: dict[str, Any]) -> None:
         """Answer a call that will not run (nothing to commit, so nothing to wait for)."""

@@ -42,6 +42,9 @@ class Settings:
     synchronous: str = "FULL"
     client_id: str | None = None
     limits: SessionLimits = field(default_factory=SessionLimits)
+    autocreate: bool = True  # False: only CAs made with `ca-bridge create` (or already in the store) exist
+    rate: float = 0.0  # calls per second per CA (0: unlimited); beyond it calls answer busy/RateLimited
+    burst: int = 20
     auth: Path | None = None  # auth directory (bridge.auth): embedded broker auth + ACL, the bridge's own credentials
     ca_file: Path | None = None  # CA certificate to verify the broker's TLS certificate
     tls_cert: Path | None = None  # embedded broker: add a TLS listener with this certificate chain ...
@@ -58,7 +61,8 @@ class Bridge:
         self.topics = Topics(s.prefix)
         self.store = SQLiteStore(s.db, synchronous=s.synchronous)
         self.runtime = Runtime(
-            app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout
+            app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout,
+            autocreate=s.autocreate, rate=s.rate, burst=s.burst,
         )
         self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)
         self.link: MqttLink | None = None

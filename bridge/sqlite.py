@@ -66,6 +66,7 @@ class SQLiteStore:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=5000")  # `ca-bridge create` may write while the bridge runs
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -103,6 +104,15 @@ class SQLiteStore:
     async def names(self) -> list[str]:
         """Sorted CA names."""
         return await self._run(lambda: [r[0] for r in self._conn().execute("SELECT name FROM ca ORDER BY name")])
+
+    async def register(self, name: str) -> bool:
+        """An empty CA row: the CA exists, and on_init runs when a bridge first loads it."""
+
+        def insert() -> bool:
+            cur = self._conn().execute("INSERT OR IGNORE INTO ca (name, state) VALUES (?, x'')", (name,))
+            return cur.rowcount == 1
+
+        return await self._run(insert)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

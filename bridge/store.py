@@ -1,9 +1,9 @@
 """The durable store interface, its records, and an in-memory store for tests.
 
 A store keeps, per CA: the state (CBOR), the dedup records of its recent requests, and per session the metadata
-row and the queued notifications. The runtime hands it batches of :class:`Change` (one per call, many CAs) and needs each batch committed
-atomically: all of it durable, or none of it. Anything transactional can implement this: SQLite here,
-PostgreSQL later.
+row and the queued notifications. The runtime hands it batches of :class:`Change` (one per call, many CAs) and
+needs each batch committed atomically: all of it durable, or none of it. Anything transactional can implement
+this: SQLite here, PostgreSQL later.
 """
 
 from __future__ import annotations
@@ -113,6 +113,9 @@ class Store(Protocol):
     async def names(self) -> list[str]:
         """Every CA name, sorted."""
 
+    async def register(self, name: str) -> bool:
+        """Create an empty CA row (on_init runs on first load); False if the CA exists already."""
+
     async def commit(self, changes: Sequence[Change]) -> None:
         """Make a batch durable atomically, or raise StoreError having changed nothing."""
 
@@ -143,6 +146,13 @@ class MemoryStore:
     async def names(self) -> list[str]:
         """Sorted names."""
         return sorted(self._cas)
+
+    async def register(self, name: str) -> bool:
+        """An empty row, as `ca-bridge create` makes."""
+        if name in self._cas:
+            return False
+        self._cas[name] = CARecord(name, b"")
+        return True
 
     async def commit(self, changes: Sequence[Change]) -> None:
         """Apply a batch (all or nothing: the failure hook fires before anything changes)."""

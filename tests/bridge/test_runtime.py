@@ -262,3 +262,27 @@ async def test_raw_requests_are_validated_before_admission():
     async with Harness(Counter) as h:
         reply = await h.send("c", Request("call", "s", "cbor", "r1", "record", ["a", "b"]))
         assert reply["err"]["kind"] == "bad_request"
+
+
+async def test_without_autocreate_only_registered_cas_exist(tmp_path):
+    async with Harness(Counter, db=tmp_path / "a.db", autocreate=False) as h:
+        with pytest.raises(CallError) as err:
+            await h.call("stranger", "s", "incr")
+        assert err.value.kind == "not_found"
+        assert await h.store.register("member") is True  # as `ca-bridge create` does, while the bridge runs
+        assert await h.store.register("member") is False
+        assert await h.call("member", "s", "incr") == 1
+        assert h.state("member")["resumes"] == 0  # on_init ran (not on_resume) for a created CA
+        with pytest.raises(CallError):
+            await h.call("stranger", "s", "incr")  # misses are remembered: no store lookup per hostile name
+        assert "stranger" not in h.runtime.actors
+
+
+async def test_rate_limit_per_ca():
+    async with Harness(Counter, rate=5.0, burst=3) as h:
+        results = await asyncio.gather(*(h.call("c", "s", "incr") for _ in range(6)), return_exceptions=True)
+        limited = [r for r in results if isinstance(r, CallError) and r.name == "RateLimited"]
+        assert len(limited) == 3 and sorted(r for r in results if isinstance(r, int)) == [1, 2, 3]
+        assert await h.call("other", "s", "incr") == 1  # limits are per CA
+        await asyncio.sleep(0.25)  # a token comes back every 0.2 s
+        assert await h.call("c", "s", "incr") == 4

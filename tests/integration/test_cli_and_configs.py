@@ -97,3 +97,24 @@ def test_readme_main_command_runs_the_example(tmp_path):
     assert proc.returncode == 0, out
     assert "listening" in out and "session_info" in out
     assert out.count("notification") >= 5
+
+
+def test_no_autocreate_and_create_while_running(bridge_factory):
+    bridge = bridge_factory("tests/apps.py:Counter", extra=["--no-autocreate"])
+    out = ca_bridge("create", "known", "--db", str(bridge.db))
+    assert out.returncode == 0 and "created known" in out.stdout
+    bridge.start()
+    d = Device(bridge.port, "known")
+    assert d.call("incr") == 1
+    stranger = Device(bridge.port, "stranger")
+    with pytest.raises(Exception) as err:
+        stranger.call("incr")
+    assert err.value.err["kind"] == "not_found"
+    made = ca_bridge("create", "latecomer", "--db", str(bridge.db))  # while the bridge runs
+    assert made.returncode == 0
+    late = Device(bridge.port, "latecomer")
+    assert late.call("incr") == 1
+    assert "exists already" in ca_bridge("create", "known", "--db", str(bridge.db)).stdout
+    assert ca_bridge("create", "bad/name", "--db", str(bridge.db)).returncode == 2
+    for dev in (d, stranger, late):
+        dev.close()
