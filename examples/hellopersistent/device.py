@@ -12,8 +12,11 @@ from firmware_client import Client, PersistentSession
 
 getenv = getattr(os, "getenv", lambda k, d=None: d)
 FRUIT = ["apple", "banana", "cherry", "date", "elderberry", "fig", "grape", "honeydew", "kiwi", "lemon"]
-n_items = int(getenv("ITEMS", "0"))
-ITEMS = ["item%03d" % i for i in range(n_items)] if n_items else FRUIT
+n_items = int(getenv("ITEMS", "0")) or len(FRUIT)
+
+
+def item(i):  # names made on demand: a long list must not have to fit in a small heap
+    return "item%03d" % i if getenv("ITEMS") else FRUIT[i]
 CRASH = int(getenv("CRASH", "47"))
 CRASH_MID = int(getenv("CRASH_MID", "0"))
 
@@ -46,16 +49,16 @@ def main():
     if isinstance(ps.memento, int) and not isinstance(ps.memento, bool):
         print("Crash detected, resuming at", ps.memento + 1)
         start = ps.memento + 1
-    for i in range(start, len(ITEMS)):
+    for i in range(start, n_items):
         if dice() < CRASH:
             crash("before buying %d" % i)
         if dice() < CRASH_MID:
             try:  # send the buy, then die before (or just after) the reply: did it commit?
-                c.call("buy", ps.nonce, i, ITEMS[i], timeout=dice() / 5000)
+                c.call("buy", ps.nonce, i, item(i), timeout=dice() / 5000)
             except Exception:
                 pass
             crash("while buying %d" % i)
-        c.call("buy", ps.nonce, i, ITEMS[i])
+        c.call("buy", ps.nonce, i, item(i))
     ok = ps.end()
     c.close()
     print("done, end ->", ok)
