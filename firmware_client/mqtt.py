@@ -31,6 +31,8 @@ from firmware_client.compat import (
 _MICRO = sys.implementation.name == "micropython"
 _POLLIN = 1
 _POLLOUT = 4
+_POLLERR = 8
+_POLLHUP = 16
 _OBUF = 512  # control packets and PUBLISH headers; small payloads are copied in too
 
 
@@ -139,7 +141,15 @@ class MQTT:
         if ms <= 0:
             return True
         self._poller.modify(self.sock, mask)
-        return bool(self._poller.poll(ms))
+        ev = self._poller.poll(ms)
+        if not ev:
+            return False
+        flags = ev[0][1]
+        # A reset connection polls as writable (with ERR|HUP) while MicroPython's write() keeps returning
+        # None: without this check a write to a dead broker spun until its deadline (found in CI, 1 run in 4).
+        if flags & _POLLERR or (flags & _POLLHUP and (mask == _POLLOUT or not flags & _POLLIN)):
+            raise OSError(104, "connection lost")
+        return True
 
     def _write(self, data, deadline):
         mv = memoryview(data)
