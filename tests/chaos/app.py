@@ -1,16 +1,17 @@
 """The chaos workload's CA: hellopersistent's shop, plus a notification per purchase on session "watch"."""
 
-from bridge import CA, AppError, method
+from pathlib import Path
+
+from bridge import AppError, method
+from bridge.cli import load_app
+
+HelloPersistent = load_app(f"{Path(__file__).resolve().parents[2]}/examples/hellopersistent/ca.py:HelloPersistent")
 
 
-class ChaosShop(CA):
+class ChaosShop(HelloPersistent):
     async def on_init(self):
-        self.state["counters"] = {}
+        await super().on_init()
         self.session.limit_queue(0, "watch")  # unbounded (up to the hard cap): the watcher must see every one
-
-    @method
-    async def begin(self):
-        return self.session.begin()
 
     @method
     async def buy(self, nonce, index, item):
@@ -19,11 +20,3 @@ class ChaosShop(CA):
         self.state["counters"][item] = self.state["counters"].get(item, 0) + 1
         self.session.notify([index, item], "watch")
         return self.state["counters"][item]  # small replies: the device's buffer is bounded
-
-    @method
-    async def end(self, nonce):
-        return self.session.end(nonce)
-
-    @method
-    async def get_counters(self):
-        return self.state["counters"]

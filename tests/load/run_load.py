@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/load/run_load.py --devices 200 --cas 2000 --duration 60 --broker mosquitto
     .venv/bin/python tests/load/run_load.py --duration 600 --restart-broker   # on-demand soak with a reconnect storm
+    .venv/bin/python tests/load/run_load.py --devices 200 --duration 600 --own-ca  # fixed working set: flat memory
 
 Every device is a real MQTT client (paho, driven by one asyncio loop). Each call `tick(token)` on a random CA
 counts the token and notifies the calling device's session; devices ack notifications. At the end: every token
@@ -85,11 +86,12 @@ class Result:
     anomalies: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        rss = f"{self.rss_kb[0] // 1024}->{max(self.rss_kb) // 1024}->{self.rss_kb[-1] // 1024} MB" if self.rss_kb else "?"
+        r = self.rss_kb
+        rss = "/".join(str(r[int(q * (len(r) - 1))] // 1024) for q in (0, 0.25, 0.5, 0.75, 1)) + " MB" if r else "?"
         return (f"load: {self.devices} devices, {self.cas} CAs, {self.duration:.0f}s, {self.calls} calls "
                 f"({self.calls / max(self.duration, 1e-9):.0f}/s), {self.notifications} notifications, "
                 f"{self.retries} retries, {self.busy} busy, {self.broker_restarts} broker restarts, "
-                f"bridge RSS first->max->last {rss}, anomalies={len(self.anomalies)}")
+                f"bridge RSS at 0/25/50/75/100% of the run {rss}, anomalies={len(self.anomalies)}")
 
 
 def rss_kb(pid: int) -> int:
@@ -99,7 +101,7 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-async def device_loop(sim: Sim, port: int, cas: int, stop_at: float, rng: random.Random) -> None:
+async def device_loop(sim: Sim, port: int, cas: int, stop_at: float, rng: random.Random, own: int | None) -> None:
     sim.link = MqttLink(BrokerURL("127.0.0.1", port), client_id=sim.name, on_message=sim.on_message,
                         subscriptions=[(f"ca/+/session/{sim.name}", 1)], backoff=(0.2, 2.0))
     async with sim.link:
@@ -108,7 +110,7 @@ async def device_loop(sim: Sim, port: int, cas: int, stop_at: float, rng: random
         count = 0
         while time.monotonic() < stop_at:
             count += 1
-            ca = f"load{rng.randrange(cas)}"
+            ca = f"load{own if own is not None else rng.randrange(cas)}"
             token = f"{sim.name}-{count}"
             rid = token
             sim.tokens[token] = ca
@@ -160,7 +162,7 @@ def _contiguous_top(got: dict[int, str]) -> int:
 
 
 async def run_async(devices: int, cas: int, duration: float, broker: str, seed: int, restart_broker: bool,
-                    workdir: Path) -> Result:
+                    workdir: Path, own: bool = False) -> Result:
     rng = random.Random(seed)
     res = Result(devices, cas)
     mosq = Mosquitto(workdir) if broker == "mosquitto" else None
@@ -175,8 +177,9 @@ async def run_async(devices: int, cas: int, duration: float, broker: str, seed: 
     started = time.monotonic()
     stop_at = started + duration
     try:
-        tasks = [asyncio.create_task(device_loop(s, bridge.port, cas, stop_at, random.Random(rng.random())))
-                 for s in sims]
+        tasks = [asyncio.create_task(device_loop(s, bridge.port, cas, stop_at, random.Random(rng.random()),
+                                                 i if own else None))
+                 for i, s in enumerate(sims)]
         restarted = False
         while not all(t.done() for t in tasks):
             await asyncio.sleep(1)
@@ -228,9 +231,9 @@ def _verify(sims: list[Sim], bridge: BridgeProcess, res: Result) -> None:
 
 
 def run(devices: int = 200, cas: int = 2000, duration: float = 30, broker: str = "mosquitto", seed: int = 1,
-        restart_broker: bool = False, workdir: Path | None = None) -> Result:
+        restart_broker: bool = False, workdir: Path | None = None, own: bool = False) -> Result:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="load-"))
-    return asyncio.run(run_async(devices, cas, duration, broker, seed, restart_broker, workdir))
+    return asyncio.run(run_async(devices, cas, duration, broker, seed, restart_broker, workdir, own))
 
 
 def main() -> int:
@@ -242,8 +245,10 @@ def main() -> int:
     p.add_argument("--broker", choices=["mosquitto", "amqtt"], default="mosquitto")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--restart-broker", action="store_true", help="restart mosquitto halfway (reconnect storm)")
+    p.add_argument("--own-ca", action="store_true",
+                   help="device i always calls CA i (a fixed working set: memory must stay flat)")
     a = p.parse_args()
-    res = run(a.devices, a.cas, a.duration, a.broker, a.seed, a.restart_broker)
+    res = run(a.devices, a.cas, a.duration, a.broker, a.seed, a.restart_broker, own=a.own_ca)
     print(res.line())
     for x in res.anomalies[:20]:
         print("ANOMALY:", x)

@@ -12,6 +12,7 @@ import random
 import tracemalloc
 
 import cbor2
+import pytest
 
 from bridge import codec
 from bridge.service import Bridge, Settings
@@ -66,43 +67,49 @@ def _jsonable(msg: dict) -> bool:
     return True
 
 
-async def test_fuzzed_messages_change_nothing_and_never_escape(tmp_path):
-    bridge = Bridge(Counter, Settings(db=tmp_path / "fuzz.db", pulse=None))
-    link = FakeLink()
-    bridge.link = link  # type: ignore[assignment]
-    await bridge.store.open()
+@pytest.fixture
+async def bridge(tmp_path):
+    """A Bridge whose runtime and store run for real, with a fake MQTT link that records what it publishes."""
+    b = Bridge(Counter, Settings(db=tmp_path / "fuzz.db", pulse=None))
+    b.link = FakeLink()  # type: ignore[assignment]
+    await b.store.open()
     try:
-        async with bridge.runtime:
-            rng = random.Random(20261126)
-            bridge._on_message("ca/victim/in", cbor2.dumps({"t": "call", "id": "seed", "method": "incr"}))
-            await bridge.runtime.wait_idle()
-            baseline = codec.loads(bridge.runtime.actors["victim"].state_blob)
-            tracemalloc.start()
-            peaks = []
-            inputs = 0
-            for round_ in range(4):
-                for _ in range(5000):
-                    topic, payload = mutate(rng)
-                    if topic == "ca/victim/in" and _is_valid_call(payload):
-                        continue  # a well-formed call would legitimately change state
-                    bridge._on_message(topic, payload)
-                    inputs += 1
-                await bridge.runtime.wait_idle()
-                peaks.append(tracemalloc.get_traced_memory()[0])
-                link.published.clear()
-            tracemalloc.stop()
-            victim = bridge.runtime.actors["victim"]
-            assert codec.loads(victim.state_blob) == baseline
-            assert all(not data.queue for data in victim.sessions.values())
-            assert set(bridge.runtime.actors) == {"victim"}  # no CA created by hostile input
-            # memory after each 5000-input round stays flat (no per-message leak)
-            assert peaks[-1] < peaks[0] + 2_000_000, peaks
-            bridge._on_message("ca/victim/in", cbor2.dumps({"t": "call", "id": "after", "method": "incr"}))
-            await bridge.runtime.wait_idle()
-            assert codec.loads(victim.state_blob)["n"] == baseline["n"] + 1
-            assert inputs > 15_000
+        async with b.runtime:
+            yield b
     finally:
-        await bridge.store.close()
+        await b.store.close()
+
+
+async def test_fuzzed_messages_change_nothing_and_never_escape(bridge):
+    link = bridge.link
+    rng = random.Random(20261126)
+    bridge._on_message("ca/victim/in", cbor2.dumps({"t": "call", "id": "seed", "method": "incr"}))
+    await bridge.runtime.wait_idle()
+    baseline = codec.loads(bridge.runtime.actors["victim"].state_blob)
+    tracemalloc.start()
+    peaks = []
+    inputs = 0
+    for _round in range(4):
+        for _ in range(5000):
+            topic, payload = mutate(rng)
+            if topic == "ca/victim/in" and _is_valid_call(payload):
+                continue  # a well-formed call would legitimately change state
+            bridge._on_message(topic, payload)
+            inputs += 1
+        await bridge.runtime.wait_idle()
+        peaks.append(tracemalloc.get_traced_memory()[0])
+        link.published.clear()
+    tracemalloc.stop()
+    victim = bridge.runtime.actors["victim"]
+    assert codec.loads(victim.state_blob) == baseline
+    assert all(not data.queue for data in victim.sessions.values())
+    assert set(bridge.runtime.actors) == {"victim"}  # no CA created by hostile input
+    # memory after each 5000-input round stays flat (no per-message leak)
+    assert peaks[-1] < peaks[0] + 2_000_000, peaks
+    bridge._on_message("ca/victim/in", cbor2.dumps({"t": "call", "id": "after", "method": "incr"}))
+    await bridge.runtime.wait_idle()
+    assert codec.loads(victim.state_blob)["n"] == baseline["n"] + 1
+    assert inputs > 15_000
 
 
 def _is_valid_call(payload: bytes) -> bool:
@@ -116,21 +123,14 @@ def _is_valid_call(payload: bytes) -> bool:
     return req.kind == "call" and req.method in Counter.methods and Counter.methods[req.method].accepts(len(req.args))
 
 
-async def test_rejections_answer_on_the_session_or_errors_topic(tmp_path):
-    bridge = Bridge(Counter, Settings(db=tmp_path / "r.db", pulse=None))
-    link = FakeLink()
-    bridge.link = link  # type: ignore[assignment]
-    await bridge.store.open()
-    try:
-        async with bridge.runtime:
-            bridge._on_message("ca/v/in", cbor2.dumps({"t": "call", "id": "r1", "method": 5}))
-            bridge._on_message("ca/v/in", b"\x00garbage")
-            bridge._on_message("ca/v/in", cbor2.dumps({"t": "call", "id": "r2", "session": "s", "method": "nope"}))
-            await bridge.runtime.wait_idle()
-            by_topic = {t: cbor2.loads(p) for t, p in link.published}
-            assert by_topic["ca/v/session/default"]["err"]["kind"] == "bad_request"
-            assert by_topic["ca/v/errors"]["err"]["kind"] == "bad_request"
-            assert by_topic["ca/v/session/s"]["err"]["name"] == "NoSuchMethod"
-            assert b"garbage" not in b"".join(p for _, p in link.published)  # never echoes payloads
-    finally:
-        await bridge.store.close()
+async def test_rejections_answer_on_the_session_or_errors_topic(bridge):
+    link = bridge.link
+    bridge._on_message("ca/v/in", cbor2.dumps({"t": "call", "id": "r1", "method": 5}))
+    bridge._on_message("ca/v/in", b"\x00garbage")
+    bridge._on_message("ca/v/in", cbor2.dumps({"t": "call", "id": "r2", "session": "s", "method": "nope"}))
+    await bridge.runtime.wait_idle()
+    by_topic = {t: cbor2.loads(p) for t, p in link.published}
+    assert by_topic["ca/v/session/default"]["err"]["kind"] == "bad_request"
+    assert by_topic["ca/v/errors"]["err"]["kind"] == "bad_request"
+    assert by_topic["ca/v/session/s"]["err"]["name"] == "NoSuchMethod"
+    assert b"garbage" not in b"".join(p for _, p in link.published)  # never echoes payloads
