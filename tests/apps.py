@@ -47,6 +47,24 @@ class Counter(CA):
         return len(self.session.outq(session_id))
 
     @method
+    async def step(self, n):
+        """Bounded-state exactly-once check: the calling session's calls must arrive as 1, 2, 3...
+
+        Returns 1 for the expected next step, 2 if this step already ran (a duplicate execution), 3 for a gap.
+        Notifies the caller with ``[n]``. State: one int per session, so memory must stay flat under load.
+        """
+        last = self.state.setdefault("last", {})
+        sid = self.session.get_session_id()
+        prev = last.get(sid, 0)
+        if n <= prev:
+            return 2
+        if n != prev + 1:
+            return 3
+        last[sid] = n
+        self.session.notify([n])
+        return 1
+
+    @method
     async def outq_len(self, session_id):
         return len(self.session.outq(session_id))
 

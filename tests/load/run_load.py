@@ -64,6 +64,8 @@ class Sim:
         elif msg["t"] == "note":
             got = self.notes.setdefault(ca, {})
             seq, token = msg["seq"], msg["args"][0]
+            if isinstance(token, int):  # a step notification carries the step number: same token as the call
+                token = f"{self.name}-{token}"
             if seq in got:
                 if got[seq] != token:
                     raise AssertionError(f"seq {seq} of {ca}/{self.name} carried two tokens")
@@ -114,7 +116,8 @@ async def device_loop(sim: Sim, port: int, cas: int, stop_at: float, rng: random
             token = f"{sim.name}-{count}"
             rid = token
             sim.tokens[token] = ca
-            payload = cbor2.dumps({"t": "call", "id": rid, "session": sim.name, "method": "tick", "args": [token]})
+            call = ["step", count] if own is not None else ["tick", token]  # own CA: bounded state
+            payload = cbor2.dumps({"t": "call", "id": rid, "session": sim.name, "method": call[0], "args": call[1:]})
             while True:
                 fut = asyncio.get_running_loop().create_future()
                 sim.waiting[rid] = fut
@@ -134,6 +137,7 @@ async def device_loop(sim: Sim, port: int, cas: int, stop_at: float, rng: random
             sim.replies += 1
             if reply.get("ok") != 1:
                 raise AssertionError(f"{token}: {reply}")
+
             if count % 10 == 0:  # cumulative acks, batched like a real device
                 for ca_name, got in sim.notes.items():
                     top = _contiguous_top(got)
@@ -208,8 +212,12 @@ def _verify(sims: list[Sim], bridge: BridgeProcess, res: Result) -> None:
     db = sqlite3.connect(bridge.db)
     counted: dict[str, int] = {}
     for (state,) in db.execute("SELECT state FROM ca"):
-        for token, n in cbor2.loads(state).get("ticks", {}).items():
+        decoded = cbor2.loads(state)
+        for token, n in decoded.get("ticks", {}).items():
             counted[token] = counted.get(token, 0) + n
+        for sid, last in decoded.get("last", {}).items():  # --own-ca: steps 1..last each ran once (else 2 or 3)
+            for n in range(1, last + 1):
+                counted[f"{sid}-{n}"] = counted.get(f"{sid}-{n}", 0) + 1
     db.close()
     for sim in sims:
         res.calls += sim.replies
