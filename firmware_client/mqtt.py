@@ -449,15 +449,7 @@ class MQTT:
         """The packet at the buffer start is bigger than the buffer: discard it (policy: count it,
         PUBACK it, never block the connection on it)."""
         buf = self._ibuf
-        i = 1
-        n = shift = 0
-        while True:
-            b = buf[i]
-            n |= (b & 0x7F) << shift
-            i += 1
-            if not b & 0x80:
-                break
-            shift += 7
+        n, i = packet.parse_length(buf, 0, self._iend)  # complete: the buffer is full
         first = buf[0]
         if first & 0xF0 == packet.PUBLISH and (first >> 1) & 3:
             tlen = (buf[i] << 8) | buf[i + 1]

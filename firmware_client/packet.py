@@ -164,14 +164,9 @@ def simple(buf, kind):
 # ---------------------------------------------------------------------------- decoding
 
 
-def parse_header(buf, start, end):
-    """Look for a complete packet in ``buf[start:end]``.
-
-    Returns (first_byte, body_start, packet_end) when complete, None when more bytes are needed.
-    Raises MQTTError on a malformed remaining length.
-    """
-    if end - start < 2:
-        return None
+def parse_length(buf, start, end):
+    """Decode the remaining length of the packet at ``start``: (length, body_start), or None if
+    the length bytes are not all there yet. Raises MQTTError on a malformed length."""
     n = 0
     shift = 0
     i = start + 1
@@ -182,13 +177,24 @@ def parse_header(buf, start, end):
         n |= (b & 0x7F) << shift
         i += 1
         if not b & 0x80:
-            break
+            return n, i
         shift += 7
         if shift > 21:
             raise MQTTError("malformed remaining length")
-    if end - i < n:
+
+
+def parse_header(buf, start, end):
+    """Look for a complete packet in ``buf[start:end]``.
+
+    Returns (first_byte, body_start, packet_end) when complete, None when more bytes are needed.
+    Raises MQTTError on a malformed remaining length.
+    """
+    if end - start < 2:
         return None
-    return buf[start], i, i + n
+    got = parse_length(buf, start, end)
+    if got is None or end - got[1] < got[0]:
+        return None
+    return buf[start], got[1], got[1] + got[0]
 
 
 def parse_publish(buf, first, body, stop):

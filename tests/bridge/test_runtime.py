@@ -186,36 +186,38 @@ class GatedStore(MemoryStore):
         await super().commit(changes)
 
 
-async def test_nothing_is_published_before_its_commit_is_durable():
+@pytest.fixture
+async def gated():
+    """A Harness whose store holds commits until its gate opens; CA "c" already exists and the gate is shut."""
     h = Harness(Counter)
-    h.store = store = GatedStore()
+    h.store = GatedStore()
     async with h:
-        store.gate.set()
+        h.store.gate.set()
         await h.call("c", "s", "incr")
-        store.gate.clear()
-        before = len(h.sent("c", "s"))
-        task = asyncio.create_task(h.call("c", "s", "notify_to", "s", "hello"))
-        await asyncio.sleep(0.1)
-        assert len(h.sent("c", "s")) == before  # ran, but neither reply nor notification left
-        assert not task.done()
-        store.gate.set()
-        assert await task == 1
-        kinds = [m["t"] for m in h.sent("c", "s")[before:]]
-        assert kinds == ["reply", "note"]
+        h.store.gate.clear()
+        yield h, h.store
 
 
-async def test_pipelined_calls_commit_in_batches_and_reply_in_order():
-    h = Harness(Counter)
-    h.store = store = GatedStore()
-    async with h:
-        store.gate.set()
-        await h.call("c", "s", "incr")
-        store.gate.clear()
-        tasks = [asyncio.create_task(h.call("c", "s", "incr")) for _ in range(20)]
-        await asyncio.sleep(0.05)
-        store.gate.set()
-        assert await asyncio.gather(*tasks) == list(range(2, 22))
-        assert store.commits <= 4  # group commit: far fewer transactions than calls
+async def test_nothing_is_published_before_its_commit_is_durable(gated):
+    h, store = gated
+    before = len(h.sent("c", "s"))
+    task = asyncio.create_task(h.call("c", "s", "notify_to", "s", "hello"))
+    await asyncio.sleep(0.1)
+    assert len(h.sent("c", "s")) == before  # ran, but neither reply nor notification left
+    assert not task.done()
+    store.gate.set()
+    assert await task == 1
+    kinds = [m["t"] for m in h.sent("c", "s")[before:]]
+    assert kinds == ["reply", "note"]
+
+
+async def test_pipelined_calls_commit_in_batches_and_reply_in_order(gated):
+    h, store = gated
+    tasks = [asyncio.create_task(h.call("c", "s", "incr")) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    store.gate.set()
+    assert await asyncio.gather(*tasks) == list(range(2, 22))
+    assert store.commits <= 4  # group commit: far fewer transactions than calls
 
 
 async def test_failed_commit_answers_unavailable_and_reloads_committed_state():
