@@ -12,7 +12,7 @@ Module map (each one concept; arrows are imports):
     committer                    group commit, release after durability
     actor                        one CA: mailbox, transactions
     runtime                      registry, admission, pulses
-    mqtt                         the only paho importer
+    mqtt                         the MQTT 3.1.1 link (asyncio; no client library on the hot path)
     broker                       the embedded amqtt broker
     service                      wires runtime + store + MQTT (+ broker)
     cli, inspect                 command line
