@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, BridgeProcess, Mosquitto, free_port, stop, wait_port
+from tests.conftest import ROOT, BridgeProcess, Mosquitto, free_port, stop
 from tests.device import Device
 
 

@@ -76,7 +76,7 @@ def sc_tls():  # argv: PORT tls CAFILE [BADCAFILE]
         try:
             bad.connect(timeout=3)
             out("bad_ca", "connected")
-        except OSError as e:
+        except OSError:
             out("bad_ca", "refused")
         except Exception as e:  # some ports raise ValueError for certificate problems
             out("bad_ca", "refused " + type(e).__name__)
