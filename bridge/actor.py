@@ -39,7 +39,8 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "dedup", "dedup_pos", "durable", "epoch", "mailbox", "name", "pulse_queued", "ready", "rt", "running",
+        "ca", "dedup", "dedup_pos", "durable", "epoch", "mailbox", "name", "pulse_at", "pulse_queued", "ready", "rt",
+        "running",
         "sessions", "stale", "state_blob", "tokens", "tokens_at",
     )
 
@@ -53,13 +54,14 @@ class Actor:
         self.mailbox: deque[Item] = deque()
         self.running = False
         self.pulse_queued = False
+        self.pulse_at = 0.0  # no pulse before this loop time (a CA just taken over from another bridge)
         self.epoch = 0
         self.stale = False
         self.tokens = 0.0  # rate limiting (Runtime.admit): calls this CA may still take, refilled over time
         self.tokens_at = 0.0
-        self._load(record)
+        self.reset(record)
 
-    def _load(self, record: CARecord | None) -> None:
+    def reset(self, record: CARecord | None) -> None:
         self.sessions: dict[str, SessionData] = {}
         # (session, request id) -> (position, encoded reply), oldest first; kept per CA so that collecting a
         # session does not forget which of its requests already ran
@@ -108,7 +110,10 @@ class Actor:
 
     async def _process(self, item: Item) -> None:
         if self.stale:
-            self._load(await self.rt.store.load(self.name))
+            if self.rt.cluster is None:
+                self.reset(await self.rt.store.load(self.name))
+            elif not await self.rt.reclaim(self, item):
+                return  # owned by another bridge now: the item went there
             self.stale = False
         if isinstance(item, str):  # PULSE or RESUME
             if item == PULSE:

@@ -16,6 +16,7 @@ from bridge.app import CA
 from bridge.errors import BridgeError, ConfigError
 from bridge.service import Bridge, Settings
 from bridge.session import SessionLimits
+from bridge.store import Store
 
 __all__ = ["load_app", "main"]
 
@@ -66,7 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", type=_host_port, default=("127.0.0.1", 1883), metavar="HOST:PORT",
                      help="embedded broker address (default 127.0.0.1:1883)")
     run.add_argument("--broker-config", type=Path, metavar="FILE", help="amqtt YAML config for the embedded broker")
-    run.add_argument("--db", type=Path, default=Path("bridge.db"), help="SQLite store (default ./bridge.db)")
+    run.add_argument("--db", default="bridge.db", metavar="PATH|URL",
+                     help="SQLite file (default ./bridge.db) or postgresql://user@host/db (several bridges may share "
+                          "one database: see docs/SCALING.md)")
+    run.add_argument("--node", help="PostgreSQL: this bridge's name in the cluster, unique and stable across "
+                                    "restarts (default host-pid)")
+    run.add_argument("--share-group", default="ca-bridge", metavar="NAME",
+                     help="PostgreSQL with an external broker: subscribe as $share/NAME/... so each request reaches "
+                          "one bridge ('' for a plain subscription)")
+    run.add_argument("--node-ttl", type=float, default=5.0, metavar="SECONDS",
+                     help="PostgreSQL: a bridge silent this long is presumed dead and its CAs are taken over")
+    run.add_argument("--db-pool", type=int, default=4, metavar="N", help="PostgreSQL connections per bridge")
     run.add_argument("--prefix", default="ca", help="topic prefix (default ca)")
     run.add_argument("--pulse", type=float, default=2.0, metavar="SECONDS", help="pulse interval; 0 disables")
     run.add_argument("--max-payload", type=int, default=65536, metavar="BYTES")
@@ -115,12 +126,19 @@ def _parser() -> argparse.ArgumentParser:
 
     create = sub.add_parser("create", help="create CAs (needed when the bridge runs with --no-autocreate)")
     create.add_argument("names", nargs="+", metavar="NAME")
-    create.add_argument("--db", type=Path, default=Path("bridge.db"))
+    create.add_argument("--db", default="bridge.db", metavar="PATH|URL", help="SQLite file or postgresql:// URL")
 
     insp = sub.add_parser("inspect", help="list CAs, or show one CA's state and sessions")
     insp.add_argument("ca", nargs="?", metavar="CA")
-    insp.add_argument("--db", type=Path, default=Path("bridge.db"))
+    insp.add_argument("--db", default="bridge.db", metavar="PATH|URL", help="SQLite file or postgresql:// URL")
     insp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    mig = sub.add_parser("migrate", help="copy a SQLite store into PostgreSQL (stop the bridge on it first)")
+    mig.add_argument("source", metavar="SQLITE_FILE")
+    mig.add_argument("target", metavar="POSTGRESQL_URL")
+    mig.add_argument("--batch", type=int, default=500, help="CAs per transaction (default 500)")
+    mig.add_argument("--replace", action="store_true",
+                     help="overwrite CAs that exist in the target already (default: refuse to start)")
     return p
 
 
@@ -133,6 +151,7 @@ async def _run(args: argparse.Namespace) -> None:
         limits=SessionLimits(args.max_sessions, args.queue_limit, args.max_queue, args.dedup_window),
         auth=args.auth, ca_file=args.ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_listen=args.tls_listen, autocreate=args.autocreate, rate=args.rate, burst=args.burst,
+        node=args.node, share_group=args.share_group or None, node_ttl=args.node_ttl, db_pool=args.db_pool,
     )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -148,24 +167,40 @@ async def _run(args: argparse.Namespace) -> None:
         where = f"embedded broker listening on {args.listen[0]}:{args.listen[1]}" if args.broker is None \
             else f"broker {bridge.broker_url.host}:{bridge.broker_url.port}"
         print(f"ca-bridge: {app.__name__} listening on {bridge.topics.inbound_filter} via {where}, "
-              f"store {args.db}", flush=True)
+              f"store {_redact(args.db)}"
+              f"{f', cluster node {bridge.cluster.node}' if bridge.cluster is not None else ''}", flush=True)
         await stop.wait()
         log.info("shutting down")
 
 
-async def _inspect(args: argparse.Namespace) -> int:
-    from bridge.inspect import describe, render
+def _redact(db: str) -> str:
+    from bridge.postgres import redact_url as redact
+
+    return redact(db)
+
+
+def _store(db: str, *, must_exist: bool) -> Store:
+    """The store ``--db`` names: PostgreSQL for a postgresql:// URL, else a SQLite file."""
+    from bridge.postgres import PostgresStore, is_postgres_url
     from bridge.sqlite import SQLiteStore
 
-    if not args.db.exists():
-        raise ConfigError(f"no store at {args.db}")
-    store = SQLiteStore(args.db)
+    if is_postgres_url(db):
+        return PostgresStore(db, application_name="ca-bridge-tool")
+    if must_exist and not Path(db).exists():
+        raise ConfigError(f"no store at {db}")
+    return SQLiteStore(Path(db))
+
+
+async def _inspect(args: argparse.Namespace) -> int:
+    from bridge.inspect import describe, render
+
+    store = _store(args.db, must_exist=True)
     await store.open()
     try:
         if args.ca:
             record = await store.load(args.ca)
             if record is None:
-                print(f"no CA named {args.ca!r} in {args.db}", file=sys.stderr)
+                print(f"no CA named {args.ca!r} in {_redact(args.db)}", file=sys.stderr)
                 return 1
             print(render(describe(record), args.json))
         else:
@@ -177,11 +212,10 @@ async def _inspect(args: argparse.Namespace) -> int:
 
 async def _create(args: argparse.Namespace) -> int:
     from bridge.protocol import check_name
-    from bridge.sqlite import SQLiteStore
 
     for name in args.names:
         check_name(name, "CA name")
-    store = SQLiteStore(args.db)
+    store = _store(args.db, must_exist=False)
     await store.open()
     try:
         for name in args.names:
@@ -189,6 +223,15 @@ async def _create(args: argparse.Namespace) -> int:
             print(f"{'created' if made else 'exists already:'} {name}")
     finally:
         await store.close()
+    return 0
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from bridge.migrate import migrate
+
+    copied = await migrate(Path(args.source), args.target, batch=args.batch, replace=args.replace,
+                           progress=lambda n, total: print(f"copied {n}/{total} CAs", flush=True))
+    print(f"migrated {copied} CAs from {args.source} to {_redact(args.target)}")
     return 0
 
 
@@ -257,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return _device(args)
         if args.command == "create":
             return asyncio.run(_create(args))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(args))
         return asyncio.run(_inspect(args))
     except BridgeError as exc:
         print(f"ca-bridge: {exc}", file=sys.stderr)

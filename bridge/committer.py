@@ -90,7 +90,7 @@ class Committer:
         changes = [p.change for p in live if p.change is not None]
         if changes:
             try:
-                await self._store.commit(changes)
+                refused = await self._store.commit(changes) if changes else frozenset()
             except Exception:
                 self.failures += 1
                 log.exception("commit of %d calls failed; their CAs reload from the store", len(changes))
@@ -101,7 +101,13 @@ class Committer:
             self.batches += 1
             self.committed_calls += len(changes)
             faults.hit("after_commit")
+        else:
+            refused = frozenset()
         for pending in live:
+            if refused and pending.actor.name in refused:  # another bridge owns this CA now (bridge.cluster)
+                pending.actor.invalidate()
+                self._fail(pending)
+                continue
             try:
                 self._deliver(pending)
             except Exception:  # a delivery bug must never stop the commit loop

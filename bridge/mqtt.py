@@ -183,8 +183,10 @@ class MqttLink:
         tls_context: ssl.SSLContext | None = None,
         backoff: tuple[float, float] = (0.25, 30.0),
         connect_timeout: float = 10.0,
+        clean_session: bool = False,
     ) -> None:
         self.url = url
+        self.clean_session = clean_session
         self.client_id = client_id
         self._on_message = on_message
         self._subscriptions = subscriptions
@@ -358,7 +360,9 @@ class MqttLink:
     # -- connection management ----------------------------------------------------------------------------------
 
     def _connect_packet(self) -> bytes:
-        flags = 0x00  # clean_session False: the broker keeps our subscription and queued requests while we are away
+        # clean_session False: the broker keeps our subscription and queued requests while we are away. A bridge in
+        # a cluster starts clean instead, so that a dead bridge's share of the requests goes to the live ones.
+        flags = 0x02 if self.clean_session else 0x00
         body = b"\x00\x04MQTT\x04"
         payload = _string(self.client_id.encode())
         if self.url.username is not None:

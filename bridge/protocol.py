@@ -66,6 +66,26 @@ class Topics:
         """The topic devices publish requests to."""
         return f"{self._head}{ca}/in"
 
+    def forward(self, node: str, ca: str) -> str:
+        """A bridge's private topic for requests forwarded to it by the other bridges of its cluster."""
+        return f"{self._head}_fwd/{node}/{ca}"
+
+    def forward_filter(self, node: str) -> str:
+        """What a bridge subscribes to, to receive forwarded requests (never matches ``inbound_filter``)."""
+        return f"{self._head}_fwd/{node}/+"
+
+    def shared_inbound_filter(self, group: str) -> str:
+        """The inbound filter as a shared subscription: each request reaches one bridge of ``group``."""
+        return f"$share/{group}/{self.inbound_filter}"
+
+    def ca_of_forward(self, topic: str) -> str | None:
+        """The CA name of a forwarded request's topic, or None."""
+        head = self._head + "_fwd/"
+        if not topic.startswith(head):
+            return None
+        name = topic.rpartition("/")[2]
+        return name if valid_name(name) else None
+
     def ca_of(self, topic: str) -> str | None:
         """The CA name of an inbound topic, or None if the topic is not a valid ``<prefix>/<ca>/in``."""
         if not topic.startswith(self._head) or not topic.endswith("/in"):
@@ -85,6 +105,7 @@ class Request:
     method: str = ""
     args: list[Any] | tuple[Any, ...] = ()
     seq: int = 0
+    raw: bytes = b""  # the payload as received (a bridge in a cluster forwards it unchanged)
 
 
 def _field(msg: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -107,7 +128,7 @@ def parse_request(payload: bytes, max_payload: int) -> Request:
     if type(msg) is not dict:
         raise BadRequest("message must be a map")
     try:
-        return _validate(msg, codec)
+        req = _validate(msg, codec)
     except BadRequest as exc:
         session = msg.get("session", DEFAULT_SESSION)
         rid = msg.get("id")
@@ -115,6 +136,8 @@ def parse_request(payload: bytes, max_payload: int) -> Request:
         exc.request_id = rid if type(rid) is str and 0 < len(rid) <= MAX_ID_LEN else None
         exc.codec = codec
         raise
+    req.raw = payload
+    return req
 
 
 def _validate(msg: dict[str, Any], codec: Codec) -> Request:

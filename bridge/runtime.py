@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import codec
 from bridge.actor import PULSE, RESUME, Actor
@@ -18,7 +18,10 @@ from bridge.app import CA
 from bridge.committer import Committer, Pending
 from bridge.protocol import Request, error_body, reply_err, sync_answer
 from bridge.session import SessionLimits
-from bridge.store import Store
+from bridge.store import CARecord, Store
+
+if TYPE_CHECKING:
+    from bridge.cluster import Cluster
 
 __all__ = ["Runtime", "Sink"]
 
@@ -30,6 +33,9 @@ class Sink(Protocol):
 
     def send(self, ca: str, session: str, payload: bytes) -> None:
         """Deliver one encoded message to a session (must not block)."""
+
+    def forward(self, node: str, ca: str, payload: bytes) -> None:
+        """Hand a raw request to the bridge that owns its CA (clusters only; must not block)."""
 
 
 class Runtime:
@@ -48,6 +54,7 @@ class Runtime:
         autocreate: bool = True,
         rate: float = 0.0,
         burst: int = 0,
+        cluster: Cluster | None = None,
     ) -> None:
         if not (isinstance(app, type) and issubclass(app, CA)):
             raise TypeError("app must be a subclass of bridge.CA")
@@ -62,7 +69,8 @@ class Runtime:
         self.rate = rate  # calls per second per CA; 0: unlimited
         self.burst = max(burst, 1) if rate else 0
         self.rejected_rate = 0
-        self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None]]] = {}
+        self.cluster = cluster
+        self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None, bool]]] = {}
         self._unknown: dict[str, float] = {}  # recent store misses, so hostile names cost one lookup a while
         self.actors: dict[str, Actor] = {}
         self.committer = Committer(store, self._deliver)
@@ -77,10 +85,14 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         started = time.perf_counter()
-        for record in await self.store.load_all():
-            actor = self.actors[record.name] = Actor(self, record.name, record)
-            actor.enqueue(RESUME)
-        log.info("loaded %d CAs in %.3fs", len(self.actors), time.perf_counter() - started)
+        if self.cluster is None:
+            for record in await self.store.load_all():
+                self._install(record, resume=True)
+            log.info("loaded %d CAs in %.3fs", len(self.actors), time.perf_counter() - started)
+        else:  # CAs are claimed when first asked for (and adopted when orphaned, if they have pulses)
+            await self.cluster.join()
+            log.info("joined the cluster as %s", self.cluster.token)
+            self._service.append(asyncio.create_task(self._membership_loop(self.cluster), name="bridge.cluster"))
         self._service.append(asyncio.create_task(self.committer.run(), name="bridge.committer"))
         if self.pulse and self.app.has_pulse():
             self._service.append(asyncio.create_task(self._pulse_loop(self.pulse), name="bridge.pulser"))
@@ -102,6 +114,12 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._service.clear()
+        if self.cluster is not None and self.cluster.healthy:
+            try:
+                await self.cluster.leave()
+            except Exception as exc:  # the membership expires by itself
+                log.warning("could not release this bridge's CAs (they are taken over after the TTL): %s", exc)
+            self.cluster = None
 
     async def wait_idle(self) -> None:
         """Return once every mailbox is empty and everything submitted is committed and delivered."""
@@ -113,8 +131,13 @@ class Runtime:
 
     # -- admission -------------------------------------------------------------------------------------------
 
-    def submit(self, ca: str, req: Request, future: asyncio.Future[Any] | None = None) -> None:
-        """Admit one request for CA ``ca`` (name already validated). Rejections are answered at once."""
+    def submit(
+        self, ca: str, req: Request, future: asyncio.Future[Any] | None = None, *, forwarded: bool = False
+    ) -> None:
+        """Admit one request for CA ``ca`` (name already validated). Rejections are answered at once.
+
+        ``forwarded``: another bridge sent it here as the CA's owner; it is never forwarded again.
+        """
         if self.closing:
             self.reply_now(ca, req, future, error_body("unavailable", "Unavailable", "the bridge is shutting down"))
             return
@@ -131,6 +154,9 @@ class Runtime:
                 return
         actor = self.actors.get(ca)
         if actor is None:
+            if self.cluster is not None:
+                self._place(ca, req, future, forwarded)
+                return
             if req.kind == "sync":  # nothing was ever queued for a CA that does not exist
                 self.sink.send(ca, req.session, codec.encode(sync_answer(1, 1), req.codec))
                 return
@@ -162,19 +188,35 @@ class Runtime:
 
     def _lookup_then_submit(self, ca: str, req: Request, future: asyncio.Future[Any] | None) -> None:
         """With autocreate off, a CA unknown here may have been created (`ca-bridge create`) since start-up."""
+        if self._wait_lookup(ca, req, future, False):
+            self.spawn(self._lookup(ca), ca)
+
+    def _wait_lookup(self, ca: str, req: Request, future: asyncio.Future[Any] | None, forwarded: bool) -> bool:
+        """Park a request while its CA is looked up; True if the caller must start the lookup."""
         waiting = self._lookups.get(ca)
         if waiting is not None:
             if len(waiting) < self.mailbox_limit:
-                waiting.append((req, future))
+                waiting.append((req, future, forwarded))
             else:
                 self.reply_now(ca, req, future, error_body("busy", "Busy", "the CA's mailbox is full; retry later"))
-            return
+            return False
         missed = self._unknown.get(ca)
         if missed is not None and time.monotonic() - missed < 5.0:
+            self._answer_missing(ca, req, future)
+            return False
+        self._lookups[ca] = [(req, future, forwarded)]
+        return True
+
+    def _answer_missing(self, ca: str, req: Request, future: asyncio.Future[Any] | None) -> None:
+        if req.kind == "sync":  # nothing was ever queued for a CA that does not exist
+            self.sink.send(ca, req.session, codec.encode(sync_answer(1, 1), req.codec))
+        else:
             self.reply_now(ca, req, future, error_body("not_found", "NoSuchCA", "no such CA"))
-            return
-        self._lookups[ca] = [(req, future)]
-        self.spawn(self._lookup(ca), ca)
+
+    def _remember_missing(self, ca: str) -> None:
+        if len(self._unknown) >= 10_000:
+            self._unknown.clear()
+        self._unknown[ca] = time.monotonic()
 
     async def _lookup(self, ca: str) -> None:
         try:
@@ -184,18 +226,91 @@ class Runtime:
             record = None
         waiting = self._lookups.pop(ca, [])
         if record is None:
-            if len(self._unknown) >= 10_000:
-                self._unknown.clear()
-            self._unknown[ca] = time.monotonic()
-            for req, future in waiting:
+            self._remember_missing(ca)
+            for req, future, _ in waiting:
                 self.reply_now(ca, req, future, error_body("not_found", "NoSuchCA", "no such CA"))
             return
         self._unknown.pop(ca, None)
         if ca not in self.actors:
-            self.actors[ca] = Actor(self, ca, record)
-            self.actors[ca].enqueue(RESUME)
-        for req, future in waiting:
+            self._install(record, resume=True)
+        for req, future, _ in waiting:
             self.submit(ca, req, future)
+
+    def _install(self, record: CARecord, *, resume: bool) -> Actor:
+        actor = self.actors[record.name] = Actor(self, record.name, record)
+        if resume:
+            actor.enqueue(RESUME)
+        if self.cluster is not None and self.pulse:  # taken over: its last pulse elsewhere may be recent
+            actor.pulse_at = asyncio.get_running_loop().time() + self.pulse
+        return actor
+
+    # -- clusters (bridge.cluster) ------------------------------------------------------------------------------
+
+    def _place(self, ca: str, req: Request, future: asyncio.Future[Any] | None, forwarded: bool) -> None:
+        """A CA not loaded here: claim it, or forward to the bridge that owns it."""
+        if self._wait_lookup(ca, req, future, forwarded):
+            self.spawn(self._claim(ca), ca)
+
+    async def _claim(self, ca: str) -> None:
+        assert self.cluster is not None
+        create = self.autocreate and any(req.kind == "call" for req, _, _ in self._lookups.get(ca, ()))
+        try:
+            claim = await self.cluster.claim(ca, create=create)
+        except Exception as exc:
+            log.warning("claiming CA %s failed: %s", ca, exc)
+            claim = None
+        waiting = self._lookups.pop(ca, [])
+        if claim is None:
+            for req, future, _ in waiting:
+                self.reply_now(ca, req, future, error_body("unavailable", "Unavailable", "the store is unavailable"))
+        elif claim.outcome == "mine":
+            if ca not in self.actors:
+                assert claim.record is not None
+                self._install(claim.record, resume=bool(claim.record.state))
+            for req, future, forwarded in waiting:
+                self.submit(ca, req, future, forwarded=forwarded)
+        elif claim.outcome == "other":
+            for req, future, forwarded in waiting:
+                if forwarded or future is not None or not req.raw or claim.node is None:
+                    self.reply_now(ca, req, future, error_body("unavailable", "Moved", "the CA moved; retry"))
+                else:
+                    self.sink.forward(claim.node, ca, req.raw)
+        else:
+            if not self.autocreate:
+                self._remember_missing(ca)
+            for req, future, _ in waiting:
+                self._answer_missing(ca, req, future)
+
+    async def reclaim(self, actor: Actor, item: Any) -> bool:
+        """A commit of ``actor`` failed or was refused: reload it if still ours; else evict it and send its
+        queued requests on to the new owner. True if the actor was reloaded."""
+        assert self.cluster is not None
+        claim = await self.cluster.claim(actor.name, create=False)
+        if claim.outcome == "mine" and claim.record is not None:
+            actor.reset(claim.record)
+            return True
+        log.info("CA %s is now owned by %s; handing its queued requests on", actor.name, claim.node)
+        if self.actors.get(actor.name) is actor:
+            del self.actors[actor.name]
+        items = [item, *actor.mailbox]
+        actor.mailbox.clear()
+        for queued in items:
+            if isinstance(queued, tuple):
+                self.submit(actor.name, *queued)
+        return False
+
+    async def _membership_loop(self, cluster: Cluster) -> None:
+        adopt = bool(self.pulse and self.app.has_pulse())
+        while True:
+            await asyncio.sleep(cluster.heartbeat_interval)
+            try:
+                await cluster.beat()
+                if adopt and not self.closing:
+                    for record in await cluster.adopt():
+                        if record.name not in self.actors:
+                            self._install(record, resume=True)
+            except Exception as exc:
+                log.warning("cluster heartbeat failed: %s", exc)
 
     def reply_now(self, ca: str, req: Request, future: asyncio.Future[Any] | None, err: dict[str, Any]) -> None:
         """Answer a call that will not run (nothing to commit, so nothing to wait for)."""
@@ -242,7 +357,9 @@ class Runtime:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             if loop.time() - deadline > interval:  # fell behind: skip missed ticks instead of piling up
                 deadline = loop.time()
+            now = loop.time()
             for actor in list(self.actors.values()):
-                if actor.durable and not actor.pulse_queued and len(actor.mailbox) < self.mailbox_limit:
+                if actor.durable and not actor.pulse_queued and len(actor.mailbox) < self.mailbox_limit \
+                        and actor.pulse_at <= now:
                     actor.pulse_queued = True
                     actor.enqueue(PULSE)

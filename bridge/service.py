@@ -14,12 +14,15 @@ from typing import Any
 from bridge import codec
 from bridge.app import CA
 from bridge.broker import EmbeddedBroker, load_config
+from bridge.cluster import Cluster
 from bridge.errors import BadRequest, ConfigError
 from bridge.mqtt import BrokerURL, MqttLink
-from bridge.protocol import Topics, error_body, parse_request, reply_err
+from bridge.postgres import PostgresStore, is_postgres_url
+from bridge.protocol import Topics, error_body, parse_request, reply_err, valid_name
 from bridge.runtime import Runtime
 from bridge.session import SessionLimits
 from bridge.sqlite import SQLiteStore
+from bridge.store import Store
 
 __all__ = ["Bridge", "Settings"]
 
@@ -30,7 +33,7 @@ log = logging.getLogger("bridge")
 class Settings:
     """Everything `ca-bridge run` can set."""
 
-    db: Path = Path("bridge.db")
+    db: Path | str = Path("bridge.db")  # a SQLite file, or postgresql://... (several bridges may share it)
     broker: str | None = None  # None: run the embedded broker on ``listen``
     listen: tuple[str, int] = ("127.0.0.1", 1883)
     broker_config: Path | None = None
@@ -50,6 +53,10 @@ class Settings:
     tls_cert: Path | None = None  # embedded broker: add a TLS listener with this certificate chain ...
     tls_key: Path | None = None  # ... and this private key
     tls_listen: tuple[str, int] = ("127.0.0.1", 8883)
+    node: str | None = None  # PostgreSQL: this bridge's name in the cluster (default host-pid)
+    share_group: str | None = "ca-bridge"  # PostgreSQL + external broker: $share group (None: plain subscription)
+    node_ttl: float = 5.0  # PostgreSQL: a bridge silent this long is presumed dead and its CAs are taken over
+    db_pool: int = 4  # PostgreSQL connections per bridge
 
 
 class Bridge:
@@ -59,10 +66,19 @@ class Bridge:
         self.app = app
         self.settings = s = settings or Settings()
         self.topics = Topics(s.prefix)
-        self.store = SQLiteStore(s.db, synchronous=s.synchronous)
+        self.cluster: Cluster | None = None
+        self.store: Store
+        if is_postgres_url(s.db):
+            if s.node is not None and not valid_name(s.node):
+                raise ConfigError(f"invalid node name {s.node!r}: use letters, digits, '_', '.', '-'")
+            pg = PostgresStore(str(s.db), pool_size=s.db_pool, application_name=f"ca-bridge {s.node or ''}".strip())
+            self.store = pg
+            self.cluster = Cluster(pg, s.node, ttl=s.node_ttl, heartbeat=min(1.0, s.node_ttl / 4))
+        else:
+            self.store = SQLiteStore(Path(s.db), synchronous=s.synchronous)
         self.runtime = Runtime(
             app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout,
-            autocreate=s.autocreate, rate=s.rate, burst=s.burst,
+            autocreate=s.autocreate, rate=s.rate, burst=s.burst, cluster=self.cluster,
         )
         self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)
         self.link: MqttLink | None = None
@@ -87,9 +103,15 @@ class Bridge:
                     password_file=s.auth / "amqtt.passwd" if s.auth is not None else None, prefix=s.prefix, tls=tls))
             await self._stack.enter_async_context(self.runtime)
             client_id = s.client_id or f"ca-bridge-{s.prefix.replace('/', '-')}"
+            subscriptions = [(self.topics.inbound_filter, 1)]
+            if self.cluster is not None:
+                client_id = s.client_id or f"{client_id}-{self.cluster.node}"
+                if s.broker is not None and s.share_group:  # the embedded amqtt has no $share
+                    subscriptions = [(self.topics.shared_inbound_filter(s.share_group), 1)]
+                subscriptions.append((self.topics.forward_filter(self.cluster.node), 1))
             self.link = MqttLink(
                 self.broker_url, client_id=client_id, on_message=self._on_message,
-                subscriptions=[(self.topics.inbound_filter, 1)], tls_context=self._tls_context(),
+                subscriptions=subscriptions, tls_context=self._tls_context(), clean_session=self.cluster is not None,
             )
             await self._stack.enter_async_context(self.link)
             self._stack.push_async_callback(self.runtime.aclose)  # drain before the link goes
@@ -120,21 +142,38 @@ class Bridge:
         assert self.link is not None
         self.link.publish(self.topics.session(ca, session), payload)
 
+    def forward(self, node: str, ca: str, payload: bytes) -> None:
+        """Hand a raw request to the bridge that owns its CA."""
+        assert self.link is not None
+        self.link.publish(self.topics.forward(node, ca), payload)
+
     # -- inbound -----------------------------------------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         ca = self.topics.ca_of(topic)
+        forwarded = False
+        if ca is None and self.cluster is not None:
+            ca = self.topics.ca_of_forward(topic)
+            forwarded = True
         if ca is None:
             self.dropped_topics += 1
             if self.dropped_topics % 1000 == 1:
                 log.warning("dropped a message on an invalid topic %r (%d so far)", topic[:80], self.dropped_topics)
             return
+        cluster = self.cluster
+        if cluster is not None and not forwarded and ca not in self.runtime.actors \
+                and len(payload) <= self.settings.max_payload:
+            node = cluster.route(ca)
+            if node is not None:  # owned by another live bridge: pass it on undecoded
+                assert self.link is not None
+                self.link.publish(self.topics.forward(node, ca), payload)
+                return
         try:
             req = parse_request(payload, self.settings.max_payload)
         except BadRequest as exc:
             self._reject(ca, exc)
             return
-        self.runtime.submit(ca, req)
+        self.runtime.submit(ca, req, forwarded=forwarded)
 
     def _reject(self, ca: str, exc: BadRequest) -> None:
         self.runtime.rejected_bad += 1

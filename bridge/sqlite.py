@@ -143,10 +143,11 @@ class SQLiteStore:
             db.execute("COMMIT")
         return list(cas.values())
 
-    async def commit(self, changes: Sequence[Change]) -> None:
-        """One SQLite transaction for the whole batch."""
+    async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
+        """One SQLite transaction for the whole batch (one bridge owns the file: nothing is ever refused)."""
         merged = merge(changes)
         await self._run(self._commit, merged)
+        return frozenset()
 
     def _commit(self, merged: dict[str, Change]) -> None:
         db = self._conn()

@@ -3,7 +3,7 @@
 A store keeps, per CA: the state (CBOR), the dedup records of its recent requests, and per session the metadata
 row and the queued notifications. The runtime hands it batches of :class:`Change` (one per call, many CAs) and
 needs each batch committed atomically: all of it durable, or none of it. Anything transactional can implement
-this: SQLite here, PostgreSQL later.
+this: SQLite (bridge.sqlite) and PostgreSQL (bridge.postgres).
 """
 
 from __future__ import annotations
@@ -116,8 +116,12 @@ class Store(Protocol):
     async def register(self, name: str) -> bool:
         """Create an empty CA row (on_init runs on first load); False if the CA exists already."""
 
-    async def commit(self, changes: Sequence[Change]) -> None:
-        """Make a batch durable atomically, or raise StoreError having changed nothing."""
+    async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
+        """Make a batch durable atomically, or raise StoreError having changed nothing.
+
+        Returns the CAs whose changes were refused because this bridge no longer owns them (only a store shared
+        by several bridges refuses anything; see bridge.postgres): none of theirs is written, all else is.
+        """
 
 
 class MemoryStore:
@@ -154,7 +158,7 @@ class MemoryStore:
         self._cas[name] = CARecord(name, b"")
         return True
 
-    async def commit(self, changes: Sequence[Change]) -> None:
+    async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
         """Apply a batch (all or nothing: the failure hook fires before anything changes)."""
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
@@ -170,6 +174,7 @@ class MemoryStore:
             rec.dedup.extend(change.dedup)
             rec.dedup[:] = [d for d in rec.dedup if d[0] >= change.dedup_floor]
         self.commits += 1
+        return frozenset()
 
 
 def _apply(rec: CARecord, sid: str, write: SessionWrite) -> None:

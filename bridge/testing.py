@@ -34,6 +34,9 @@ class _Recorder:
     def send(self, ca: str, session: str, payload: bytes) -> None:
         self.sent.setdefault((ca, session), []).append(codec.decode(payload, codec.detect(payload)))
 
+    def forward(self, node: str, ca: str, payload: bytes) -> None:
+        raise AssertionError("a Harness runs one bridge: nothing is ever forwarded")
+
 
 class Harness:
     """Runs a CA class on the real runtime, with SQLite (``db`` path) or an in-memory store (``db=None``)."""

@@ -87,9 +87,10 @@ class BridgeProcess:
     """`python -m bridge run APP` as a child process (embedded amqtt, or an external broker)."""
 
     def __init__(self, app: str, db: Path, *, broker_port: int | None = None, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, store: str | None = None) -> None:
         self.app = app
         self.db = db
+        self.store = store or str(db)  # a postgresql:// URL instead of the SQLite file, for clusters
         self.external = broker_port is not None
         self.port = broker_port or free_port()
         self.extra = extra or []
@@ -98,7 +99,7 @@ class BridgeProcess:
         self.log = db.with_suffix(".log")
 
     def start(self, timeout: float = 20.0) -> None:
-        cmd = [PYTHON, "-m", "bridge", "--log-level", "INFO", "run", self.app, "--db", str(self.db)]
+        cmd = [PYTHON, "-m", "bridge", "--log-level", "INFO", "run", self.app, "--db", self.store]
         cmd += ["--broker", f"mqtt://127.0.0.1:{self.port}"] if self.external else ["--listen", f"127.0.0.1:{self.port}"]
         cmd += self.extra
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}

@@ -1,0 +1,111 @@
+"""Several bridges on one PostgreSQL database: membership, CA ownership and request routing.
+
+The design, in short (docs/SCALING.md has the long form):
+
+- Each running bridge is a *node* with a unique *token* (node name + a random part, new at every start), kept
+  alive by a heartbeat row in the database. A node whose row has expired is presumed dead.
+- Every CA has at most one owner: the ``owner`` column of its row. A bridge runs a CA's calls only after claiming
+  it (an UPDATE under the row lock, allowed when the CA is unowned or its owner is dead), and every commit is
+  fenced on ownership (bridge.postgres). So one call at a time per CA holds cluster-wide even when a presumed-dead
+  bridge is still running: its commits are refused and nothing it computed leaves.
+- Requests reach an arbitrary bridge (a ``$share`` subscription). A bridge that does not own the CA forwards the
+  raw payload to the owner's private topic; a bridge that finds the CA unowned claims it. Exactly-once follows
+  from the dedup records committed with each call: whichever bridge owns the CA next loads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+
+from bridge.postgres import Claim, PostgresStore
+from bridge.store import CARecord
+
+__all__ = ["Cluster", "default_node_name"]
+
+log = logging.getLogger("bridge.cluster")
+
+_ROUTE_CACHE_MAX = 200_000
+
+
+def default_node_name() -> str:
+    """host-pid: unique per process. Give a stable name (``--node``) to make a restarted bridge free its CAs at
+    once instead of after the membership TTL."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Cluster:
+    """This bridge's membership and its view of who owns which CA."""
+
+    def __init__(self, store: PostgresStore, node: str | None = None, *, ttl: float = 5.0,
+                 heartbeat: float = 1.0) -> None:
+        if heartbeat <= 0 or ttl <= 2 * heartbeat:
+            raise ValueError("the membership TTL must exceed two heartbeats")
+        self.store = store
+        self.node = node or default_node_name()
+        self.token = f"{self.node}:{secrets.token_hex(6)}"
+        self.ttl = ttl
+        self.heartbeat_interval = heartbeat
+        self.live: dict[str, str] = {}  # token -> node name, as of the last heartbeat
+        self._owners: dict[str, str] = {}  # CA -> owner token, learned from claims (a routing cache)
+        self.forwarded = 0
+        self.claims = 0
+        self.healthy = False
+
+    async def join(self) -> None:
+        """Register (fencing every commit on this incarnation's token)."""
+        self.store.owner = self.token
+        await self.store.join(self.token, self.node, self.ttl)
+        await self.beat()
+
+    async def beat(self) -> None:
+        """Renew membership and refresh the live nodes. Raises StoreError when the database is unreachable."""
+        try:
+            present, live = await self.store.heartbeat(self.token, self.node, self.ttl)
+        except Exception:
+            self.healthy = False
+            raise
+        if not present:
+            log.warning("node %s: membership had lapsed (database outage, or another bridge runs with the same "
+                        "--node name); CAs taken over meanwhile are refused at commit", self.node)
+        self.live = live
+        self.healthy = True
+
+    async def leave(self) -> None:
+        """Release every CA and the membership, so the other bridges take over at once."""
+        released = await self.store.leave(self.token)
+        log.info("node %s left the cluster, releasing %d CAs", self.node, released)
+
+    def route(self, ca: str) -> str | None:
+        """The node name to forward a request for ``ca`` to, if another live bridge is known to own it."""
+        token = self._owners.get(ca)
+        if token is None:
+            return None
+        node = self.live.get(token)
+        if node is None or token == self.token:
+            del self._owners[ca]
+            return None
+        self.forwarded += 1
+        return node
+
+    async def claim(self, ca: str, *, create: bool) -> Claim:
+        """Ask the database for ``ca``: ours (claimed now if it was free), another live bridge's, or missing."""
+        claim = await self.store.claim(ca, self.token, create=create)
+        self.claims += 1
+        if claim.outcome == "other" and claim.token is not None:
+            if len(self._owners) >= _ROUTE_CACHE_MAX:
+                self._owners.clear()
+            self._owners[ca] = claim.token
+        else:
+            self._owners.pop(ca, None)
+        return claim
+
+    async def adopt(self) -> list[CARecord]:
+        """Claim a fair share of the CAs nobody alive owns (so that their pulses keep running)."""
+        orphans = await self.store.orphans()
+        if not orphans:
+            return []
+        share = -(-orphans // max(1, len(self.live)))
+        return await self.store.adopt(self.token, limit=min(share, 5000))

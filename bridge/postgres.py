@@ -1,0 +1,407 @@
+"""The PostgreSQL store: the same Store as SQLite, plus what several bridges need to share one database.
+
+Every batch of calls is one PostgreSQL transaction (group commit). With an ``owner`` token set (see
+bridge.cluster), a commit first locks the rows of its CAs and keeps only the CAs this bridge still owns: a bridge
+that lost a CA to another one (because it was presumed dead) cannot overwrite the new owner's work, whatever its
+clocks or its cache say. The refused CAs are returned, nothing of theirs is written, and the caller reloads.
+
+Ownership lives in the ``ca`` row itself (``owner``, ``epoch``); membership in ``node`` (one row per running
+bridge, renewed by heartbeat). A CA whose owner's row has expired may be claimed by any bridge.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bridge import faults
+from bridge.errors import StoreError
+from bridge.store import CARecord, Change, SessionRecord, merge
+
+__all__ = ["SCHEMA_VERSION", "Claim", "PostgresStore", "is_postgres_url", "redact_url"]
+
+log = logging.getLogger("bridge.postgres")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ca_bridge_schema (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS ca (
+    name text PRIMARY KEY, state bytea NOT NULL, owner text, epoch bigint NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS ca_owner ON ca (owner);
+CREATE TABLE IF NOT EXISTS session (
+    ca text NOT NULL, sid text NOT NULL, meta bytea NOT NULL, PRIMARY KEY (ca, sid));
+CREATE TABLE IF NOT EXISTS note (
+    ca text NOT NULL, sid text NOT NULL, seq bigint NOT NULL, args bytea NOT NULL, PRIMARY KEY (ca, sid, seq));
+CREATE TABLE IF NOT EXISTS dedup (
+    ca text NOT NULL, pos bigint NOT NULL, sid text NOT NULL, rid text NOT NULL, reply bytea NOT NULL,
+    PRIMARY KEY (ca, pos));
+CREATE TABLE IF NOT EXISTS node (
+    token text PRIMARY KEY, name text NOT NULL, started timestamptz NOT NULL DEFAULT now(),
+    expires timestamptz NOT NULL);
+"""
+# version N -> SQL that upgrades it to N + 1 (run under the schema lock, in the same transaction)
+MIGRATIONS: dict[int, str] = {}
+_SCHEMA_LOCK = 0x63615F62  # pg_advisory_xact_lock key: bridges starting together create the schema once
+
+_LIVE = "EXISTS (SELECT 1 FROM node n WHERE n.token = ca.owner AND n.expires > now())"
+
+
+def is_postgres_url(db: object) -> bool:
+    """True if ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(slots=True)
+class Claim:
+    """The outcome of asking for a CA: ``mine`` (with its record, None if just created), ``other`` (owned by
+    a live bridge, named by ``node``), or ``missing`` (no such CA)."""
+
+    outcome: Literal["mine", "other", "missing"]
+    record: CARecord | None = None
+    node: str | None = None
+    token: str | None = None
+
+
+class PostgresStore:
+    """A :class:`bridge.store.Store` in PostgreSQL, through a psycopg 3 async connection pool."""
+
+    def __init__(self, url: str, *, pool_size: int = 4, application_name: str = "ca-bridge",
+                 connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.application_name = application_name
+        self.connect_timeout = connect_timeout
+        self.owner: str | None = None  # set by the cluster: commits are fenced on it
+        self._pool: Any = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the pool, then create or migrate the schema (once, whoever starts first)."""
+        try:
+            from psycopg_pool import AsyncConnectionPool
+        except ImportError as exc:  # pragma: no cover - a packaging problem, reported clearly
+            raise StoreError(f"PostgreSQL support needs psycopg: pip install 'ca-bridge[postgres]' ({exc})") from None
+        pool = AsyncConnectionPool(
+            self.url, min_size=1, max_size=self.pool_size, open=False, timeout=self.connect_timeout,
+            kwargs={"application_name": self.application_name, "connect_timeout": max(1, int(self.connect_timeout))},
+            name=self.application_name, reconnect_timeout=0,
+        )
+        try:
+            await pool.open(wait=True, timeout=self.connect_timeout)
+        except Exception as exc:
+            await pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL at {redact_url(self.url)}: {exc}") from None
+        self._pool = pool
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self._tx() as cur:
+            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            await cur.execute("SELECT to_regclass('ca_bridge_schema') IS NOT NULL")
+            row = await cur.fetchone()
+            version = 0
+            if row and row[0]:
+                await cur.execute("SELECT max(version) FROM ca_bridge_schema")
+                found = await cur.fetchone()
+                version = int(found[0]) if found and found[0] is not None else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"database has schema {version}, newer than this bridge ({SCHEMA_VERSION})")
+            while version and version < SCHEMA_VERSION:
+                await cur.execute(MIGRATIONS[version])
+                version += 1
+            await cur.execute(SCHEMA)
+            await cur.execute("DELETE FROM ca_bridge_schema")
+            await cur.execute("INSERT INTO ca_bridge_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close(timeout=2.0)
+
+    def _tx(self) -> _Transaction:
+        if self._pool is None:
+            raise StoreError("store is closed")
+        return _Transaction(self._pool)
+
+    # -- the Store interface ---------------------------------------------------------------------------------
+
+    async def load_all(self) -> list[CARecord]:
+        """Every CA (for tools: a bridge in a cluster loads the CAs it owns, lazily)."""
+        async with self._tx() as cur:
+            return await _load(cur, None)
+
+    async def load(self, name: str) -> CARecord | None:
+        """One CA, or None."""
+        async with self._tx() as cur:
+            found = await _load(cur, [name])
+        return found[0] if found else None
+
+    async def names(self) -> list[str]:
+        """Sorted CA names."""
+        async with self._tx() as cur:
+            await cur.execute("SELECT name FROM ca ORDER BY name")
+            return [r[0] for r in await cur.fetchall()]
+
+    async def register(self, name: str) -> bool:
+        """An empty, unowned CA row: on_init runs when a bridge first claims it."""
+        async with self._tx() as cur:
+            await cur.execute("INSERT INTO ca (name, state) VALUES (%s, '') ON CONFLICT DO NOTHING", (name,))
+            return bool(cur.rowcount == 1)
+
+    async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
+        """One transaction for the batch; returns the CAs refused because this bridge no longer owns them."""
+        merged = merge(changes)
+        refused: frozenset[str] = frozenset()
+        async with self._tx() as cur:
+            if self.owner is not None:
+                await cur.execute(
+                    "SELECT name FROM ca WHERE name = ANY(%s) AND owner = %s ORDER BY name FOR UPDATE",
+                    (list(merged), self.owner),
+                )
+                owned = {r[0] for r in await cur.fetchall()}
+                refused = frozenset(merged.keys() - owned)
+                for name in refused:
+                    del merged[name]
+            await _write(cur, merged)
+            faults.hit("in_commit")
+        return refused
+
+    async def import_changes(self, changes: Sequence[Change], *, replace: bool) -> None:
+        """Write whole CAs (bridge.migrate) in one transaction, unowned; with ``replace``, existing rows of these
+        CAs go first, so no dedup record or notification of an older copy survives."""
+        merged = merge(changes)
+        names = list(merged)
+        async with self._tx() as cur:
+            if replace:
+                for table, column in (("note", "ca"), ("session", "ca"), ("dedup", "ca"), ("ca", "name")):
+                    await cur.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (names,))
+            await _write(cur, merged)
+
+    # -- cluster primitives (bridge.cluster) ---------------------------------------------------------------
+
+    async def join(self, token: str, node: str, ttl: float) -> None:
+        """Register this bridge; earlier incarnations of the same node name are gone, so their CAs are free."""
+        async with self._tx() as cur:
+            await cur.execute("DELETE FROM node WHERE name = %s OR expires < now() - interval '1 hour'", (node,))
+            await cur.execute(
+                "INSERT INTO node (token, name, expires) VALUES (%s, %s, now() + make_interval(secs => %s))",
+                (token, node, ttl),
+            )
+
+    async def heartbeat(self, token: str, node: str, ttl: float) -> tuple[bool, dict[str, str]]:
+        """Renew this bridge's membership; returns (whether the row was still there, live tokens -> names)."""
+        async with self._tx() as cur:
+            await cur.execute(
+                "UPDATE node SET expires = now() + make_interval(secs => %s) WHERE token = %s", (ttl, token))
+            present = cur.rowcount == 1
+            if not present:
+                await cur.execute(
+                    "INSERT INTO node (token, name, expires) VALUES (%s, %s, now() + make_interval(secs => %s))",
+                    (token, node, ttl),
+                )
+            await cur.execute("SELECT token, name FROM node WHERE expires > now()")
+            return present, {t: n for t, n in await cur.fetchall()}
+
+    async def leave(self, token: str) -> int:
+        """Give up every CA and the membership (a clean shutdown): others may claim at once."""
+        async with self._tx() as cur:
+            await cur.execute("UPDATE ca SET owner = NULL WHERE owner = %s", (token,))
+            released = cur.rowcount
+            await cur.execute("DELETE FROM node WHERE token = %s", (token,))
+            return int(released)
+
+    async def claim(self, name: str, token: str, *, create: bool) -> Claim:
+        """Own CA ``name`` if it is free (or ours already), loading it; else say who owns it, or that it is missing."""
+        async with self._tx() as cur:
+            for _ in range(2):
+                await cur.execute(
+                    "SELECT ca.owner, n.name, n.expires > now() FROM ca LEFT JOIN node n ON n.token = ca.owner "
+                    "WHERE ca.name = %s FOR UPDATE OF ca",
+                    (name,),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    if not create:
+                        return Claim("missing")
+                    await cur.execute(
+                        "INSERT INTO ca (name, state, owner, epoch) VALUES (%s, '', %s, 1) ON CONFLICT DO NOTHING",
+                        (name, token),
+                    )
+                    if cur.rowcount == 1:
+                        return Claim("mine", CARecord(name, b""))
+                    continue  # created by another bridge meanwhile: look again (the row is committed now)
+                owner, owner_node, alive = row
+                if owner is not None and owner != token and alive:
+                    return Claim("other", node=owner_node, token=owner)
+                if owner != token:
+                    await cur.execute("UPDATE ca SET owner = %s, epoch = epoch + 1 WHERE name = %s", (token, name))
+                found = await _load(cur, [name])
+                return Claim("mine", found[0])
+        raise StoreError(f"could not claim CA {name}")
+
+    async def adopt(self, token: str, *, limit: int) -> list[CARecord]:
+        """Claim up to ``limit`` CAs nobody (alive) owns, with their records: for pulses, which need an owner."""
+        async with self._tx() as cur:
+            await cur.execute(
+                f"UPDATE ca SET owner = %s, epoch = epoch + 1 WHERE name IN (SELECT name FROM ca WHERE "
+                f"(owner IS NULL OR NOT {_LIVE}) ORDER BY name LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING name",
+                (token, limit),
+            )
+            names = [r[0] for r in await cur.fetchall()]
+            return await _load(cur, names) if names else []
+
+    async def orphans(self) -> int:
+        """How many CAs have no live owner."""
+        async with self._tx() as cur:
+            await cur.execute(f"SELECT count(*) FROM ca WHERE owner IS NULL OR NOT {_LIVE}")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    async def owners(self) -> dict[str, int]:
+        """Live node name -> number of CAs it owns (for tools and tests)."""
+        async with self._tx() as cur:
+            await cur.execute(
+                "SELECT n.name, count(ca.name) FROM node n LEFT JOIN ca ON ca.owner = n.token "
+                "WHERE n.expires > now() GROUP BY n.name ORDER BY n.name")
+            return {r[0]: int(r[1]) for r in await cur.fetchall()}
+
+
+class _Transaction:
+    """``async with``: a pooled connection in one transaction, as a cursor; psycopg errors become StoreError."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._conn_cm: Any = None
+        self._tx_cm: Any = None
+        self._cur: Any = None
+
+    async def __aenter__(self) -> Any:
+        try:
+            self._conn_cm = self._pool.connection()
+            conn = await self._conn_cm.__aenter__()
+        except Exception as exc:
+            raise StoreError(f"database unavailable: {_reason(exc)}") from None
+        try:
+            self._tx_cm = conn.transaction()
+            await self._tx_cm.__aenter__()
+            self._cur = conn.cursor()
+        except BaseException as exc:
+            await self._conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
+            raise StoreError(f"database unavailable: {_reason(exc)}") from None
+        return self._cur
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
+        failure: BaseException | None = exc
+        try:
+            await self._tx_cm.__aexit__(et, exc, tb)  # COMMIT, or ROLLBACK if the body raised
+        except BaseException as commit_exc:
+            failure = commit_exc
+        finally:
+            try:
+                await self._conn_cm.__aexit__(type(failure) if failure else None, failure, None)
+            except Exception:  # the pool discards a broken connection; never mask the first error
+                log.debug("returning a connection to the pool failed", exc_info=True)
+        if failure is not None and failure is not exc:
+            raise _store_error(failure) from None
+        if exc is not None and not isinstance(exc, StoreError) and _is_db_error(exc):
+            raise _store_error(exc) from None
+
+
+def _is_db_error(exc: BaseException) -> bool:
+    import psycopg
+
+    return isinstance(exc, psycopg.Error | OSError)
+
+
+def _store_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, StoreError) or not _is_db_error(exc):
+        return exc
+    return StoreError(f"database error: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, sep, tail = url.partition("://")
+    if "@" in tail:
+        cred, _, host = tail.rpartition("@")
+        user = cred.split(":", 1)[0]
+        return f"{head}{sep}{user}@{host}"
+    return url
+
+
+async def _load(cur: Any, names: list[str] | None) -> list[CARecord]:
+    args: tuple[Any, ...]
+    if names is None:
+        where, args = "", ()
+        await cur.execute("SELECT name, state FROM ca")
+    else:
+        where, args = "WHERE ca = ANY(%s)", (names,)
+        await cur.execute("SELECT name, state FROM ca WHERE name = ANY(%s)", args)
+    cas = {n: CARecord(n, bytes(state)) for n, state in await cur.fetchall()}
+    if not cas:
+        return []
+    await cur.execute(f"SELECT ca, sid, meta FROM session {where}", args)
+    for ca, sid, meta in await cur.fetchall():
+        cas[ca].sessions[sid] = SessionRecord(bytes(meta))
+    await cur.execute(f"SELECT ca, sid, seq, args FROM note {where} ORDER BY ca, sid, seq", args)
+    for ca, sid, seq, blob in await cur.fetchall():
+        cas[ca].sessions[sid].notes.append((seq, bytes(blob)))
+    await cur.execute(f"SELECT ca, pos, sid, rid, reply FROM dedup {where} ORDER BY ca, pos", args)
+    for ca, pos, sid, rid, reply in await cur.fetchall():
+        cas[ca].dedup.append((pos, sid, rid, bytes(reply)))
+    return list(cas.values())
+
+
+async def _write(cur: Any, merged: dict[str, Change]) -> None:
+    states: list[tuple[str, bytes]] = []
+    purges: list[tuple[str, str]] = []
+    metas: list[tuple[str, str, bytes]] = []
+    notes: list[tuple[str, str, int, bytes]] = []
+    dedups: list[tuple[str, int, str, str, bytes]] = []
+    note_floors: list[tuple[str, str, int]] = []
+    dedup_floors: list[tuple[str, int]] = []
+    for ca, change in merged.items():
+        if change.state is not None:
+            states.append((ca, change.state))
+        dedups.extend((ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup)
+        if change.dedup_floor:
+            dedup_floors.append((ca, change.dedup_floor))
+        for sid, w in change.sessions.items():
+            if w.purge:
+                purges.append((ca, sid))
+            if w.meta is not None:
+                metas.append((ca, sid, w.meta))
+            notes.extend((ca, sid, seq, blob) for seq, blob in w.notes)
+            if w.note_floor:
+                note_floors.append((ca, sid, w.note_floor))
+    statements: list[tuple[str, list[Any]]] = [
+        ("DELETE FROM session WHERE ca = %s AND sid = %s", purges),
+        ("DELETE FROM note WHERE ca = %s AND sid = %s", purges),
+        ("INSERT INTO ca (name, state) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+         states),
+        ("INSERT INTO session (ca, sid, meta) VALUES (%s, %s, %s) "
+         "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta", metas),
+        ("INSERT INTO note (ca, sid, seq, args) VALUES (%s, %s, %s, %s) "
+         "ON CONFLICT (ca, sid, seq) DO UPDATE SET args = excluded.args", notes),
+        ("INSERT INTO dedup (ca, pos, sid, rid, reply) VALUES (%s, %s, %s, %s, %s) "
+         "ON CONFLICT (ca, pos) DO UPDATE SET sid = excluded.sid, rid = excluded.rid, reply = excluded.reply",
+         dedups),
+        ("DELETE FROM note WHERE ca = %s AND sid = %s AND seq < %s", note_floors),
+        ("DELETE FROM dedup WHERE ca = %s AND pos < %s", dedup_floors),
+    ]
+    for sql, rows in statements:
+        if rows:
+            await cur.executemany(sql, rows)
