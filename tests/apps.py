@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import time
 
 from bridge import CA, AppError, method
 
@@ -145,3 +146,23 @@ class BrokenInit(CA):
     @method
     async def ping(self):
         return "pong"
+
+
+class PulseClock(CA):
+    """Records the wall time of every pulse, for the cluster-wide once-per-interval check."""
+
+    async def on_init(self):
+        self.state["times"] = []
+        self.state["calls"] = 0
+
+    async def on_pulse(self):
+        self.state["times"] = [*self.state["times"][-499:], time.time()]
+
+    @method
+    async def times(self):
+        return self.state["times"]
+
+    @method
+    async def touch(self):
+        self.state["calls"] += 1
+        return self.state["calls"]

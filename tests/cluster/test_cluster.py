@@ -1,0 +1,248 @@
+"""Three bridges on one PostgreSQL database behind one mosquitto ($share subscriptions): the cluster guarantees.
+
+Real processes throughout: PostgreSQL (Debian's binaries), mosquitto, three `python -m bridge run` processes and
+paho devices. Each test checks one promise of docs/SCALING.md: one owner per CA, exactly-once across bridges,
+gap-free notifications, takeover after a crash, fencing of a presumed-dead bridge, pulses once per interval.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+
+import pytest
+
+from bridge.postgres import PostgresStore
+from tests.conftest import BridgeProcess, Mosquitto
+from tests.device import Device
+
+RETRYABLE = ("busy", "unavailable")
+
+
+class Cluster:
+    def __init__(self, tmp_path, url: str, app: str, n: int = 3, extra: list[str] | None = None) -> None:
+        self.url = url
+        self.broker = Mosquitto(tmp_path)
+        self.broker.start()
+        self.bridges = [
+            BridgeProcess(app, tmp_path / f"b{i}.db", broker_port=self.broker.port, store=url,
+                          extra=["--node", f"b{i}", *(extra or [])])
+            for i in range(n)
+        ]
+        self.devices: list[Device] = []
+
+    def start(self) -> Cluster:
+        for b in self.bridges:
+            b.start()
+        return self
+
+    def device(self, ca: str, session: str = "default") -> Device:
+        d = Device(self.broker.port, ca, session)
+        self.devices.append(d)
+        return d
+
+    def close(self) -> None:
+        for d in self.devices:
+            d.close()
+        for b in self.bridges:
+            b.kill()
+        self.broker.stop()
+
+    def owners(self) -> dict[str, str | None]:
+        rows = self.psql("SELECT ca.name, n.name FROM ca LEFT JOIN node n ON n.token = ca.owner ORDER BY 1")
+        return {line.split("|")[0]: line.split("|")[1] or None for line in rows.splitlines() if line}
+
+    def psql(self, sql: str) -> str:
+        import subprocess
+
+        done = subprocess.run(["psql", "-X", "-A", "-t", self.url, "-c", sql], capture_output=True, text=True,
+                              timeout=30, check=True)
+        return done.stdout.strip()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path, pg_url):
+    made: list[Cluster] = []
+
+    def make(app: str = "tests/apps.py:Counter", **kwargs) -> Cluster:
+        c = Cluster(tmp_path, pg_url, app, **kwargs)
+        made.append(c)
+        return c.start()
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
+
+
+def call(dev: Device, method: str, *args, rid: str | None = None, timeout: float = 30.0):
+    """Call until answered, resending the same request id on silence or a retryable error (as devices do)."""
+    rid = rid or dev.new_id()
+    deadline = time.monotonic() + timeout
+    while True:
+        with dev._cond:
+            dev.replies.pop(rid, None)
+        dev.send_call(method, *args, rid=rid)
+        try:
+            reply = dev.wait_reply(rid, 1.0)
+        except TimeoutError:
+            reply = None
+        if reply is not None and not ("err" in reply and reply["err"]["kind"] in RETRYABLE):
+            assert "err" not in reply, reply
+            return reply["ok"]
+        assert time.monotonic() < deadline, f"{method} on {dev.ca} unanswered for {timeout}s (last: {reply})"
+        time.sleep(0.1)
+
+
+def test_requests_spread_over_bridges_and_every_call_runs_once(cluster_factory):
+    c = cluster_factory()
+    devs = [c.device(f"ca{i}") for i in range(9)]
+    for _ in range(10):
+        for d in devs:
+            call(d, "incr")
+    assert [call(d, "get")["n"] for d in devs] == [10] * 9
+    owners = c.owners()
+    assert sorted(owners) == sorted(f"ca{i}" for i in range(9))
+    assert len(set(owners.values())) >= 2, f"every CA on one bridge: {owners}"
+    # one owner per CA, and only the owner ever loaded it: the others forwarded
+    assert all(owner in ("b0", "b1", "b2") for owner in owners.values())
+
+
+def test_notifications_are_gap_free_across_bridges(cluster_factory):
+    c = cluster_factory()
+    watcher = c.device("shop", "watch")
+    buyer = c.device("shop")
+    tokens = [f"t{i}" for i in range(40)]
+    for token in tokens:
+        call(buyer, "record_notify", token)
+    notes = watcher.wait_notes(40, timeout=20)
+    seqs = [n["seq"] for n in notes]
+    assert seqs == list(range(seqs[0], seqs[0] + 40)), seqs
+    assert [n["args"][0] for n in notes] == tokens
+
+
+def test_retry_after_the_owner_dies_after_commit_is_answered_from_the_dedup_record(cluster_factory, tmp_path):
+    c = cluster_factory()
+    dev = c.device("once")
+    assert call(dev, "incr") == 1
+    owner = c.owners()["once"]
+    victim = next(b for b in c.bridges if b.db.stem == owner)
+    victim.kill()  # restart it armed: it dies after its next commit, before publishing the reply
+    victim.env = {"CA_BRIDGE_FAULTS": "after_commit=1"}
+    victim.start()
+    # the restarted b* freed its old CAs at once (same --node); whoever claims "once" next may be any bridge
+    rid = dev.new_id()
+    got = call(dev, "incr", rid=rid, timeout=40)
+    again = call(dev, "incr", rid=rid, timeout=20)  # the same request id once more: never a second run
+    assert got == again == 2
+    assert call(dev, "get")["n"] == 2
+
+
+def test_takeover_after_a_crash_within_the_ttl(cluster_factory):
+    c = cluster_factory(extra=["--node-ttl", "3"])
+    devs = [c.device(f"k{i}") for i in range(6)]
+    for d in devs:
+        call(d, "incr")
+    owners = c.owners()
+    victim_name = owners["k0"]
+    victim = next(b for b in c.bridges if b.db.stem == victim_name)
+    victim.kill()  # no restart: the others must notice the silence
+    started = time.monotonic()
+    call(devs[0], "incr", timeout=30)
+    took = time.monotonic() - started
+    assert took < 3 + 4, f"takeover took {took:.1f}s"
+    for d in devs[1:]:
+        call(d, "incr")
+    assert [call(d, "get")["n"] for d in devs] == [2, 2, 2, 2, 2, 2]
+    assert victim_name not in set(c.owners().values())
+
+
+def test_a_clean_shutdown_hands_its_cas_over_at_once(cluster_factory):
+    c = cluster_factory(extra=["--node-ttl", "30"])  # takeover could only come from the release, not the TTL
+    dev = c.device("handed")
+    call(dev, "incr")
+    owner = c.owners()["handed"]
+    next(b for b in c.bridges if b.db.stem == owner).stop()  # SIGTERM: drain, release, leave
+    assert c.owners()["handed"] is None
+    started = time.monotonic()
+    assert call(dev, "incr", timeout=20) == 2
+    assert time.monotonic() - started < 5
+
+
+def test_a_paused_bridge_is_fenced_out_and_nothing_runs_twice(cluster_factory):
+    c = cluster_factory(extra=["--node-ttl", "2"])
+    dev = c.device("fenced")
+    assert call(dev, "incr") == 1
+    owner = c.owners()["fenced"]
+    zombie = next(b for b in c.bridges if b.db.stem == owner)
+    os.kill(zombie.proc.pid, signal.SIGSTOP)  # alive but silent: presumed dead after the TTL
+    try:
+        for expected in range(2, 7):
+            assert call(dev, "incr", timeout=30) == expected
+        new_owner = c.owners()["fenced"]
+        assert new_owner not in (None, owner)
+    finally:
+        os.kill(zombie.proc.pid, signal.SIGCONT)
+    # the woken bridge still has the CA cached; whatever reaches it is refused at commit and handed on
+    for expected in range(7, 17):
+        assert call(dev, "incr", timeout=30) == expected
+    assert call(dev, "get")["n"] == 16
+    assert c.owners()["fenced"] in ("b0", "b1", "b2")
+
+
+def test_cut_database_connections_lose_nothing(cluster_factory, pg_server):
+    c = cluster_factory()
+    devs = [c.device(f"cut{i}") for i in range(4)]
+    for round_ in range(6):
+        for d in devs:
+            call(d, "incr", timeout=40)
+        if round_ % 2 == 0:
+            assert pg_server.cut_connections() >= 1
+    assert [call(d, "get")["n"] for d in devs] == [6, 6, 6, 6]
+
+
+def test_pulses_run_once_per_interval_cluster_wide_even_across_a_takeover(cluster_factory):
+    interval = 0.5
+    c = cluster_factory("tests/apps.py:PulseClock", extra=["--pulse", str(interval), "--node-ttl", "2"])
+    devs = [c.device(f"p{i}") for i in range(3)]
+    for d in devs:
+        call(d, "touch")
+    time.sleep(3)
+    victim_name = c.owners()["p0"]
+    next(b for b in c.bridges if b.db.stem == victim_name).kill()
+    time.sleep(5)
+    for d in devs:
+        times = call(d, "times", timeout=30)
+        assert len(times) >= 4, f"{d.ca} hardly pulsed: {times}"
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= interval * 0.8, f"{d.ca}: two pulses {min(gaps):.3f}s apart"
+
+
+def test_orphaned_cas_with_pulses_are_adopted_without_any_request(cluster_factory, pg_url):
+    import asyncio
+
+    async def register() -> None:
+        store = PostgresStore(pg_url)
+        await store.open()
+        try:
+            for i in range(30):
+                await store.register(f"o{i}")
+        finally:
+            await store.close()
+
+    asyncio.run(register())
+    c = cluster_factory("tests/apps.py:PulseClock", extra=["--pulse", "0.5"])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        owners = c.owners()
+        if all(owners.get(f"o{i}") for i in range(30)):
+            break
+        time.sleep(0.3)
+    owners = c.owners()
+    assert all(owners.get(f"o{i}") for i in range(30)), owners
+    time.sleep(1.5)
+    dev = c.device("o7")
+    assert len(call(dev, "times")) >= 1  # pulsed (so on_init ran) before any device asked for it
