@@ -11,10 +11,13 @@ bridge, renewed by heartbeat). A CA whose owner's row has expired may be claimed
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from bridge import faults
 from bridge.errors import StoreError
@@ -24,7 +27,7 @@ __all__ = ["SCHEMA_VERSION", "Claim", "PostgresStore", "is_postgres_url", "redac
 
 log = logging.getLogger("bridge.postgres")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ca_bridge_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS ca (
@@ -35,14 +38,18 @@ CREATE TABLE IF NOT EXISTS session (
 CREATE TABLE IF NOT EXISTS note (
     ca text NOT NULL, sid text NOT NULL, seq bigint NOT NULL, args bytea NOT NULL, PRIMARY KEY (ca, sid, seq));
 CREATE TABLE IF NOT EXISTS dedup (
-    ca text NOT NULL, pos bigint NOT NULL, sid text NOT NULL, rid text NOT NULL, reply bytea NOT NULL,
+    ca text NOT NULL, pos bigint NOT NULL, sid text NOT NULL, rid bytea NOT NULL, reply bytea NOT NULL,
     PRIMARY KEY (ca, pos));
 CREATE TABLE IF NOT EXISTS node (
     token text PRIMARY KEY, name text NOT NULL, started timestamptz NOT NULL DEFAULT now(),
     expires timestamptz NOT NULL);
 """
 # version N -> SQL that upgrades it to N + 1 (run under the schema lock, in the same transaction)
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    # Version 1 kept request ids as text, which cannot hold NUL (nor lone surrogates): a device chooses its ids, so
+    # one odd id made every batch it was in fail. Version 2 keeps them as bytes (UTF-8, surrogatepass).
+    1: "ALTER TABLE dedup ALTER COLUMN rid TYPE bytea USING convert_to(rid, 'UTF8');",
+}
 _SCHEMA_LOCK = 0x63615F62  # pg_advisory_xact_lock key: bridges starting together create the schema once
 
 _LIVE = "EXISTS (SELECT 1 FROM node n WHERE n.token = ca.owner AND n.expires > now())"
@@ -79,46 +86,48 @@ class PostgresStore:
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the pool, then create or migrate the schema (once, whoever starts first)."""
+        """Create or migrate the schema (once, whoever starts first) on a first connection, then open the pool.
+
+        The first connection is made directly, not by the pool: a pool that cannot connect only times out, whereas
+        a direct attempt fails at once (connection refused, unknown database, bad password) and says why.
+        """
         try:
+            import psycopg
             from psycopg_pool import AsyncConnectionPool
         except ImportError as exc:  # pragma: no cover - a packaging problem, reported clearly
             raise StoreError(f"PostgreSQL support needs psycopg: pip install 'ca-bridge[postgres]' ({exc})") from None
+        where = redact_url(self.url)
+        kwargs: dict[str, Any] = {
+            "application_name": self.application_name,
+            "connect_timeout": max(1, int(self.connect_timeout)),
+            # a silent network (a partition, not a refusal) must fail queries within seconds, not hang them
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+        }
+        limit = max(2.0, self.connect_timeout) + 1.0  # psycopg applies connect_timeout (2 s at least) per attempt
+        try:  # ... and this bounds the name resolution too
+            conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(self.url, **kwargs), limit)
+        except TimeoutError:
+            raise StoreError(f"cannot connect to PostgreSQL at {where}: no answer within {limit:g} s") from None
+        except Exception as exc:  # psycopg.Error, OSError; a malformed URL's message may quote the password
+            raise StoreError(f"cannot connect to PostgreSQL at {where}: {_scrub(_reason(exc), self.url)}") from None
+        try:
+            async with conn.transaction():
+                await _migrate(conn.cursor())
+        except Exception as exc:
+            raise _store_error(exc) from None
+        finally:
+            await conn.close()
         pool = AsyncConnectionPool(
             self.url, min_size=1, max_size=self.pool_size, open=False, timeout=self.connect_timeout,
-            kwargs={"application_name": self.application_name, "connect_timeout": max(1, int(self.connect_timeout))},
-            name=self.application_name, reconnect_timeout=0,
+            kwargs=kwargs, name=self.application_name, reconnect_timeout=0,
         )
         try:
             await pool.open(wait=True, timeout=self.connect_timeout)
         except Exception as exc:
             await pool.close()
-            raise StoreError(f"cannot connect to PostgreSQL at {redact_url(self.url)}: {exc}") from None
+            raise StoreError(f"cannot connect to PostgreSQL at {where}: {_scrub(_reason(exc), self.url)}") from None
         self._pool = pool
-        try:
-            await self._migrate()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def _migrate(self) -> None:
-        async with self._tx() as cur:
-            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            await cur.execute("SELECT to_regclass('ca_bridge_schema') IS NOT NULL")
-            row = await cur.fetchone()
-            version = 0
-            if row and row[0]:
-                await cur.execute("SELECT max(version) FROM ca_bridge_schema")
-                found = await cur.fetchone()
-                version = int(found[0]) if found and found[0] is not None else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"database has schema {version}, newer than this bridge ({SCHEMA_VERSION})")
-            while version and version < SCHEMA_VERSION:
-                await cur.execute(MIGRATIONS[version])
-                version += 1
-            await cur.execute(SCHEMA)
-            await cur.execute("DELETE FROM ca_bridge_schema")
-            await cur.execute("INSERT INTO ca_bridge_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 
     async def close(self) -> None:
         """Close the pool."""
@@ -129,7 +138,7 @@ class PostgresStore:
     def _tx(self) -> _Transaction:
         if self._pool is None:
             raise StoreError("store is closed")
-        return _Transaction(self._pool)
+        return _Transaction(self._pool, self.connect_timeout)
 
     # -- the Store interface ---------------------------------------------------------------------------------
 
@@ -147,7 +156,7 @@ class PostgresStore:
     async def names(self) -> list[str]:
         """Sorted CA names."""
         async with self._tx() as cur:
-            await cur.execute("SELECT name FROM ca ORDER BY name")
+            await cur.execute('SELECT name FROM ca ORDER BY name COLLATE "C"')  # as Python sorts, whatever the locale
             return [r[0] for r in await cur.fetchall()]
 
     async def register(self, name: str) -> bool:
@@ -274,29 +283,60 @@ class PostgresStore:
             return {r[0]: int(r[1]) for r in await cur.fetchall()}
 
 
-class _Transaction:
-    """``async with``: a pooled connection in one transaction, as a cursor; psycopg errors become StoreError."""
+async def _migrate(cur: Any) -> None:
+    """Bring the schema to SCHEMA_VERSION, inside the caller's transaction. At the current version nothing is
+    written: no DDL runs, so opening a store (a bridge starting, `ca-bridge inspect`) takes no lock on the tables
+    and never waits for, nor holds up, the commits of running bridges."""
+    await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+    await cur.execute("SELECT to_regclass('ca_bridge_schema') IS NOT NULL")
+    row = await cur.fetchone()
+    version = 0
+    if row and row[0]:
+        await cur.execute("SELECT max(version) FROM ca_bridge_schema")
+        found = await cur.fetchone()
+        version = int(found[0]) if found and found[0] is not None else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"database has schema {version}, newer than this bridge ({SCHEMA_VERSION})")
+    if version == SCHEMA_VERSION:
+        return
+    while version and version < SCHEMA_VERSION:
+        await cur.execute(MIGRATIONS[version])
+        version += 1
+    await cur.execute(SCHEMA)
+    await cur.execute("DELETE FROM ca_bridge_schema")
+    await cur.execute("INSERT INTO ca_bridge_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 
-    def __init__(self, pool: Any) -> None:
+
+class _Transaction:
+    """``async with``: a pooled connection in one transaction, as a cursor; psycopg errors become StoreError.
+
+    When the connection turns out broken (the server restarted, a failover, connections cut), the pool's idle
+    connections are most likely broken too: they are checked before the error is raised, so that the next
+    transaction gets a working connection instead of failing on the next stale one, pool size times in a row.
+    """
+
+    def __init__(self, pool: Any, recheck_timeout: float) -> None:
         self._pool = pool
+        self._recheck_timeout = recheck_timeout
+        self._conn: Any = None
         self._conn_cm: Any = None
         self._tx_cm: Any = None
-        self._cur: Any = None
 
     async def __aenter__(self) -> Any:
         try:
             self._conn_cm = self._pool.connection()
-            conn = await self._conn_cm.__aenter__()
+            self._conn = await self._conn_cm.__aenter__()
         except Exception as exc:
             raise StoreError(f"database unavailable: {_reason(exc)}") from None
         try:
-            self._tx_cm = conn.transaction()
+            self._tx_cm = self._conn.transaction()
             await self._tx_cm.__aenter__()
-            self._cur = conn.cursor()
+            return self._conn.cursor()
         except BaseException as exc:
-            await self._conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._release(exc)
+            if not isinstance(exc, Exception):  # cancellation: never turned into a StoreError
+                raise
             raise StoreError(f"database unavailable: {_reason(exc)}") from None
-        return self._cur
 
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
         failure: BaseException | None = exc
@@ -305,20 +345,45 @@ class _Transaction:
         except BaseException as commit_exc:
             failure = commit_exc
         finally:
-            try:
-                await self._conn_cm.__aexit__(type(failure) if failure else None, failure, None)
-            except Exception:  # the pool discards a broken connection; never mask the first error
-                log.debug("returning a connection to the pool failed", exc_info=True)
+            await self._release(failure)
         if failure is not None and failure is not exc:
             raise _store_error(failure) from None
         if exc is not None and not isinstance(exc, StoreError) and _is_db_error(exc):
             raise _store_error(exc) from None
 
+    async def _release(self, failure: BaseException | None) -> None:
+        broken = failure is not None and bool(self._conn.broken)
+        try:
+            await self._conn_cm.__aexit__(type(failure) if failure else None, failure, None)
+        except Exception:  # the pool discards a broken connection; never mask the first error
+            log.debug("returning a connection to the pool failed", exc_info=True)
+        if broken and isinstance(failure, Exception):
+            await _recheck(self._pool, self._recheck_timeout)
+
+
+_rechecks: dict[int, asyncio.Task[None]] = {}  # id(pool) -> its running check (one at a time)
+
+
+async def _recheck(pool: Any, timeout: float) -> None:
+    """Check the idle connections of ``pool``, replacing the broken ones; wait for it at most ``timeout``.
+
+    The check goes on in the background if it takes longer (cancelling it midway would lose connections).
+    """
+    task = _rechecks.get(id(pool))
+    if task is None or task.done():
+        task = _rechecks[id(pool)] = asyncio.ensure_future(pool.check())
+        task.add_done_callback(lambda t: _rechecks.pop(id(pool), None) if _rechecks.get(id(pool)) is t else None)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except Exception:  # the database is still down, or slow: the next transaction tells
+        log.debug("checking the pool's connections failed", exc_info=True)
+
 
 def _is_db_error(exc: BaseException) -> bool:
     import psycopg
 
-    return isinstance(exc, psycopg.Error | OSError)
+    # UnicodeEncodeError: a str psycopg cannot send (a lone surrogate) is bad data, as psycopg's DataError is
+    return isinstance(exc, psycopg.Error | OSError | UnicodeEncodeError)
 
 
 def _store_error(exc: BaseException) -> BaseException:
@@ -333,20 +398,42 @@ def _reason(exc: BaseException) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password (in the user part or a ``password=`` parameter), for messages."""
     head, sep, tail = url.partition("://")
+    if not sep:
+        return url
+    tail = _PASSWORD_PARAM.sub(r"\1***", tail)
     if "@" in tail:
         cred, _, host = tail.rpartition("@")
         user = cred.split(":", 1)[0]
         return f"{head}{sep}{user}@{host}"
-    return url
+    return f"{head}{sep}{tail}"
+
+
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without ``url``'s password: libpq quotes a malformed URL, or a part of it, in its messages."""
+    text = text.replace(url, redact_url(url))
+    _, sep, tail = url.partition("://")
+    secrets = [m.group(0).partition("=")[2] for m in _PASSWORD_PARAM.finditer(tail)] if sep else []
+    if sep and "@" in tail:  # the user part ends at the first '@' for libpq, at the last one for redact_url
+        secrets += [part.partition(":")[2] for part in (tail.partition("@")[0], tail.rpartition("@")[0])]
+    for secret in sorted({v for s in secrets for v in (s, unquote(s)) if v}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _rid_bytes(rid: str) -> bytes:
+    return rid.encode("utf-8", "surrogatepass")
 
 
 async def _load(cur: Any, names: list[str] | None) -> list[CARecord]:
     args: tuple[Any, ...]
     if names is None:
         where, args = "", ()
-        await cur.execute("SELECT name, state FROM ca")
+        await cur.execute('SELECT name, state FROM ca ORDER BY name COLLATE "C"')
     else:
         where, args = "WHERE ca = ANY(%s)", (names,)
         await cur.execute("SELECT name, state FROM ca WHERE name = ANY(%s)", args)
@@ -361,7 +448,7 @@ async def _load(cur: Any, names: list[str] | None) -> list[CARecord]:
         cas[ca].sessions[sid].notes.append((seq, bytes(blob)))
     await cur.execute(f"SELECT ca, pos, sid, rid, reply FROM dedup {where} ORDER BY ca, pos", args)
     for ca, pos, sid, rid, reply in await cur.fetchall():
-        cas[ca].dedup.append((pos, sid, rid, bytes(reply)))
+        cas[ca].dedup.append((pos, sid, bytes(rid).decode("utf-8", "surrogatepass"), bytes(reply)))
     return list(cas.values())
 
 
@@ -370,13 +457,13 @@ async def _write(cur: Any, merged: dict[str, Change]) -> None:
     purges: list[tuple[str, str]] = []
     metas: list[tuple[str, str, bytes]] = []
     notes: list[tuple[str, str, int, bytes]] = []
-    dedups: list[tuple[str, int, str, str, bytes]] = []
+    dedups: list[tuple[str, int, str, bytes, bytes]] = []
     note_floors: list[tuple[str, str, int]] = []
     dedup_floors: list[tuple[str, int]] = []
     for ca, change in merged.items():
         if change.state is not None:
             states.append((ca, change.state))
-        dedups.extend((ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup)
+        dedups.extend((ca, pos, sid, _rid_bytes(rid), reply) for pos, sid, rid, reply in change.dedup)
         if change.dedup_floor:
             dedup_floors.append((ca, change.dedup_floor))
         for sid, w in change.sessions.items():
