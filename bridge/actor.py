@@ -17,6 +17,7 @@ from bridge import codec, faults
 from bridge.app import CA
 from bridge.committer import Pending
 from bridge.errors import AppError, CodecError
+from bridge.logs import set_context
 from bridge.protocol import DEFAULT_SESSION, Request, error_body, reply_err, reply_ok, sync_answer
 from bridge.session import SessionAPI, SessionData, SessionTxn
 from bridge.store import CARecord, Change, SessionWrite
@@ -39,8 +40,8 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "dedup", "dedup_pos", "durable", "epoch", "mailbox", "name", "pulse_at", "pulse_queued", "ready", "rt",
-        "running",
+        "ca", "dedup", "dedup_pos", "durable", "epoch", "last_active", "mailbox", "name", "pulse_at", "pulse_queued",
+        "ready", "recent", "rt", "running",
         "sessions", "stale", "state_blob", "tokens", "tokens_at",
     )
 
@@ -55,6 +56,9 @@ class Actor:
         self.running = False
         self.pulse_queued = False
         self.pulse_at = 0.0  # no pulse before this loop time (a CA just taken over from another bridge)
+        self.last_active = 0.0  # wall time of the last call answered (for the dashboard)
+        # the last calls answered: (wall time, session, request id, method, outcome, seconds), for the dashboard
+        self.recent: deque[tuple[float, str, str, str, str, float]] = deque(maxlen=20)
         self.epoch = 0
         self.stale = False
         self.tokens = 0.0  # rate limiting (Runtime.admit): calls this CA may still take, refilled over time
@@ -109,6 +113,10 @@ class Actor:
             self.running = False
 
     async def _process(self, item: Item) -> None:
+        if isinstance(item, str):
+            set_context(self.name)
+        else:
+            set_context(self.name, item[0].session, item[0].id)
         if self.stale:
             if self.rt.cluster is None:
                 self.reset(await self.rt.store.load(self.name))
@@ -124,6 +132,7 @@ class Actor:
         req, future = item
         if req.kind == "call":
             if self.durable and (hit := self._dedup_hit(req)) is not None:
+                self.rt.metrics.dedup_hits += 1
                 self._submit(Pending(self, self.epoch, None, [(req.session, hit)], future, hit))
             elif await self._ready():
                 await self._call(req, future)
@@ -131,6 +140,8 @@ class Actor:
                 self._reject(req, future, error_body("internal", "NotReady", "the CA failed to initialize"))
         elif req.kind == "sync":
             self._sync(req)
+        elif req.kind == "presence":
+            await self._presence(req)
         else:
             self._ack(req)
 
@@ -179,7 +190,7 @@ class Actor:
             return False
         change, sends = self._apply(txn, blob)
         if not change.empty() or sends:
-            self._submit(Pending(self, epoch, change, sends))
+            self._submit(Pending(self, epoch, change, sends, notes=len(sends)))
         return True
 
     async def _call(self, req: Request, future: asyncio.Future[Any] | None) -> None:
@@ -215,14 +226,21 @@ class Actor:
                 payload = codec.encode(reply, req.codec)
         change, sends = self._apply(txn, blob)
         self._record(req.session, req.id, payload, change)
+        notes = len(sends)
         sends.insert(0, (req.session, payload))
         outcome = error if isinstance(error, AppError) else payload
-        self._submit(Pending(self, epoch, change, sends, future, outcome, lambda: self._unavailable(req, future)))
+        result = "ok" if error is None else "app" if isinstance(error, AppError) else "internal"
+        self._submit(Pending(self, epoch, change, sends, future, outcome, lambda: self._unavailable(req, future),
+                             req.method, result, req.at, notes, req.session, req.id))
 
     def _ack(self, req: Request) -> None:
         txn = SessionTxn(self.sessions, req.session, self.rt.limits)
         txn.ack(req.session, req.seq)
-        change, _ = self._apply(txn, self.state_blob)
+        before = self.sessions.get(req.session)
+        queued = len(before.queue) if before is not None else 0
+        change, _ = self._apply(txn, self.state_blob, initialized=False)
+        after = self.sessions.get(req.session)
+        self.rt.metrics.notes_acked += max(0, queued - (len(after.queue) if after is not None else 0))
         if not change.empty():
             faults.hit("in_ack")
             self._submit(Pending(self, self.epoch, change))
@@ -230,18 +248,56 @@ class Actor:
     def _sync(self, req: Request) -> None:
         txn = self._begin(req.session, req.codec)
         txn.ack(req.session, req.seq)
-        change, _ = self._apply(txn, self.state_blob)
+        change, _ = self._apply(txn, self.state_blob, initialized=False)
         data = self.sessions[req.session]
         sends = [(req.session, codec.encode(sync_answer(data.first_seq, data.next_seq), data.codec))]
         sends.extend(
             (req.session, codec.encode_note(seq, args, data.codec)) for seq, args in data.queue if seq > req.seq
         )
-        self._submit(Pending(self, self.epoch, None if change.empty() else change, sends))
+        self._submit(Pending(self, self.epoch, None if change.empty() else change, sends, notes=len(sends) - 1))
 
-    def _apply(self, txn: SessionTxn, blob: bytes) -> tuple[Change, list[tuple[str, bytes]]]:
-        """Make a successful call's effects the committed in-memory view; return the store change and the sends."""
+    async def _presence(self, req: Request) -> None:
+        """Record a session's presence; on a change, run on_presence in the same transaction. A failing hook is
+        rolled back, but the presence change still commits."""
+        ready = await self._ready()
+        epoch = self.epoch
+        old = self.sessions.get(req.session)
+        changed = (old is not None and old.online) != req.online
+        txn = self._presence_txn(req, changed)
+        blob = self.state_blob
+        if changed and ready:
+            try:
+                await self._run(self.ca.on_presence, (req.session, req.online))
+                blob = codec.dumps(self.ca.state)
+            except Exception:
+                log.exception("CA %s: on_presence(%s, %s) failed; rolled back", self.name, req.session, req.online)
+                self._rollback()
+                txn = self._presence_txn(req, changed)
+                blob = self.state_blob
+        change, sends = self._apply(txn, blob, initialized=ready)
+        if not change.empty() or sends:
+            self._submit(Pending(self, epoch, change, sends, notes=len(sends)))
+
+    def _presence_txn(self, req: Request, changed: bool) -> SessionTxn:
+        """A transaction in ``req.session`` (created if new, like a call's) that already holds the new presence."""
+        txn = self._begin(req.session, req.codec)
+        data = txn.write(req.session)
+        data.online = req.online
+        if changed:
+            data.presence_at = asyncio.get_running_loop().time()
+        return txn
+
+    def _apply(
+        self, txn: SessionTxn, blob: bytes, *, initialized: bool = True
+    ) -> tuple[Change, list[tuple[str, bytes]]]:
+        """Make a successful call's effects the committed in-memory view; return the store change and the sends.
+
+        ``initialized``: the CA's on_init (or on_resume) has run, so its state is real and is written even when
+        unchanged. An ack or sync that reaches a CA before its first call passes False: writing the empty state
+        then would make the CA look initialized, and on_init would never run.
+        """
         change = Change(self.name)
-        if blob != self.state_blob or not self.durable:
+        if blob != self.state_blob or (initialized and not self.durable):
             change.state = blob
             self.state_blob = blob
             self.durable = True

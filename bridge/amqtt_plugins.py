@@ -12,7 +12,10 @@ auth directory, see bridge.auth) and:
   device's (or the bridge's) persistent session and its queued messages;
 * allows device ``X`` to publish only to ``<prefix>/X/in``, to subscribe to and receive only
   ``<prefix>/X/session/<one level>`` and ``<prefix>/X/errors``; the bridge user may use everything under
-  ``<prefix>/``; nobody may use anything else.
+  ``<prefix>/``; nobody may use anything else;
+* refuses a CONNECT whose will topic the client may not publish to (amqtt publishes wills without asking the topic
+  plugins, so a device could otherwise send a request to any CA by dying), and keeps the will of a client id's
+  existing session when a CONNECT for it is refused (amqtt copies the new will into that session beforehand).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = ["DevicePolicyPlugin", "UserDB", "allowed", "reload_all"]
 log = logging.getLogger("bridge.broker.policy")
 
 _LIVE: weakref.WeakSet[UserDB] = weakref.WeakSet()
+_WILL = ("will_flag", "will_topic", "will_message", "will_qos")  # what amqtt copies from a CONNECT into a session
 
 
 def reload_all() -> None:
@@ -109,19 +113,33 @@ class DevicePolicyPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         self.bridge_user: str = cfg.bridge_user
         self.db = UserDB(Path(cfg.password_file))
         self.owners: dict[str, str] = {}  # client id -> the user that first authenticated with it
+        self.wills: dict[str, tuple[Any, ...]] = {}  # client id -> the will of its last accepted CONNECT
 
     async def authenticate(self, *, session: Any) -> bool:
         username = getattr(session, "username", None)
         client_id = getattr(session, "client_id", None)
         owner = self.owners.get(client_id) if client_id else None
-        ok = await self._check(session, username, client_id)
-        if ok and client_id and owner is None and username:
-            self.owners[client_id] = username
+        ok = await self._check(session, username, client_id) and self._will_allowed(session, username, client_id)
+        if ok and client_id:
+            if owner is None and username:
+                self.owners[client_id] = username
+            self.wills[client_id] = tuple(getattr(session, attr, None) for attr in _WILL)
         elif not ok and owner is not None:
-            # amqtt copied this CONNECT's username into the existing session of that client id before asking us;
-            # put the owner's back so the ACL keeps treating that (offline) session as the owner's.
+            # amqtt copied this CONNECT's username and will into the existing session of that client id before
+            # asking us; put the owner's back so that session keeps the owner's rights and the owner's will.
             session.username = owner
+            for attr, value in zip(_WILL, self.wills.get(client_id or "", (False, None, None, 0)), strict=True):
+                setattr(session, attr, value)
         return ok
+
+    def _will_allowed(self, session: Any, username: str | None, client_id: str | None) -> bool:
+        if not getattr(session, "will_flag", False):
+            return True
+        topic = getattr(session, "will_topic", None)
+        if username and topic and allowed(username, topic, "publish", self.prefix, self.bridge_user):
+            return True
+        log.info("refused client %r: its will is on a topic it may not publish to", client_id)
+        return False
 
     async def _check(self, session: Any, username: str | None, client_id: str | None) -> bool:
         if not username:

@@ -50,10 +50,10 @@ def _spec(fn: Callable[..., Any]) -> MethodSpec:
 class CA:
     """Base class of a Cloud Assistant.
 
-    Subclasses define hooks (``on_init``, ``on_resume``, ``on_pulse``) and ``@method`` methods. The runtime gives
-    each instance ``name``, ``state`` (a dict committed after every successful call and rolled back on any error),
-    ``session`` (the session API of the running call), ``scratch`` (a dict that is neither saved nor rolled back)
-    and ``log`` (a logger named after the CA).
+    Subclasses define hooks (``on_init``, ``on_resume``, ``on_pulse``, ``on_presence``) and ``@method`` methods. The
+    runtime gives each instance ``name``, ``state`` (a dict committed after every successful call and rolled back on
+    any error), ``session`` (the session API of the running call), ``scratch`` (a dict that is neither saved nor
+    rolled back) and ``log`` (a logger named after the CA).
     """
 
     methods: ClassVar[dict[str, MethodSpec]] = {}
@@ -83,6 +83,14 @@ class CA:
 
     async def on_pulse(self) -> None:
         """Runs every pulse interval while the CA is loaded."""
+
+    async def on_presence(self, session_id: str, online: bool) -> None:
+        """Runs when a session's device goes online or offline (docs/PROTOCOL.md, Presence); may be a plain ``def``.
+
+        Called once per transition, never for a repeated announcement of the same state. It runs in a transaction
+        in that session (``self.session.get_session_id() == session_id``, ``self.session.is_online()`` already
+        shows the new state): on an exception its effects are rolled back, but the presence change itself is kept.
+        """
 
     @classmethod
     def has_pulse(cls) -> bool:

@@ -195,6 +195,19 @@ class AuthStore:
                 self._save(amqtt_users, mosq_users)
             return creds
 
+    def dashboard_token(self) -> str:
+        """The web dashboard's bearer token, created (0600) on first use in ``dashboard.token``."""
+        path = self.dir / "dashboard.token"
+        with self._locked():
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                token = ""
+            if not token:
+                token = secrets.token_urlsafe(24)
+                _write_private(path, token + "\n")
+            return token
+
     # -- devices ------------------------------------------------------------------------------------------------
 
     def add(self, name: str, *, rotate: bool = False) -> Credentials:

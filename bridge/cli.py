@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bridge.app import CA
 from bridge.errors import BridgeError, ConfigError
+from bridge.logs import configure as configure_logging
 from bridge.service import Bridge, Settings
 from bridge.session import SessionLimits
 from bridge.store import Store
@@ -59,6 +60,8 @@ def _host_port(value: str) -> tuple[str, int]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ca-bridge", description="Run Cloud Assistants for gadgets over MQTT.")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one object per line with ts, level, logger, msg, and ca/session/request when known")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a CA app (starts the embedded amqtt broker unless --broker is given)")
@@ -78,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--node-ttl", type=float, default=5.0, metavar="SECONDS",
                      help="PostgreSQL: a bridge silent this long is presumed dead and its CAs are taken over")
     run.add_argument("--db-pool", type=int, default=4, metavar="N", help="PostgreSQL connections per bridge")
+    run.add_argument("--metrics", type=_host_port, metavar="HOST:PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
+    run.add_argument("--http", type=_host_port, metavar="HOST:PORT",
+                     help="serve the read-only web dashboard (off by default; needs a token when --auth is on)")
+    run.add_argument("--http-token", metavar="TOKEN",
+                     help="dashboard token (default with --auth: generated once into DIR/dashboard.token)")
     run.add_argument("--prefix", default="ca", help="topic prefix (default ca)")
     run.add_argument("--pulse", type=float, default=2.0, metavar="SECONDS", help="pulse interval; 0 disables")
     run.add_argument("--max-payload", type=int, default=65536, metavar="BYTES")
@@ -152,6 +161,7 @@ async def _run(args: argparse.Namespace) -> None:
         auth=args.auth, ca_file=args.ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_listen=args.tls_listen, autocreate=args.autocreate, rate=args.rate, burst=args.burst,
         node=args.node, share_group=args.share_group or None, node_ttl=args.node_ttl, db_pool=args.db_pool,
+        metrics=args.metrics, http=args.http, http_token=args.http_token,
     )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -288,9 +298,7 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ca-bridge` and `python -m bridge`."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("amqtt", "transitions"):  # chatty at INFO; their warnings still show
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(args.log_level, args.log_format)
     try:
         if args.command == "run":
             with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:

@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 
 from bridge.postgres import Claim, PostgresStore
 from bridge.store import CARecord
@@ -28,6 +29,7 @@ __all__ = ["Cluster", "default_node_name"]
 log = logging.getLogger("bridge.cluster")
 
 _ROUTE_CACHE_MAX = 200_000
+ROUTE_TTL = 5.0  # seconds a learned owner is trusted before the database is asked again
 
 
 def default_node_name() -> str:
@@ -49,7 +51,7 @@ class Cluster:
         self.ttl = ttl
         self.heartbeat_interval = heartbeat
         self.live: dict[str, str] = {}  # token -> node name, as of the last heartbeat
-        self._owners: dict[str, str] = {}  # CA -> owner token, learned from claims (a routing cache)
+        self._owners: dict[str, tuple[str, float]] = {}  # CA -> (owner token, good until): a routing cache
         self.forwarded = 0
         self.claims = 0
         self.healthy = False
@@ -80,11 +82,12 @@ class Cluster:
 
     def route(self, ca: str) -> str | None:
         """The node name to forward a request for ``ca`` to, if another live bridge is known to own it."""
-        token = self._owners.get(ca)
-        if token is None:
+        entry = self._owners.get(ca)
+        if entry is None:
             return None
+        token, until = entry
         node = self.live.get(token)
-        if node is None or token == self.token:
+        if node is None or token == self.token or time.monotonic() > until:
             del self._owners[ca]
             return None
         self.forwarded += 1
@@ -97,7 +100,7 @@ class Cluster:
         if claim.outcome == "other" and claim.token is not None:
             if len(self._owners) >= _ROUTE_CACHE_MAX:
                 self._owners.clear()
-            self._owners[ca] = claim.token
+            self._owners[ca] = (claim.token, time.monotonic() + ROUTE_TTL)
         else:
             self._owners.pop(ca, None)
         return claim

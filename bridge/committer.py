@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bridge import faults
+from bridge.metrics import Metrics
 from bridge.store import Change, Store
 
 if TYPE_CHECKING:
@@ -35,6 +37,12 @@ class Pending:
     future: asyncio.Future[Any] | None = None
     outcome: bytes | BaseException | None = None  # for ``future``: the reply payload, or the AppError raised
     on_fail: Callable[[], None] | None = None  # what to tell the caller if this is never committed
+    method: str = ""  # a call's method, for the metrics ("" for hooks, acks, syncs)
+    result: str = ""  # a call's outcome: ok, app or internal
+    at: float = 0.0  # a call's admission time (time.monotonic)
+    notes: int = 0  # notifications among ``sends``
+    session: str = ""  # a call's session and request id (the dashboard's recent calls)
+    request: str = ""
 
 
 class Committer:
@@ -46,10 +54,12 @@ class Committer:
         deliver: Callable[[Pending], None],
         *,
         max_batch: int = 4096,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._deliver = deliver
         self._max_batch = max_batch
+        self._metrics = metrics or Metrics()
         self._queue: list[Pending] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -89,10 +99,12 @@ class Committer:
                 self._fail(pending)  # built on state a failed commit threw away
         changes = [p.change for p in live if p.change is not None]
         if changes:
+            started = time.perf_counter()
             try:
-                refused = await self._store.commit(changes) if changes else frozenset()
+                refused = await self._store.commit(changes)
             except Exception:
                 self.failures += 1
+                self._metrics.commit_failures += 1
                 log.exception("commit of %d calls failed; their CAs reload from the store", len(changes))
                 for pending in live:
                     pending.actor.invalidate()
@@ -100,6 +112,8 @@ class Committer:
                 return
             self.batches += 1
             self.committed_calls += len(changes)
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+            self._metrics.commit_batch.observe(len(changes))
             faults.hit("after_commit")
         else:
             refused = frozenset()

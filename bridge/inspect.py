@@ -30,6 +30,7 @@ def describe(record: CARecord) -> dict[str, Any]:
             "has_memento": data.memento is not None,
             "dedup_records": dedup_by_session.get(sid, 0),
             "codec": data.codec,
+            "online": data.online,
         }
     state = codec.loads(record.state) if record.state else None  # empty: created, on_init not run yet
     return {"name": record.name, "state": state, "sessions": sessions,
@@ -61,5 +62,6 @@ def render(value: Any, as_json: bool) -> str:
             f"  {sid}: {s['queued']} queued (seq {s['first_seq']}..{s['next_seq'] - 1}), limit {s['limit']}"
             f"{' pinned' if s['pinned'] else ''}, nonce {'yes' if s['has_nonce'] else 'no'}, "
             f"memento {'yes' if s['has_memento'] else 'no'}, {s['dedup_records']} dedup records, {s['codec']}"
+            f"{', online' if s.get('online') else ''}"
         )
     return "\n".join(lines)

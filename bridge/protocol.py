@@ -26,9 +26,18 @@ __all__ = [
 DEFAULT_SESSION: Final = "default"
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_ID_LEN: Final = 64
+MAX_SEQ: Final = 2**63 - 1  # sequence numbers are 64-bit signed in every store
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 ErrorKind = Literal["app", "internal", "bad_request", "busy", "unavailable", "not_found"]
-Kind = Literal["call", "ack", "sync"]
+Kind = Literal["call", "ack", "sync", "presence"]
 
 
 def valid_name(name: object) -> bool:
@@ -66,25 +75,28 @@ class Topics:
         """The topic devices publish requests to."""
         return f"{self._head}{ca}/in"
 
-    def forward(self, node: str, ca: str) -> str:
-        """A bridge's private topic for requests forwarded to it by the other bridges of its cluster."""
-        return f"{self._head}_fwd/{node}/{ca}"
+    def forward(self, node: str, ca: str, hops: int = 1) -> str:
+        """A bridge's private topic for requests forwarded to it by the other bridges of its cluster (``hops``: how
+        many bridges passed it on so far, which bounds forwarding when ownership moves meanwhile)."""
+        return f"{self._head}_fwd/{node}/{hops}/{ca}"
 
     def forward_filter(self, node: str) -> str:
         """What a bridge subscribes to, to receive forwarded requests (never matches ``inbound_filter``)."""
-        return f"{self._head}_fwd/{node}/+"
+        return f"{self._head}_fwd/{node}/+/+"
 
     def shared_inbound_filter(self, group: str) -> str:
         """The inbound filter as a shared subscription: each request reaches one bridge of ``group``."""
         return f"$share/{group}/{self.inbound_filter}"
 
-    def ca_of_forward(self, topic: str) -> str | None:
-        """The CA name of a forwarded request's topic, or None."""
+    def ca_of_forward(self, topic: str) -> tuple[str, int] | None:
+        """The CA name and hop count of a forwarded request's topic, or None."""
         head = self._head + "_fwd/"
         if not topic.startswith(head):
             return None
-        name = topic.rpartition("/")[2]
-        return name if valid_name(name) else None
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 3 or not parts[1].isdigit() or not valid_name(parts[2]):
+            return None
+        return parts[2], int(parts[1])
 
     def ca_of(self, topic: str) -> str | None:
         """The CA name of an inbound topic, or None if the topic is not a valid ``<prefix>/<ca>/in``."""
@@ -96,7 +108,7 @@ class Topics:
 
 @dataclass(slots=True)
 class Request:
-    """One decoded device message: a call, an ack or a sync."""
+    """One decoded device message: a call, an ack, a sync or a presence announcement."""
 
     kind: Kind
     session: str
@@ -105,7 +117,9 @@ class Request:
     method: str = ""
     args: list[Any] | tuple[Any, ...] = ()
     seq: int = 0
+    online: bool = False  # presence: the session's device came online (True) or went offline
     raw: bytes = b""  # the payload as received (a bridge in a cluster forwards it unchanged)
+    at: float = 0.0  # admission time (time.monotonic), for the latency metrics
 
 
 def _field(msg: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -147,15 +161,19 @@ def _validate(msg: dict[str, Any], codec: Codec) -> Request:
         rid = _field(msg, "id", str)
         if not 0 < len(rid) <= MAX_ID_LEN:
             raise BadRequest(f"field 'id' must have 1 to {MAX_ID_LEN} characters")
+        if "\x00" in rid or not _encodable(rid):
+            raise BadRequest("field 'id' must be text without NUL or unpaired surrogates")
         method = _field(msg, "method", str)
         args = _field(msg, "args", list, [])
         return Request("call", session, codec, rid, method, args)
     if kind in ("ack", "sync"):
         seq = _field(msg, "seq", int)
-        if seq < 0:
-            raise BadRequest("field 'seq' must not be negative")
+        if not 0 <= seq <= MAX_SEQ:
+            raise BadRequest(f"field 'seq' must be between 0 and {MAX_SEQ}")
         return Request(kind, session, codec, seq=seq)
-    raise BadRequest("field 't' must be 'call', 'ack' or 'sync'")
+    if kind == "presence":
+        return Request("presence", session, codec, online=_field(msg, "online", bool))
+    raise BadRequest("field 't' must be 'call', 'ack', 'sync' or 'presence'")
 
 
 def error_body(kind: ErrorKind, name: str, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bridge import codec
 from bridge.actor import PULSE, RESUME, Actor
 from bridge.app import CA
+from bridge.errors import AppError
 from bridge.committer import Committer, Pending
+from bridge.metrics import Metrics
 from bridge.protocol import Request, error_body, reply_err, sync_answer
 from bridge.session import SessionLimits
 from bridge.store import CARecord, Store
@@ -23,7 +25,9 @@ from bridge.store import CARecord, Store
 if TYPE_CHECKING:
     from bridge.cluster import Cluster
 
-__all__ = ["Runtime", "Sink"]
+__all__ = ["MAX_HOPS", "Runtime", "Sink"]
+
+MAX_HOPS = 2  # a request is passed on between the bridges of a cluster at most this many times
 
 log = logging.getLogger("bridge.runtime")
 
@@ -34,7 +38,7 @@ class Sink(Protocol):
     def send(self, ca: str, session: str, payload: bytes) -> None:
         """Deliver one encoded message to a session (must not block)."""
 
-    def forward(self, node: str, ca: str, payload: bytes) -> None:
+    def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         """Hand a raw request to the bridge that owns its CA (clusters only; must not block)."""
 
 
@@ -70,10 +74,11 @@ class Runtime:
         self.burst = max(burst, 1) if rate else 0
         self.rejected_rate = 0
         self.cluster = cluster
-        self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None, bool]]] = {}
+        self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None, int]]] = {}
         self._unknown: dict[str, float] = {}  # recent store misses, so hostile names cost one lookup a while
         self.actors: dict[str, Actor] = {}
-        self.committer = Committer(store, self._deliver)
+        self.metrics = Metrics()
+        self.committer = Committer(store, self._deliver, metrics=self.metrics)
         self.closing = False
         self.rejected_busy = 0
         self.rejected_bad = 0
@@ -132,12 +137,14 @@ class Runtime:
     # -- admission -------------------------------------------------------------------------------------------
 
     def submit(
-        self, ca: str, req: Request, future: asyncio.Future[Any] | None = None, *, forwarded: bool = False
+        self, ca: str, req: Request, future: asyncio.Future[Any] | None = None, *, hops: int = 0
     ) -> None:
         """Admit one request for CA ``ca`` (name already validated). Rejections are answered at once.
 
-        ``forwarded``: another bridge sent it here as the CA's owner; it is never forwarded again.
+        ``hops``: how many bridges of a cluster passed it on to here (see MAX_HOPS).
         """
+        if not req.at:
+            req.at = time.monotonic()
         if self.closing:
             self.reply_now(ca, req, future, error_body("unavailable", "Unavailable", "the bridge is shutting down"))
             return
@@ -155,7 +162,7 @@ class Runtime:
         actor = self.actors.get(ca)
         if actor is None:
             if self.cluster is not None:
-                self._place(ca, req, future, forwarded)
+                self._place(ca, req, future, hops)
                 return
             if req.kind == "sync":  # nothing was ever queued for a CA that does not exist
                 self.sink.send(ca, req.session, codec.encode(sync_answer(1, 1), req.codec))
@@ -191,12 +198,12 @@ class Runtime:
         if self._wait_lookup(ca, req, future, False):
             self.spawn(self._lookup(ca), ca)
 
-    def _wait_lookup(self, ca: str, req: Request, future: asyncio.Future[Any] | None, forwarded: bool) -> bool:
+    def _wait_lookup(self, ca: str, req: Request, future: asyncio.Future[Any] | None, hops: int) -> bool:
         """Park a request while its CA is looked up; True if the caller must start the lookup."""
         waiting = self._lookups.get(ca)
         if waiting is not None:
             if len(waiting) < self.mailbox_limit:
-                waiting.append((req, future, forwarded))
+                waiting.append((req, future, hops))
             else:
                 self.reply_now(ca, req, future, error_body("busy", "Busy", "the CA's mailbox is full; retry later"))
             return False
@@ -204,7 +211,7 @@ class Runtime:
         if missed is not None and time.monotonic() - missed < 5.0:
             self._answer_missing(ca, req, future)
             return False
-        self._lookups[ca] = [(req, future, forwarded)]
+        self._lookups[ca] = [(req, future, hops)]
         return True
 
     def _answer_missing(self, ca: str, req: Request, future: asyncio.Future[Any] | None) -> None:
@@ -246,9 +253,9 @@ class Runtime:
 
     # -- clusters (bridge.cluster) ------------------------------------------------------------------------------
 
-    def _place(self, ca: str, req: Request, future: asyncio.Future[Any] | None, forwarded: bool) -> None:
+    def _place(self, ca: str, req: Request, future: asyncio.Future[Any] | None, hops: int) -> None:
         """A CA not loaded here: claim it, or forward to the bridge that owns it."""
-        if self._wait_lookup(ca, req, future, forwarded):
+        if self._wait_lookup(ca, req, future, hops):
             self.spawn(self._claim(ca), ca)
 
     async def _claim(self, ca: str) -> None:
@@ -267,14 +274,17 @@ class Runtime:
             if ca not in self.actors:
                 assert claim.record is not None
                 self._install(claim.record, resume=bool(claim.record.state))
-            for req, future, forwarded in waiting:
-                self.submit(ca, req, future, forwarded=forwarded)
+            for req, future, hops in waiting:
+                self.submit(ca, req, future, hops=hops)
         elif claim.outcome == "other":
-            for req, future, forwarded in waiting:
-                if forwarded or future is not None or not req.raw or claim.node is None:
+            for req, future, hops in waiting:
+                if hops >= MAX_HOPS or future is not None or not req.raw or claim.node is None:
                     self.reply_now(ca, req, future, error_body("unavailable", "Moved", "the CA moved; retry"))
-                else:
-                    self.sink.forward(claim.node, ca, req.raw)
+                else:  # ownership moved while it travelled: one more hop, on fresh information
+                    self.sink.forward(claim.node, ca, req.raw, hops + 1)
+        elif self.autocreate and any(req.kind == "call" for req, _, _ in waiting):
+            for req, future, hops in waiting:  # a call arrived while an ack's lookup ran: look again, creating
+                self.submit(ca, req, future, hops=hops)
         else:
             if not self.autocreate:
                 self._remember_missing(ca)
@@ -307,8 +317,11 @@ class Runtime:
                 await cluster.beat()
                 if adopt and not self.closing:
                     for record in await cluster.adopt():
-                        if record.name not in self.actors:
+                        held = self.actors.get(record.name)
+                        if held is None:
                             self._install(record, resume=True)
+                        else:  # ours once, then someone else's, now ours again: what we hold may be stale
+                            held.invalidate()
             except Exception as exc:
                 log.warning("cluster heartbeat failed: %s", exc)
 
@@ -316,10 +329,29 @@ class Runtime:
         """Answer a call that will not run (nothing to commit, so nothing to wait for)."""
         if req.kind != "call":
             return
+        self.metrics.reject(err["name"])
         payload = codec.encode(reply_err(req.id, err), req.codec)
         self.sink.send(ca, req.session, payload)
         if future is not None and not future.done():
             future.set_result(codec.decode(payload, req.codec))
+
+    def snapshot_counts(self) -> dict[str, int]:
+        """Gauges over the loaded CAs, computed now (for a metrics scrape or the dashboard)."""
+        sessions = online = queued = queue_max = mailbox = mailbox_max = busy = 0
+        for actor in self.actors.values():
+            depth = len(actor.mailbox)
+            mailbox += depth
+            mailbox_max = max(mailbox_max, depth)
+            if depth or actor.running:
+                busy += 1
+            for data in actor.sessions.values():
+                sessions += 1
+                online += 1 if getattr(data, "online", False) else 0
+                n = len(data.queue)
+                queued += n
+                queue_max = max(queue_max, n)
+        return {"cas": len(self.actors), "sessions": sessions, "online": online, "queued": queued,
+                "queue_max": queue_max, "mailbox": mailbox, "mailbox_max": mailbox_max, "busy": busy}
 
     # -- tasks -------------------------------------------------------------------------------------------------
 
@@ -341,6 +373,18 @@ class Runtime:
         ca = pending.actor.name
         for session, payload in pending.sends:
             self.sink.send(ca, session, payload)
+        metrics = self.metrics
+        metrics.notes_published += pending.notes
+        if pending.method:
+            took = time.monotonic() - pending.at
+            metrics.call_done(pending.method, pending.result, took)
+            actor = pending.actor
+            actor.last_active = now = time.time()
+            actor.recent.append((now, pending.session, pending.request, pending.method, pending.result, took))
+            if pending.result != "ok":
+                outcome = pending.outcome
+                name = outcome.name if isinstance(outcome, AppError) else "InternalError"
+                metrics.error(ca, pending.method, pending.result, name)
         future = pending.future
         if future is not None and not future.done():
             outcome = pending.outcome

@@ -16,6 +16,10 @@ from bridge.app import CA
 from bridge.broker import EmbeddedBroker, load_config
 from bridge.cluster import Cluster
 from bridge.errors import BadRequest, ConfigError
+from bridge.http import Handler, HttpServer
+from bridge.http import Request as HttpRequest
+from bridge.http import Response as HttpResponse
+from bridge.metrics import exposition
 from bridge.mqtt import BrokerURL, MqttLink
 from bridge.postgres import PostgresStore, is_postgres_url
 from bridge.protocol import Topics, error_body, parse_request, reply_err, valid_name
@@ -57,6 +61,9 @@ class Settings:
     share_group: str | None = "ca-bridge"  # PostgreSQL + external broker: $share group (None: plain subscription)
     node_ttl: float = 5.0  # PostgreSQL: a bridge silent this long is presumed dead and its CAs are taken over
     db_pool: int = 4  # PostgreSQL connections per bridge
+    metrics: tuple[str, int] | None = None  # serve Prometheus metrics at http://HOST:PORT/metrics
+    http: tuple[str, int] | None = None  # serve the dashboard
+    http_token: str | None = None  # the dashboard's token (with auth on and none given: DIR/dashboard.token)
 
 
 class Bridge:
@@ -83,6 +90,8 @@ class Bridge:
         self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)
         self.link: MqttLink | None = None
         self.dropped_topics = 0
+        self.metrics_server: HttpServer | None = None
+        self.dashboard: Any = None
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Bridge:
@@ -115,6 +124,7 @@ class Bridge:
             )
             await self._stack.enter_async_context(self.link)
             self._stack.push_async_callback(self.runtime.aclose)  # drain before the link goes
+            await self._serve_http()
             if not await self.link.wait_connected(10):
                 log.warning("not connected to the broker yet; the bridge keeps trying")
         except BaseException:
@@ -124,6 +134,27 @@ class Bridge:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
+
+    async def _serve_http(self) -> None:
+        """The metrics endpoint and the dashboard, when asked for (on one port if both name the same one)."""
+        s = self.settings
+        if s.metrics is not None and s.metrics != s.http:
+            self.metrics_server = await self._stack.enter_async_context(
+                HttpServer(*s.metrics, {"/metrics": self._metrics_page}))
+        if s.http is not None:
+            from bridge.dashboard import Dashboard
+
+            token = s.http_token
+            if token is None and s.auth is not None:
+                from bridge.auth import AuthStore
+
+                token = AuthStore(s.auth).dashboard_token()
+            routes: dict[str, Handler] = {"/metrics": self._metrics_page} if s.metrics == s.http else {}
+            self.dashboard = await self._stack.enter_async_context(Dashboard(self, *s.http, token=token, extra=routes))
+
+    def _metrics_page(self, _request: HttpRequest) -> HttpResponse:
+        body = exposition(self.runtime, lambda: self.link is not None and self.link.connected.is_set())
+        return HttpResponse(body, "text/plain; version=0.0.4; charset=utf-8")
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """A verifying client context for mqtts:// (with --ca-file as the trust anchor when given)."""
@@ -142,26 +173,25 @@ class Bridge:
         assert self.link is not None
         self.link.publish(self.topics.session(ca, session), payload)
 
-    def forward(self, node: str, ca: str, payload: bytes) -> None:
+    def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         """Hand a raw request to the bridge that owns its CA."""
         assert self.link is not None
-        self.link.publish(self.topics.forward(node, ca), payload)
+        self.link.publish(self.topics.forward(node, ca, hops), payload)
 
     # -- inbound -----------------------------------------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         ca = self.topics.ca_of(topic)
-        forwarded = False
-        if ca is None and self.cluster is not None:
-            ca = self.topics.ca_of_forward(topic)
-            forwarded = True
+        hops = 0
+        if ca is None and self.cluster is not None and (fwd := self.topics.ca_of_forward(topic)) is not None:
+            ca, hops = fwd
         if ca is None:
             self.dropped_topics += 1
             if self.dropped_topics % 1000 == 1:
                 log.warning("dropped a message on an invalid topic %r (%d so far)", topic[:80], self.dropped_topics)
             return
         cluster = self.cluster
-        if cluster is not None and not forwarded and ca not in self.runtime.actors \
+        if cluster is not None and not hops and ca not in self.runtime.actors \
                 and len(payload) <= self.settings.max_payload:
             node = cluster.route(ca)
             if node is not None:  # owned by another live bridge: pass it on undecoded
@@ -173,10 +203,11 @@ class Bridge:
         except BadRequest as exc:
             self._reject(ca, exc)
             return
-        self.runtime.submit(ca, req, forwarded=forwarded)
+        self.runtime.submit(ca, req, hops=hops)
 
     def _reject(self, ca: str, exc: BadRequest) -> None:
         self.runtime.rejected_bad += 1
+        self.runtime.metrics.reject("BadRequest")
         err = error_body("bad_request", "BadRequest", str(exc))
         enc: Any = exc.codec if exc.codec in (codec.CBOR, codec.JSON) else codec.CBOR
         assert self.link is not None

@@ -36,6 +36,8 @@ class SessionData:
     """The committed (or working) data of one logical session.
 
     ``queue`` holds ``(seq, cbor(args))`` with contiguous sequence numbers ending at ``next_seq - 1``.
+    ``online`` is the presence the session's device last announced (committed with the rest); ``presence_at`` is
+    the loop time of the last change seen by this process (memory only: 0.0 after a load).
     """
 
     limit: int
@@ -45,6 +47,8 @@ class SessionData:
     next_seq: int = 1
     codec: codec.Codec = "cbor"
     queue: list[tuple[int, bytes]] = field(default_factory=list)
+    online: bool = False
+    presence_at: float = 0.0
 
     @property
     def first_seq(self) -> int:
@@ -53,18 +57,21 @@ class SessionData:
 
     def meta(self) -> tuple[Any, ...]:
         """The fields stored in the session row."""
-        return (self.limit, self.pinned, self.nonce, self.memento, self.next_seq, self.codec)
+        return (self.limit, self.pinned, self.nonce, self.memento, self.next_seq, self.codec, self.online)
 
     @classmethod
     def from_meta(cls, meta: list[Any] | tuple[Any, ...]) -> SessionData:
-        """Rebuild from :meth:`meta` (the queue is loaded separately)."""
-        limit, pinned, nonce, memento, next_seq, session_codec = meta
-        return cls(limit, pinned, nonce, memento, next_seq, session_codec)
+        """Rebuild from :meth:`meta` (the queue is loaded separately). Rows written before presence existed have
+        six fields: those sessions are offline."""
+        limit, pinned, nonce, memento, next_seq, session_codec = meta[:6]
+        online = bool(meta[6]) if len(meta) > 6 else False
+        return cls(limit, pinned, nonce, memento, next_seq, session_codec, online=online)
 
     def copy(self) -> SessionData:
         """A working copy for one call."""
         return SessionData(
-            self.limit, self.pinned, self.nonce, self.memento, self.next_seq, self.codec, list(self.queue))
+            self.limit, self.pinned, self.nonce, self.memento, self.next_seq, self.codec, list(self.queue),
+            self.online, self.presence_at)
 
     def trim(self, hard_cap: int) -> None:
         """Drop the oldest notifications beyond the limit (and always beyond the hard cap)."""
@@ -73,10 +80,11 @@ class SessionData:
             del self.queue[: len(self.queue) - cap]
 
     def collectable(self, default_limit: int) -> bool:
-        """Caf.js GC rule, made safe: unpinned, default limit, pending notifications, no nonce or memento."""
+        """Caf.js GC rule, made safe: unpinned, default limit, pending notifications, no nonce or memento, and
+        offline (collecting an online session would lose its presence and the transition to offline)."""
         return (
             bool(self.queue) and not self.pinned and self.limit == default_limit
-            and self.nonce is None and self.memento is None
+            and self.nonce is None and self.memento is None and not self.online
         )
 
 
@@ -245,6 +253,12 @@ class SessionAPI:
         data.nonce = None
         data.memento = None
         return True
+
+    def is_online(self, session_id: str | None = None) -> bool:
+        """True if the session's device announced it is online (and has not gone offline since); False for a
+        session that does not exist. Sees a presence change in the running on_presence hook."""
+        data = self._txn.peek(self._target(session_id))
+        return data is not None and data.online
 
     def memento(self, session_id: str | None = None) -> Any:
         """Read a session's memento without side effects (Caf.js has no such accessor)."""

@@ -34,7 +34,7 @@ class _Recorder:
     def send(self, ca: str, session: str, payload: bytes) -> None:
         self.sent.setdefault((ca, session), []).append(codec.decode(payload, codec.detect(payload)))
 
-    def forward(self, node: str, ca: str, payload: bytes) -> None:
+    def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         raise AssertionError("a Harness runs one bridge: nothing is ever forwarded")
 
 
@@ -115,6 +115,17 @@ class Harness:
         before = len(self.sink.sent.get((ca, session_id), []))
         await self.send(ca, Request("sync", session_id, "cbor", seq=seq))
         return self.sink.sent.get((ca, session_id), [])[before:]
+
+    async def presence(self, ca: str, session_id: str, online: bool) -> None:
+        """Announce that a session's device came online or went offline (as the firmware client and its MQTT will
+        do); on_presence runs if that changes the session's presence. Wait for the commit."""
+        await self.send(ca, Request("presence", session_id, "cbor", online=online))
+
+    def is_online(self, ca: str, session_id: str) -> bool:
+        """The committed presence of a session (False if the CA or the session does not exist)."""
+        actor = self._rt().actors.get(ca)
+        data = actor.sessions.get(session_id) if actor is not None else None
+        return data is not None and data.online
 
     async def pulse(self, ca: str) -> None:
         """Run one pulse of ``ca`` now and wait for it to commit."""

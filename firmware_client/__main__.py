@@ -62,6 +62,7 @@ def _client(a, session, clean):
     if clean:  # a one-shot CLI call must not kick a device using the stable client id
         kw["client_id"] = "cli-%s" % os.urandom(6).hex()
         kw["clean"] = True
+        kw["presence"] = False  # nor announce its session online/offline
     c = Client(a.ca, session, a.host, a.port, a.user, a.password, codec=a.codec, ssl=ssl, prefix=a.prefix, **kw)
     c.connect(timeout=a.timeout)
     return c

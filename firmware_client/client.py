@@ -80,6 +80,7 @@ class Client:
         hold=16,
         reconnect_max=30.0,
         resync=5.0,
+        presence=True,
     ):
         if not valid_name(ca) or not valid_name(session):
             raise ValueError("invalid CA name or session id")
@@ -112,6 +113,12 @@ class Client:
         self._calls = {}  # request id -> [payload, reply or None]
         self._rid = hexlify(os.urandom(6))  # fresh per boot: ids never repeat across reboots
         self._count = 0
+        self.presence = presence
+        if presence:
+            # the broker publishes this if the connection dies without DISCONNECT (QoS 1, never retained)
+            if will is not None:
+                raise ValueError("presence uses the MQTT will: pass presence=False to set your own will")
+            will = (self.in_topic, self._presence_msg(False), 1, False)
         if port is None:
             port = 8883 if ssl else 1883
         if client_id is None:
@@ -146,9 +153,13 @@ class Client:
         self.mqtt.connect(deadline_in(t * 1000))
 
     def close(self):
-        """Flush the pending ack (best effort), send DISCONNECT and close the socket."""
+        """Flush the pending ack and announce offline (best effort), send DISCONNECT and close the socket."""
         if self.mqtt.connected and self.last_seq > self._acked:
             self._send_ack()
+        if self.mqtt.connected and self.presence:
+            # a clean DISCONNECT cancels the will, so say it ourselves; if this is lost, the connection breaks
+            # before DISCONNECT arrives and the broker publishes the will instead
+            self.mqtt.publish(self.in_topic, self._presence_msg(False), 1, "presence")
         self.mqtt.close()
 
     @property
@@ -227,8 +238,13 @@ class Client:
         self._acked = self.last_seq  # a sync is also an ack
         self._publish({"t": "sync", "session": self.session, "seq": self.last_seq}, "sync")
 
+    def _presence_msg(self, online):
+        return self._dumps({"t": "presence", "session": self.session, "online": online})
+
     def _on_connect(self, session_present):
         self._send_sync()
+        if self.presence:
+            self.mqtt.publish(self.in_topic, self._presence_msg(True), 1, "presence")
         for rid in self._calls:
             entry = self._calls[rid]
             if entry[1] is None and not self.mqtt.has_key(rid):

@@ -166,3 +166,21 @@ class PulseClock(CA):
     async def touch(self):
         self.state["calls"] += 1
         return self.state["calls"]
+
+
+class Presence(CA):
+    """Records every presence transition ``[session, online]`` its on_presence hook sees."""
+
+    async def on_init(self):
+        self.state["transitions"] = []
+
+    async def on_presence(self, session_id, online):
+        self.state["transitions"].append([session_id, online])
+
+    @method
+    async def transitions(self):
+        return self.state["transitions"]
+
+    @method
+    async def online(self, session_id):
+        return self.session.is_online(session_id)

@@ -87,10 +87,12 @@ class BridgeProcess:
     """`python -m bridge run APP` as a child process (embedded amqtt, or an external broker)."""
 
     def __init__(self, app: str, db: Path, *, broker_port: int | None = None, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None, store: str | None = None) -> None:
+                 env: dict[str, str] | None = None, store: str | None = None,
+                 options: list[str] | None = None) -> None:
         self.app = app
         self.db = db
         self.store = store or str(db)  # a postgresql:// URL instead of the SQLite file, for clusters
+        self.options = options or []  # global options, before `run` (e.g. --log-format json)
         self.external = broker_port is not None
         self.port = broker_port or free_port()
         self.extra = extra or []
@@ -99,7 +101,7 @@ class BridgeProcess:
         self.log = db.with_suffix(".log")
 
     def start(self, timeout: float = 20.0) -> None:
-        cmd = [PYTHON, "-m", "bridge", "--log-level", "INFO", "run", self.app, "--db", self.store]
+        cmd = [PYTHON, "-m", "bridge", "--log-level", "INFO", *self.options, "run", self.app, "--db", self.store]
         cmd += ["--broker", f"mqtt://127.0.0.1:{self.port}"] if self.external else ["--listen", f"127.0.0.1:{self.port}"]
         cmd += self.extra
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}

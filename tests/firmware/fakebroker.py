@@ -259,6 +259,14 @@ class FakeBroker:
                 cid_len = struct.unpack(">H", body[10:12])[0]
                 c.client_id = body[12 : 12 + cid_len].decode()
                 self.log("connect", c.client_id, body[7], struct.unpack(">H", body[8:10])[0])
+                if body[7] & 0x04:  # will flag: topic and message follow the client id
+                    off = 12 + cid_len
+                    wtl = struct.unpack(">H", body[off : off + 2])[0]
+                    wtopic = body[off + 2 : off + 2 + wtl].decode()
+                    off += 2 + wtl
+                    wml = struct.unpack(">H", body[off : off + 2])[0]
+                    wmsg = bytes(body[off + 2 : off + 2 + wml])
+                    self.log("will", wtopic, wmsg, (body[7] >> 3) & 3, bool(body[7] & 0x20))
                 if not self.connack:
                     time.sleep(30)
                     return

@@ -7,6 +7,9 @@ on what the broker saw. Elapsed-time checks are generous correctness bounds (nev
 
 import time
 
+import cbor2
+import pytest
+
 from conftest import HERE, Proc, device_env, run_device
 
 SCRIPT = HERE / "scenarios" / "device.py"
@@ -240,3 +243,36 @@ def test_client_packet_ids_wrap(broker, interp):
     assert rc == 0, err
     pids = [e[2] for e in broker.events if e[0] == "publish"]
     assert 65535 in pids and 1 in pids and 0 not in pids
+
+
+def test_client_sets_the_will_and_announces_online_then_offline(broker, interp):
+    """CONNECT carries the offline presence as a QoS 1, non-retained will on the request topic; online follows
+    the connect sync; close() sends offline before DISCONNECT."""
+    rc, res, _, err = run_device(interp, SCRIPT, [broker.port, "presence", "on"])
+    assert rc == 0, err
+    assert res["echo"] == [1]
+    (will,) = [e for e in broker.events if e[0] == "will"]
+    assert (will[1], cbor2.loads(will[2]), will[3], will[4]) == (
+        "ca/dev/in", {"t": "presence", "session": "s1", "online": False}, 1, False)
+    kinds = [e[0] for e in broker.events if e[0] in ("sync", "presence", "call", "disconnect")]
+    assert kinds == ["sync", "presence", "call", "presence", "disconnect"]
+    presence = [e[1] for e in broker.events if e[0] == "presence"]
+    assert presence == [{"t": "presence", "session": "s1", "online": True},
+                        {"t": "presence", "session": "s1", "online": False}]
+    assert all(e[4] == 1 for e in broker.events if e[0] == "publish")  # QoS 1
+
+
+def test_client_without_presence_sets_no_will(broker, interp):
+    rc, _, _, err = run_device(interp, SCRIPT, [broker.port, "presence", "off"])
+    assert rc == 0, err
+    assert not [e for e in broker.events if e[0] in ("will", "presence")]
+    connect = next(e for e in broker.events if e[0] == "connect")
+    assert connect[2] & 0x04 == 0
+
+
+def test_presence_and_an_own_will_exclude_each_other():
+    from firmware_client import Client
+
+    with pytest.raises(ValueError):
+        Client("dev", "s1", will=("ca/dev/in", b"x", 1, False))
+    Client("dev", "s1", will=("ca/dev/in", b"x", 1, False), presence=False)

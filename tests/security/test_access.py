@@ -9,7 +9,7 @@ import cbor2
 import pytest
 
 from tests.device import Device
-from tests.security.conftest import Probe, add_device, cli
+from tests.security.conftest import Probe, _varint, add_device, cli
 
 
 @pytest.fixture
@@ -193,3 +193,61 @@ def test_secrets_never_reach_the_logs(secure, devices, probes):
     logs = secure.bridge.logs() + (secure.broker.log.read_text() if secure.broker is not None else "")
     for secret in secrets:
         assert secret not in logs
+
+
+def _connect_with_will(port: int, username: str, password: str, will_topic: str | None, will_payload: bytes = b"",
+                       client_id: str | None = None):
+    """A raw CONNECT (clean session off) with a QoS 1 will; returns (socket, CONNACK return code or -1)."""
+    import socket
+
+    def s(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+
+    will = s(will_topic.encode()) + s(will_payload) if will_topic is not None else b""
+    flags = (0x04 | 0x08 if will else 0) | 0x80 | 0x40  # will with QoS 1, username, password
+    body = (s(b"MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big") + s((client_id or os.urandom(4).hex()).encode())
+            + will + s(username.encode()) + s(password.encode()))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(bytes([0x10]) + _varint(len(body)) + body)
+    try:
+        connack = sock.recv(4)
+    except OSError:
+        connack = b""
+    return sock, connack[3] if len(connack) == 4 else -1
+
+
+def test_a_device_cannot_smuggle_a_request_through_its_will(secure, devices):
+    """A will is a publish: one on another CA's topic never reaches it (refused at CONNECT, or dropped), while a
+    will on the device's own request topic (what presence uses) is delivered when the connection dies."""
+    bob = devices("bob")
+    assert bob.call("incr") == 1
+    alice = secure.creds["alice"]
+    sock, _code = _connect_with_will(secure.port, alice["username"], alice["password"], "ca/bob/in",
+                                     call_msg("evil-will", "incr"))
+    sock.close()  # no DISCONNECT: the broker publishes the will if it accepted it
+    sock, code = _connect_with_will(secure.port, alice["username"], alice["password"], "ca/alice/in",
+                                    call_msg("own-will", "incr"))
+    assert code == 0
+    sock.close()
+    watcher = devices("alice")
+    deadline = time.monotonic() + 10
+    while watcher.call("get").get("n") != 1 and time.monotonic() < deadline:  # her own will ran her own incr
+        time.sleep(0.1)
+    assert watcher.call("get").get("n") == 1
+    assert bob.call("get")["n"] == 1  # bob's method never ran for alice's will
+
+
+def test_a_refused_connect_cannot_plant_a_will_in_another_devices_session(secure, devices):
+    """bob CONNECTs with alice's client id and a will on alice's request topic: whatever the broker does with the
+    connection (amqtt refuses it, mosquitto refuses the will), alice's CA never runs bob's will."""
+    alice_dev = devices("alice")
+    assert alice_dev.call("incr") == 1
+    alice, bob = secure.creds["alice"], secure.creds["bob"]
+    board, code = _connect_with_will(secure.port, alice["username"], alice["password"], None, client_id="alice-board")
+    assert code == 0
+    intruder, _code = _connect_with_will(secure.port, bob["username"], bob["password"], "ca/alice/in",
+                                         call_msg("planted", "incr"), client_id="alice-board")
+    intruder.close()
+    board.close()  # alice's own connection dies without DISCONNECT (if the intruder has not replaced it already)
+    time.sleep(1.0)
+    assert alice_dev.call("get")["n"] == 1

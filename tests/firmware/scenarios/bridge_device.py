@@ -82,5 +82,21 @@ def sc_tls():  # argv: PORT tls CAFILE [BADCAFILE]
             out("bad_ca", "refused " + type(e).__name__)
 
 
+def sc_presence():  # argv: PORT presence CA SESSION STOPFILE [json]; poll until STOPFILE exists, then close
+    ca, session, stopfile = sys.argv[3], sys.argv[4], sys.argv[5]
+    codec = sys.argv[6] if len(sys.argv) > 6 else "cbor"
+    c = Client(ca, session, port=PORT, keepalive=5, codec=codec)
+    c.connect()
+    print("READY")
+    while True:
+        c.poll(0.1)
+        try:
+            open(stopfile).close()
+            break
+        except OSError:
+            pass
+    c.close()
+
+
 globals()["sc_" + SCENARIO]()
 print("DONE")

@@ -128,5 +128,12 @@ def sc_pids():  # many QoS1 publishes: packet ids wrap past 65535 and are never 
     c.close()
 
 
+def sc_presence():  # argv: PORT presence on|off; one call, then a clean close
+    c = client(presence=sys.argv[3] == "on")
+    c.connect()
+    out("echo", c.call("echo", 1))
+    c.close()
+
+
 globals()["sc_" + SCENARIO]()
 print("DONE")

@@ -1,0 +1,213 @@
+"""What the bridge counts, and its Prometheus exposition.
+
+The hot path only touches plain ints and lists on the event loop thread (an increment, or a bisect for a
+histogram): no locks, no label lookups in prometheus_client per call. A custom collector turns them into
+Prometheus families when scraped, and computes the gauges (queues, mailboxes, online sessions) from the runtime
+at that moment, so they cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bridge.runtime import Runtime
+
+__all__ = ["OUTCOMES", "Collector", "Histogram", "Metrics", "exposition"]
+
+OUTCOMES = ("ok", "app", "internal", "bad_request", "busy", "unavailable", "not_found")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+
+
+class Histogram:
+    """Cumulative-on-export bucket counts with a sum, like a Prometheus histogram."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: cumulative counts per upper bound, ending with +Inf."""
+        out, running = [], 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append((_fmt(bound), float(running)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+    def quantile(self, q: float) -> float | None:
+        """An upper-bound estimate of quantile ``q`` (the bucket's bound), None when empty."""
+        if not self.count:
+            return None
+        rank, running = q * self.count, 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            if running >= rank:
+                return bound
+        return float("inf")
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+class Metrics:
+    """Counters of one bridge. Owned by the runtime; read by the exporter and the dashboard."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.calls: dict[tuple[str, str], int] = {}  # (method, outcome) -> count
+        self.latency: dict[str, Histogram] = {}  # method -> admission-to-durable-reply seconds
+        self.rejected: dict[str, int] = {}  # reason -> count (answered without running)
+        self.notes_published = 0
+        self.notes_acked = 0
+        self.dedup_hits = 0
+        self.commit_batch = Histogram(BATCH_BUCKETS)
+        self.commit_seconds = Histogram(COMMIT_BUCKETS)
+        self.commit_failures = 0
+        self.presence_changes = 0
+        self.history: deque[tuple[float, int, int]] = deque(maxlen=600)  # (time, calls, errors): the rate charts
+        self.recent_errors: deque[tuple[float, str, str, str, str]] = deque(maxlen=50)  # (time, ca, method, kind, name)
+
+    # -- the hot path ----------------------------------------------------------------------------------------
+
+    def call_done(self, method: str, outcome: str, seconds: float) -> None:
+        """One call answered after running (outcome: ok, app, internal)."""
+        key = (method, outcome)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        hist = self.latency.get(method)
+        if hist is None:
+            hist = self.latency[method] = Histogram(LATENCY_BUCKETS)
+        hist.observe(seconds)
+
+    def reject(self, reason: str) -> None:
+        """One request answered without running (busy, rate, bad_request, not_found, unavailable, shutdown)."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def error(self, ca: str, method: str, kind: str, name: str) -> None:
+        """Remember a failed call for the dashboard's recent-errors list."""
+        self.recent_errors.append((time.time(), ca, method, kind, name))
+
+    # -- summaries --------------------------------------------------------------------------------------------
+
+    def totals(self) -> tuple[int, int]:
+        """(calls answered, of which errors) so far, rejections included."""
+        calls = errors = 0
+        for (_, outcome), n in self.calls.items():
+            calls += n
+            if outcome != "ok":
+                errors += n
+        rejected = sum(self.rejected.values())
+        return calls + rejected, errors + rejected
+
+    def sample(self) -> None:
+        """Append (now, calls, errors) to the history (the dashboard samples once a second)."""
+        calls, errors = self.totals()
+        self.history.append((time.time(), calls, errors))
+
+    def rates(self) -> list[tuple[float, float, float]]:
+        """Per-second (time, calls/s, errors/s) from the history."""
+        points = list(self.history)
+        out = []
+        for (t0, c0, e0), (t1, c1, e1) in itertools.pairwise(points):
+            dt = max(t1 - t0, 1e-6)
+            out.append((t1, (c1 - c0) / dt, (e1 - e0) / dt))
+        return out
+
+
+class Collector:
+    """A prometheus_client collector over one runtime's Metrics and live state."""
+
+    def __init__(self, runtime: Runtime, connected: Any = None) -> None:
+        self.runtime = runtime
+        self.connected = connected  # callable -> bool: is the MQTT link up
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: families are produced at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        rt = self.runtime
+        m = rt.metrics
+        calls = CounterMetricFamily("ca_bridge_calls", "Calls run, by method and outcome (ok, app, internal)",
+                                    labels=["method", "outcome"])
+        for (method, outcome), n in sorted(m.calls.items()):
+            calls.add_metric([method, outcome], n)
+        yield calls
+        latency = HistogramMetricFamily("ca_bridge_call_duration_seconds",
+                                        "From admission to the durable reply, by method", labels=["method"])
+        for method, hist in sorted(m.latency.items()):
+            latency.add_metric([method], hist.buckets(), hist.total)
+        yield latency
+        rejected = CounterMetricFamily("ca_bridge_rejected", "Requests answered without running, by reason",
+                                       labels=["reason"])
+        for reason, n in sorted(m.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield CounterMetricFamily("ca_bridge_notifications_published", "Notifications handed to the broker",
+                                  value=m.notes_published)
+        yield CounterMetricFamily("ca_bridge_notifications_acked", "Notifications acknowledged by devices",
+                                  value=m.notes_acked)
+        yield CounterMetricFamily("ca_bridge_dedup_hits", "Retried calls answered from their dedup record",
+                                  value=m.dedup_hits)
+        yield CounterMetricFamily("ca_bridge_presence_changes", "Sessions that went online or offline",
+                                  value=m.presence_changes)
+        batch = HistogramMetricFamily("ca_bridge_commit_batch_calls", "Calls per group commit")
+        batch.add_metric([], m.commit_batch.buckets(), m.commit_batch.total)
+        yield batch
+        seconds = HistogramMetricFamily("ca_bridge_commit_duration_seconds", "Durable store commit time")
+        seconds.add_metric([], m.commit_seconds.buckets(), m.commit_seconds.total)
+        yield seconds
+        yield CounterMetricFamily("ca_bridge_commit_failures", "Group commits that failed (calls answered "
+                                  "unavailable, CAs reloaded)", value=m.commit_failures)
+        view = rt.snapshot_counts()
+        for name, doc, value in (
+            ("ca_bridge_cas_loaded", "CAs in memory", view["cas"]),
+            ("ca_bridge_sessions", "Sessions of the loaded CAs", view["sessions"]),
+            ("ca_bridge_sessions_online", "Sessions whose device is connected (presence)", view["online"]),
+            ("ca_bridge_queued_notifications", "Unacknowledged notifications in all session queues",
+             view["queued"]),
+            ("ca_bridge_queue_depth_max", "The deepest session queue", view["queue_max"]),
+            ("ca_bridge_mailbox_depth", "Requests waiting in CA mailboxes", view["mailbox"]),
+            ("ca_bridge_mailbox_depth_max", "The fullest CA mailbox", view["mailbox_max"]),
+            ("ca_bridge_busy_cas", "CAs with a call running or queued", view["busy"]),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        if self.connected is not None:
+            yield GaugeMetricFamily("ca_bridge_broker_connected", "1 while connected to the broker",
+                                    value=1.0 if self.connected() else 0.0)
+        yield GaugeMetricFamily("ca_bridge_start_time_seconds", "Unix time the bridge started", value=m.started)
+        cluster = rt.cluster
+        if cluster is not None:
+            yield CounterMetricFamily("ca_bridge_cluster_forwarded", "Requests forwarded to the owning bridge",
+                                      value=cluster.forwarded)
+            yield CounterMetricFamily("ca_bridge_cluster_claims", "Ownership lookups and claims in the database",
+                                      value=cluster.claims)
+            yield GaugeMetricFamily("ca_bridge_cluster_nodes", "Live bridges in the cluster", value=len(cluster.live))
+
+
+def exposition(runtime: Runtime, connected: Any = None) -> bytes:
+    """The Prometheus text format for one scrape."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(runtime, connected))
+    return bytes(generate_latest(registry))
