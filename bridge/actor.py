@@ -231,7 +231,8 @@ class Actor:
         outcome = error if isinstance(error, AppError) else payload
         result = "ok" if error is None else "app" if isinstance(error, AppError) else "internal"
         self._submit(Pending(self, epoch, change, sends, future, outcome, lambda: self._unavailable(req, future),
-                             req.method, result, req.at, notes, req.session, req.id))
+                             lambda: self.rt.submit(self.name, req, future), req.method, result, req.at, notes,
+                             req.session, req.id))
 
     def _ack(self, req: Request) -> None:
         txn = SessionTxn(self.sessions, req.session, self.rt.limits)
@@ -254,7 +255,11 @@ class Actor:
         sends.extend(
             (req.session, codec.encode_note(seq, args, data.codec)) for seq, args in data.queue if seq > req.seq
         )
-        self._submit(Pending(self, self.epoch, None if change.empty() else change, sends, notes=len(sends) - 1))
+        # with nothing to write, a cluster still sends an empty change through the ownership fence: the answer
+        # must come from the CA's owner (a stale copy's first/next would make the device rewind)
+        fenced = change if not change.empty() else Change(self.name) if self.rt.cluster is not None else None
+        self._submit(Pending(self, self.epoch, fenced, sends, retry=lambda: self.rt.submit(self.name, req),
+                             notes=len(sends) - 1))
 
     async def _presence(self, req: Request) -> None:
         """Record a session's presence; on a change, run on_presence in the same transaction. A failing hook is

@@ -37,6 +37,9 @@ class Pending:
     future: asyncio.Future[Any] | None = None
     outcome: bytes | BaseException | None = None  # for ``future``: the reply payload, or the AppError raised
     on_fail: Callable[[], None] | None = None  # what to tell the caller if this is never committed
+    # run the request again from the start: its effects were built on a copy of the CA that turned out stale (a
+    # failed earlier commit, or, in a cluster, a CA another bridge owns now), so it never ran as far as anyone knows
+    retry: Callable[[], None] | None = None
     method: str = ""  # a call's method, for the metrics ("" for hooks, acks, syncs)
     result: str = ""  # a call's outcome: ok, app or internal
     at: float = 0.0  # a call's admission time (time.monotonic)
@@ -96,7 +99,7 @@ class Committer:
             if pending.epoch == pending.actor.epoch:
                 live.append(pending)
             else:
-                self._fail(pending)  # built on state a failed commit threw away
+                self._retry(pending)  # built on state a failed commit threw away
         changes = [p.change for p in live if p.change is not None]
         if changes:
             started = time.perf_counter()
@@ -120,7 +123,7 @@ class Committer:
         for pending in live:
             if refused and pending.actor.name in refused:  # another bridge owns this CA now (bridge.cluster)
                 pending.actor.invalidate()
-                self._fail(pending)
+                self._retry(pending)
                 continue
             try:
                 self._deliver(pending)
@@ -132,3 +135,10 @@ class Committer:
     def _fail(pending: Pending) -> None:
         if pending.on_fail is not None:
             pending.on_fail()
+
+    @classmethod
+    def _retry(cls, pending: Pending) -> None:
+        if pending.retry is not None:
+            pending.retry()
+        else:
+            cls._fail(pending)
