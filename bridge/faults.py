@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["POINTS", "hit"]
+__all__ = ["POINTS", "armed", "hit"]
 
 POINTS = frozenset({"in_commit", "after_commit", "after_publish", "in_ack"})
 
@@ -30,6 +30,11 @@ def _parse(spec: str) -> dict[str, int]:
 
 
 _armed = _parse(os.environ.get("CA_BRIDGE_FAULTS", ""))
+
+
+def armed(point: str) -> bool:
+    """True if ``point`` will kill the process some time (code may then take a slower, interruptible path)."""
+    return bool(_armed) and _armed.get(point, 0) > 0
 
 
 def hit(point: str) -> None:

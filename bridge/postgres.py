@@ -27,7 +27,7 @@ __all__ = ["SCHEMA_VERSION", "Claim", "PostgresStore", "is_postgres_url", "redac
 
 log = logging.getLogger("bridge.postgres")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ca_bridge_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS ca (
@@ -49,7 +49,67 @@ MIGRATIONS: dict[int, str] = {
     # Version 1 kept request ids as text, which cannot hold NUL (nor lone surrogates): a device chooses its ids, so
     # one odd id made every batch it was in fail. Version 2 keeps them as bytes (UTF-8, surrogatepass).
     1: "ALTER TABLE dedup ALTER COLUMN rid TYPE bytea USING convert_to(rid, 'UTF8');",
+    # Version 3 writes each batch through the ca_bridge_commit function (created with the schema, below).
+    2: "SELECT 1;",
 }
+# One batch, one statement: the fence (lock the batch's CA rows in name order, keep those this bridge owns) and
+# every table's writes for the owned CAs, from column arrays. Returns the refused CA names.
+COMMIT_FUNCTION = """
+CREATE OR REPLACE FUNCTION ca_bridge_commit(
+    tok text, names text[],
+    st_ca text[], st_blob bytea[],
+    pu_ca text[], pu_sid text[],
+    me_ca text[], me_sid text[], me_blob bytea[],
+    no_ca text[], no_sid text[], no_seq bigint[], no_args bytea[],
+    de_ca text[], de_pos bigint[], de_sid text[], de_rid bytea[], de_reply bytea[],
+    nf_ca text[], nf_sid text[], nf_seq bigint[],
+    df_ca text[], df_pos bigint[]
+) RETURNS text[] LANGUAGE plpgsql AS $fn$
+DECLARE
+    owned text[] := names;
+BEGIN
+    IF tok IS NOT NULL THEN
+        owned := ARRAY(SELECT name FROM ca WHERE name = ANY(names) AND owner = tok ORDER BY name FOR UPDATE);
+        IF cardinality(owned) = 0 THEN
+            RETURN names;
+        END IF;
+    END IF;
+    IF cardinality(pu_ca) > 0 THEN
+        DELETE FROM session s USING unnest(pu_ca, pu_sid) AS u(ca, sid)
+            WHERE s.ca = u.ca AND s.sid = u.sid AND u.ca = ANY(owned);
+        DELETE FROM note n USING unnest(pu_ca, pu_sid) AS u(ca, sid)
+            WHERE n.ca = u.ca AND n.sid = u.sid AND u.ca = ANY(owned);
+    END IF;
+    IF cardinality(st_ca) > 0 THEN
+        INSERT INTO ca (name, state) SELECT u.ca, u.blob FROM unnest(st_ca, st_blob) AS u(ca, blob)
+            WHERE u.ca = ANY(owned) ON CONFLICT (name) DO UPDATE SET state = excluded.state;
+    END IF;
+    IF cardinality(me_ca) > 0 THEN
+        INSERT INTO session (ca, sid, meta) SELECT * FROM unnest(me_ca, me_sid, me_blob) AS u(ca, sid, blob)
+            WHERE u.ca = ANY(owned) ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta;
+    END IF;
+    IF cardinality(no_ca) > 0 THEN
+        INSERT INTO note (ca, sid, seq, args) SELECT * FROM unnest(no_ca, no_sid, no_seq, no_args) AS u(ca, sid, seq, a)
+            WHERE u.ca = ANY(owned) ON CONFLICT (ca, sid, seq) DO UPDATE SET args = excluded.args;
+    END IF;
+    IF cardinality(de_ca) > 0 THEN
+        INSERT INTO dedup (ca, pos, sid, rid, reply)
+            SELECT * FROM unnest(de_ca, de_pos, de_sid, de_rid, de_reply) AS u(ca, pos, sid, rid, reply)
+            WHERE u.ca = ANY(owned)
+            ON CONFLICT (ca, pos) DO UPDATE SET sid = excluded.sid, rid = excluded.rid, reply = excluded.reply;
+    END IF;
+    IF cardinality(nf_ca) > 0 THEN
+        DELETE FROM note n USING unnest(nf_ca, nf_sid, nf_seq) AS u(ca, sid, seq)
+            WHERE n.ca = u.ca AND n.sid = u.sid AND n.seq < u.seq AND u.ca = ANY(owned);
+    END IF;
+    IF cardinality(df_ca) > 0 THEN
+        DELETE FROM dedup d USING unnest(df_ca, df_pos) AS u(ca, pos)
+            WHERE d.ca = u.ca AND d.pos < u.pos AND u.ca = ANY(owned);
+    END IF;
+    RETURN ARRAY(SELECT unnest(names) EXCEPT SELECT unnest(owned));
+END
+$fn$;
+"""
 _SCHEMA_LOCK = 0x63615F62  # pg_advisory_xact_lock key: bridges starting together create the schema once
 
 _LIVE = "EXISTS (SELECT 1 FROM node n WHERE n.token = ca.owner AND n.expires > now())"
@@ -103,6 +163,9 @@ class PostgresStore:
             # a silent network (a partition, not a refusal) must fail queries within seconds, not hang them
             "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
             "tcp_user_timeout": 10_000,
+            # a batch is one statement (ca_bridge_commit), atomic by itself: no BEGIN/COMMIT round trips for it;
+            # everything else still runs in explicit transactions (_Transaction)
+            "autocommit": True,
         }
         limit = max(2.0, self.connect_timeout) + 1.0  # psycopg applies connect_timeout (2 s at least) per attempt
         try:  # ... and this bounds the name resolution too
@@ -135,10 +198,10 @@ class PostgresStore:
             pool, self._pool = self._pool, None
             await pool.close(timeout=2.0)
 
-    def _tx(self) -> _Transaction:
+    def _tx(self, *, atomic: bool = True) -> _Transaction:
         if self._pool is None:
             raise StoreError("store is closed")
-        return _Transaction(self._pool, self.connect_timeout)
+        return _Transaction(self._pool, self.connect_timeout, atomic)
 
     # -- the Store interface ---------------------------------------------------------------------------------
 
@@ -168,18 +231,10 @@ class PostgresStore:
     async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
         """One transaction for the batch; returns the CAs refused because this bridge no longer owns them."""
         merged = merge(changes)
-        refused: frozenset[str] = frozenset()
-        async with self._tx() as cur:
-            if self.owner is not None:
-                await cur.execute(
-                    "SELECT name FROM ca WHERE name = ANY(%s) AND owner = %s ORDER BY name FOR UPDATE",
-                    (list(merged), self.owner),
-                )
-                owned = {r[0] for r in await cur.fetchall()}
-                refused = frozenset(merged.keys() - owned)
-                for name in refused:
-                    del merged[name]
-            await _write(cur, merged)
+        # one statement is atomic by itself; with the in_commit fault armed (tests), it runs in an explicit
+        # transaction so that the process can die after the writes and before COMMIT
+        async with self._tx(atomic=faults.armed("in_commit")) as cur:
+            refused = await _write(cur, merged, self.owner)
             faults.hit("in_commit")
         return refused
 
@@ -192,7 +247,7 @@ class PostgresStore:
             if replace:
                 for table, column in (("note", "ca"), ("session", "ca"), ("dedup", "ca"), ("ca", "name")):
                     await cur.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (names,))
-            await _write(cur, merged)
+            await _write(cur, merged, None)
 
     # -- cluster primitives (bridge.cluster) ---------------------------------------------------------------
 
@@ -303,6 +358,7 @@ async def _migrate(cur: Any) -> None:
         await cur.execute(MIGRATIONS[version])
         version += 1
     await cur.execute(SCHEMA)
+    await cur.execute(COMMIT_FUNCTION)
     await cur.execute("DELETE FROM ca_bridge_schema")
     await cur.execute("INSERT INTO ca_bridge_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 
@@ -315,8 +371,9 @@ class _Transaction:
     transaction gets a working connection instead of failing on the next stale one, pool size times in a row.
     """
 
-    def __init__(self, pool: Any, recheck_timeout: float) -> None:
+    def __init__(self, pool: Any, recheck_timeout: float, atomic: bool = True) -> None:
         self._pool = pool
+        self._atomic = atomic
         self._recheck_timeout = recheck_timeout
         self._conn: Any = None
         self._conn_cm: Any = None
@@ -329,8 +386,9 @@ class _Transaction:
         except Exception as exc:
             raise StoreError(f"database unavailable: {_reason(exc)}") from None
         try:
-            self._tx_cm = self._conn.transaction()
-            await self._tx_cm.__aenter__()
+            if self._atomic:
+                self._tx_cm = self._conn.transaction()
+                await self._tx_cm.__aenter__()
             return self._conn.cursor()
         except BaseException as exc:
             await self._release(exc)
@@ -341,7 +399,8 @@ class _Transaction:
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
         failure: BaseException | None = exc
         try:
-            await self._tx_cm.__aexit__(et, exc, tb)  # COMMIT, or ROLLBACK if the body raised
+            if self._tx_cm is not None:
+                await self._tx_cm.__aexit__(et, exc, tb)  # COMMIT, or ROLLBACK if the body raised
         except BaseException as commit_exc:
             failure = commit_exc
         finally:
@@ -452,43 +511,46 @@ async def _load(cur: Any, names: list[str] | None) -> list[CARecord]:
     return list(cas.values())
 
 
-async def _write(cur: Any, merged: dict[str, Change]) -> None:
-    states: list[tuple[str, bytes]] = []
-    purges: list[tuple[str, str]] = []
-    metas: list[tuple[str, str, bytes]] = []
-    notes: list[tuple[str, str, int, bytes]] = []
-    dedups: list[tuple[str, int, str, bytes, bytes]] = []
-    note_floors: list[tuple[str, str, int]] = []
-    dedup_floors: list[tuple[str, int]] = []
+_COMMIT_TYPES = (  # the parameters of ca_bridge_commit, in order (empty arrays need their type spelled out)
+    "text", "text[]", "text[]", "bytea[]", "text[]", "text[]", "text[]", "text[]", "bytea[]",
+    "text[]", "text[]", "bigint[]", "bytea[]", "text[]", "bigint[]", "text[]", "bytea[]", "bytea[]",
+    "text[]", "text[]", "bigint[]", "text[]", "bigint[]",
+)
+_COMMIT = "SELECT ca_bridge_commit(" + ", ".join(f"%b::{t}" for t in _COMMIT_TYPES) + ")"
+
+
+async def _write(cur: Any, merged: dict[str, Change], owner: str | None) -> frozenset[str]:
+    """Write a merged batch with one call of ca_bridge_commit (COMMIT_FUNCTION): the rows of each table go as
+    column arrays, so the whole batch costs one statement and one round trip, however many CAs and tables it
+    touches. Returns the CAs refused by the ownership fence (none when ``owner`` is None)."""
+    state: tuple[list[Any], ...] = ([], [])
+    purge: tuple[list[Any], ...] = ([], [])
+    meta: tuple[list[Any], ...] = ([], [], [])
+    note: tuple[list[Any], ...] = ([], [], [], [])
+    dedup: tuple[list[Any], ...] = ([], [], [], [], [])
+    note_floor: tuple[list[Any], ...] = ([], [], [])
+    dedup_floor: tuple[list[Any], ...] = ([], [])
+
+    def add(columns: tuple[list[Any], ...], *values: Any) -> None:
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+
     for ca, change in merged.items():
         if change.state is not None:
-            states.append((ca, change.state))
-        dedups.extend((ca, pos, sid, _rid_bytes(rid), reply) for pos, sid, rid, reply in change.dedup)
+            add(state, ca, change.state)
+        for pos, sid, rid, reply in change.dedup:
+            add(dedup, ca, pos, sid, _rid_bytes(rid), reply)
         if change.dedup_floor:
-            dedup_floors.append((ca, change.dedup_floor))
+            add(dedup_floor, ca, change.dedup_floor)
         for sid, w in change.sessions.items():
             if w.purge:
-                purges.append((ca, sid))
+                add(purge, ca, sid)
             if w.meta is not None:
-                metas.append((ca, sid, w.meta))
-            notes.extend((ca, sid, seq, blob) for seq, blob in w.notes)
+                add(meta, ca, sid, w.meta)
+            for seq, blob in w.notes:
+                add(note, ca, sid, seq, blob)
             if w.note_floor:
-                note_floors.append((ca, sid, w.note_floor))
-    statements: list[tuple[str, list[Any]]] = [
-        ("DELETE FROM session WHERE ca = %s AND sid = %s", purges),
-        ("DELETE FROM note WHERE ca = %s AND sid = %s", purges),
-        ("INSERT INTO ca (name, state) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET state = excluded.state",
-         states),
-        ("INSERT INTO session (ca, sid, meta) VALUES (%s, %s, %s) "
-         "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta", metas),
-        ("INSERT INTO note (ca, sid, seq, args) VALUES (%s, %s, %s, %s) "
-         "ON CONFLICT (ca, sid, seq) DO UPDATE SET args = excluded.args", notes),
-        ("INSERT INTO dedup (ca, pos, sid, rid, reply) VALUES (%s, %s, %s, %s, %s) "
-         "ON CONFLICT (ca, pos) DO UPDATE SET sid = excluded.sid, rid = excluded.rid, reply = excluded.reply",
-         dedups),
-        ("DELETE FROM note WHERE ca = %s AND sid = %s AND seq < %s", note_floors),
-        ("DELETE FROM dedup WHERE ca = %s AND pos < %s", dedup_floors),
-    ]
-    for sql, rows in statements:
-        if rows:
-            await cur.executemany(sql, rows)
+                add(note_floor, ca, sid, w.note_floor)
+    await cur.execute(_COMMIT, (owner, list(merged), *state, *purge, *meta, *note, *dedup, *note_floor, *dedup_floor))
+    row = await cur.fetchone()
+    return frozenset(row[0]) if row and row[0] else frozenset()

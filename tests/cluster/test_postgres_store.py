@@ -196,6 +196,7 @@ async def test_a_failure_inside_the_transaction_writes_nothing_of_the_batch(stor
         real_hit(point)
 
     monkeypatch.setattr(faults, "hit", hit)
+    monkeypatch.setattr(faults, "armed", lambda point: point == "in_commit")
     with pytest.raises(Boom):  # every write of the batch has run when the fault point is reached
         await store.commit([
             *BATCHES[1],
