@@ -32,7 +32,7 @@ __all__ = ["BrokerURL", "MqttLink"]
 log = logging.getLogger("bridge.mqtt")
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
 MAX_INBOUND: Final = 4 * 1024 * 1024  # larger inbound packets are skipped (acknowledged, not delivered)
 CONNACK_CODES: Final = {1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
                         4: "bad user name or password", 5: "not authorized"}
@@ -254,6 +254,13 @@ class MqttLink:
             self._send(_packet(DISCONNECT << 4, b""))
             self._flush()
             wire.transport.close()
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop receiving ``topic_filter`` (now, and after any reconnect)."""
+        self._subscriptions = [(t, q) for t, q in self._subscriptions if t != topic_filter]
+        if self.connected.is_set():
+            body = self._next_pid().to_bytes(2, "big") + _string(topic_filter.encode())
+            self._send(_packet((UNSUBSCRIBE << 4) | 2, body))
 
     # -- publishing ---------------------------------------------------------------------------------------------
 

@@ -124,6 +124,8 @@ class Bridge:
             )
             await self._stack.enter_async_context(self.link)
             self._stack.push_async_callback(self.runtime.aclose)  # drain before the link goes
+            if self.cluster is not None:  # ... and first stop taking new requests, so the others get them
+                self._stack.callback(self.link.unsubscribe, subscriptions[0][0])
             await self._serve_http()
             if not await self.link.wait_connected(10):
                 log.warning("not connected to the broker yet; the bridge keeps trying")
