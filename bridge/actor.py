@@ -40,9 +40,8 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "dedup", "dedup_pos", "durable", "epoch", "last_active", "mailbox", "name", "pulse_at", "pulse_queued",
-        "ready", "recent", "rt", "running",
-        "sessions", "stale", "state_blob", "tokens", "tokens_at",
+        "ca", "dedup", "dedup_pos", "durable", "epoch", "last_active", "mailbox", "name", "owned_epoch", "pulse_at",
+        "pulse_queued", "ready", "recent", "rt", "running", "sessions", "stale", "state_blob", "tokens", "tokens_at",
     )
 
     def __init__(self, rt: Runtime, name: str, record: CARecord | None) -> None:
@@ -72,6 +71,7 @@ class Actor:
         self.dedup: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.dedup_pos = 0
         self.ready = False
+        self.owned_epoch = record.epoch if record is not None else 0  # clusters: the fence of every change
         if record is None or not record.state:  # never created, or registered by `ca-bridge create` only
             self.durable = False
             self.state_blob = _EMPTY_STATE
@@ -257,7 +257,7 @@ class Actor:
         )
         # with nothing to write, a cluster still sends an empty change through the ownership fence: the answer
         # must come from the CA's owner (a stale copy's first/next would make the device rewind)
-        fenced = change if not change.empty() else Change(self.name) if self.rt.cluster is not None else None
+        fenced = change if not change.empty() else change if self.rt.cluster is not None else None
         self._submit(Pending(self, self.epoch, fenced, sends, retry=lambda: self.rt.submit(self.name, req),
                              notes=len(sends) - 1))
 
@@ -301,7 +301,7 @@ class Actor:
         unchanged. An ack or sync that reaches a CA before its first call passes False: writing the empty state
         then would make the CA look initialized, and on_init would never run.
         """
-        change = Change(self.name)
+        change = Change(self.name, epoch=self.owned_epoch)
         if blob != self.state_blob or (initialized and not self.durable):
             change.state = blob
             self.state_blob = blob

@@ -27,7 +27,7 @@ __all__ = ["SCHEMA_VERSION", "Claim", "PostgresStore", "is_postgres_url", "redac
 
 log = logging.getLogger("bridge.postgres")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ca_bridge_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS ca (
@@ -51,12 +51,16 @@ MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE dedup ALTER COLUMN rid TYPE bytea USING convert_to(rid, 'UTF8');",
     # Version 3 writes each batch through the ca_bridge_commit function (created with the schema, below).
     2: "SELECT 1;",
+    # Version 4 fences on the ownership epoch too: the function takes one more array (replaced below).
+    3: "DROP FUNCTION IF EXISTS ca_bridge_commit(text, text[], text[], bytea[], text[], text[], text[], text[], "
+       "bytea[], text[], text[], bigint[], bytea[], text[], bigint[], text[], bytea[], bytea[], text[], text[], "
+       "bigint[], text[], bigint[]);",
 }
 # One batch, one statement: the fence (lock the batch's CA rows in name order, keep those this bridge owns) and
 # every table's writes for the owned CAs, from column arrays. Returns the refused CA names.
 COMMIT_FUNCTION = """
 CREATE OR REPLACE FUNCTION ca_bridge_commit(
-    tok text, names text[],
+    tok text, names text[], epochs bigint[],
     st_ca text[], st_blob bytea[],
     pu_ca text[], pu_sid text[],
     me_ca text[], me_sid text[], me_blob bytea[],
@@ -69,7 +73,10 @@ DECLARE
     owned text[] := names;
 BEGIN
     IF tok IS NOT NULL THEN
-        owned := ARRAY(SELECT name FROM ca WHERE name = ANY(names) AND owner = tok ORDER BY name FOR UPDATE);
+        -- owned now, and under the same epoch as the copy the changes were computed on (an epoch of 0: any)
+        owned := ARRAY(SELECT ca.name FROM ca JOIN unnest(names, epochs) AS f(name, epoch) ON ca.name = f.name
+                       WHERE ca.owner = tok AND (f.epoch = 0 OR ca.epoch = f.epoch)
+                       ORDER BY ca.name FOR UPDATE OF ca);
         IF cardinality(owned) = 0 THEN
             RETURN names;
         END IF;
@@ -300,7 +307,7 @@ class PostgresStore:
                         (name, token),
                     )
                     if cur.rowcount == 1:
-                        return Claim("mine", CARecord(name, b""))
+                        return Claim("mine", CARecord(name, b"", epoch=1))
                     continue  # created by another bridge meanwhile: look again (the row is committed now)
                 owner, owner_node, alive = row
                 if owner is not None and owner != token and alive:
@@ -492,11 +499,11 @@ async def _load(cur: Any, names: list[str] | None) -> list[CARecord]:
     args: tuple[Any, ...]
     if names is None:
         where, args = "", ()
-        await cur.execute('SELECT name, state FROM ca ORDER BY name COLLATE "C"')
+        await cur.execute('SELECT name, state, epoch FROM ca ORDER BY name COLLATE "C"')
     else:
         where, args = "WHERE ca = ANY(%s)", (names,)
-        await cur.execute("SELECT name, state FROM ca WHERE name = ANY(%s)", args)
-    cas = {n: CARecord(n, bytes(state)) for n, state in await cur.fetchall()}
+        await cur.execute("SELECT name, state, epoch FROM ca WHERE name = ANY(%s)", args)
+    cas = {n: CARecord(n, bytes(state), epoch=int(epoch)) for n, state, epoch in await cur.fetchall()}
     if not cas:
         return []
     await cur.execute(f"SELECT ca, sid, meta FROM session {where}", args)
@@ -512,7 +519,7 @@ async def _load(cur: Any, names: list[str] | None) -> list[CARecord]:
 
 
 _COMMIT_TYPES = (  # the parameters of ca_bridge_commit, in order (empty arrays need their type spelled out)
-    "text", "text[]", "text[]", "bytea[]", "text[]", "text[]", "text[]", "text[]", "bytea[]",
+    "text", "text[]", "bigint[]", "text[]", "bytea[]", "text[]", "text[]", "text[]", "text[]", "bytea[]",
     "text[]", "text[]", "bigint[]", "bytea[]", "text[]", "bigint[]", "text[]", "bytea[]", "bytea[]",
     "text[]", "text[]", "bigint[]", "text[]", "bigint[]",
 )
@@ -551,6 +558,8 @@ async def _write(cur: Any, merged: dict[str, Change], owner: str | None) -> froz
                 add(note, ca, sid, seq, blob)
             if w.note_floor:
                 add(note_floor, ca, sid, w.note_floor)
-    await cur.execute(_COMMIT, (owner, list(merged), *state, *purge, *meta, *note, *dedup, *note_floor, *dedup_floor))
+    epochs = [change.epoch for change in merged.values()]
+    columns = (*state, *purge, *meta, *note, *dedup, *note_floor, *dedup_floor)
+    await cur.execute(_COMMIT, (owner, list(merged), epochs, *columns))
     row = await cur.fetchone()
     return frozenset(row[0]) if row and row[0] else frozenset()

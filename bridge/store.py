@@ -31,6 +31,7 @@ class CARecord:
     state: bytes
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
     dedup: list[tuple[int, str, str, bytes]] = field(default_factory=list)  # (pos, session, request id, reply)
+    epoch: int = field(default=0, compare=False)  # clusters: the ownership epoch of this copy (Change.epoch)
 
 
 @dataclass(slots=True)
@@ -70,6 +71,7 @@ class Change:
     sessions: dict[str, SessionWrite] = field(default_factory=dict)
     dedup: list[tuple[int, str, str, bytes]] = field(default_factory=list)
     dedup_floor: int = 0  # delete records with a smaller position
+    epoch: int = 0  # clusters: commit only if the CA's ownership epoch is still this one (0: don't check)
 
     def empty(self) -> bool:
         """True if there is nothing to write."""
@@ -85,6 +87,7 @@ def merge(changes: Iterable[Change]) -> dict[str, Change]:
             into = merged[change.ca] = Change(change.ca)
         if change.state is not None:
             into.state = change.state
+        into.epoch = change.epoch
         into.dedup.extend(change.dedup)
         into.dedup_floor = max(into.dedup_floor, change.dedup_floor)
         for sid, write in change.sessions.items():

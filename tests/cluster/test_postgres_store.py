@@ -654,3 +654,32 @@ async def test_connection_errors_never_show_the_password(url):
 ])
 def test_redact_url(url, shown):
     assert redact_url(url) == shown
+
+
+async def test_commits_are_fenced_on_the_ownership_epoch_too(pg_empty_url):
+    """Owner A, then B, then A again: a change computed on A's first copy is refused although A owns the CA."""
+    a, b = PostgresStore(pg_empty_url), PostgresStore(pg_empty_url)
+    for s in (a, b):
+        await s.open()
+    try:
+        await a.join("A", "node-a", 30)
+        await b.join("B", "node-b", 30)
+        a.owner, b.owner = "A", "B"
+        first = (await a.claim("x", "A", create=True)).record
+        assert first is not None and first.epoch == 1
+        assert await a.commit([Change("x", b"a1", epoch=first.epoch)]) == frozenset()
+        await a.leave("A")  # A's membership ends: x is free
+        taken = (await b.claim("x", "B", create=False)).record
+        assert taken is not None and taken.epoch == 2 and taken.state == b"a1"
+        assert await b.commit([Change("x", b"b1", epoch=taken.epoch)]) == frozenset()
+        await b.leave("B")
+        await a.join("A", "node-a", 30)
+        again = (await a.claim("x", "A", create=False)).record
+        assert again is not None and again.epoch == 3 and again.state == b"b1"
+        assert await a.commit([Change("x", b"stale", epoch=first.epoch)]) == frozenset({"x"})
+        assert (await a.load("x")).state == b"b1"
+        assert await a.commit([Change("x", b"a2", epoch=again.epoch)]) == frozenset()
+        assert (await a.load("x")).state == b"a2"
+    finally:
+        for s in (a, b):
+            await s.close()

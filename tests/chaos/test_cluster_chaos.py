@@ -1,0 +1,33 @@
+"""The short cluster chaos run: three bridges on PostgreSQL, killed, frozen, armed at fault points and cut from the
+database at random, under the hellopersistent devices (CPython and MicroPython). The long form is
+run_cluster_chaos.py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests import pgserver
+from tests.chaos.run_cluster_chaos import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.mosquitto]
+
+
+@pytest.fixture(autouse=True)
+def _needs_postgres():
+    if not pgserver.available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run should have installed it)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+
+
+def test_short_cluster_chaos_run_has_no_anomalies(tmp_path):
+    report = run(seed=21, duration=25, devices=4, items=200, workdir=tmp_path, finish_timeout=25, fsync=False)
+    print(report.line())
+    assert report.anomalies == []
+    assert report.purchases == 4 * 200 and report.notifications == 4 * 200
+    assert report.device_self_crashes >= 30
+    assert report.bridge_kills + report.bridge_fault_points >= 3
+    assert report.db_cuts >= 1
+    assert report.forwarded > 0  # the $share subscription spreads requests: the bridges did forward to owners
