@@ -270,6 +270,8 @@ class Actor:
         changed = (old is not None and old.online) != req.online
         txn = self._presence_txn(req, changed)
         blob = self.state_blob
+        if changed:
+            self.rt.metrics.presence_changes += 1
         if changed and ready:
             try:
                 await self._run(self.ca.on_presence, (req.session, req.online))

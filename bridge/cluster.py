@@ -29,7 +29,8 @@ __all__ = ["Cluster", "default_node_name"]
 log = logging.getLogger("bridge.cluster")
 
 _ROUTE_CACHE_MAX = 200_000
-ROUTE_TTL = 5.0  # seconds a learned owner is trusted before the database is asked again
+ROUTE_TTL = 30.0  # seconds a learned owner is trusted before the database is asked again (a moved CA costs one
+# more hop meanwhile: the old owner forwards on fresh information)
 
 
 def default_node_name() -> str:

@@ -78,6 +78,7 @@ async def test_presence_sets_the_flag_and_calls_the_hook_once_per_transition(h):
     await h.presence("w", "dev1", False)
     assert await h.call("w", "default", "online", "dev1") is False
     assert len(h.state("w")["seen"]) == 4
+    assert h.runtime.metrics.presence_changes == 4  # repeats are not transitions
 
 
 async def test_presence_of_a_new_session_creates_it_and_offline_first_runs_no_hook(h):

@@ -87,7 +87,7 @@ def test_readme_main_command_runs_the_example(tmp_path):
     if not (ROOT / "firmware_client" / "__init__.py").exists():
         pytest.skip("firmware_client not present")
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "DB": str(tmp_path / "run.db")}
+    env = {**os.environ, "PORT": str(port), "DB": str(tmp_path / "run.db"), "HTTP": str(free_port())}
     proc = subprocess.Popen(["bash", "scripts/run", "--once"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
