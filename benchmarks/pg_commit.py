@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.postgres import PostgresStore  # noqa: E402
-from bridge.store import Change, SessionWrite  # noqa: E402
-from tests.pgserver import PostgresServer  # noqa: E402
+from bridge.postgres import PostgresStore
+from bridge.store import Change, SessionWrite
+from tests.pgserver import PostgresServer
 
 
 async def measure(url: str, commits: int, size: int) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from bridge import codec, faults
 from bridge.app import CA
 from bridge.committer import Pending
-from bridge.errors import AppError, CodecError
+from bridge.errors import AppError, CodecError, StoreError
 from bridge.logs import set_context
 from bridge.protocol import DEFAULT_SESSION, Request, error_body, reply_err, reply_ok, sync_answer
 from bridge.session import SessionAPI, SessionData, SessionTxn
@@ -106,6 +106,9 @@ class Actor:
                 item = self.mailbox.popleft()
                 try:
                     await self._process(item)
+                except StoreError as exc:  # reloading the CA failed (database down): retryable, no traceback
+                    log.warning("CA %s: cannot reload from the store (%s); answered unavailable", self.name, exc)
+                    self._fail_item(item)
                 except Exception:
                     log.exception("CA %s: unexpected failure processing an item", self.name)
                     self._fail_item(item)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge import codec
 from bridge.http import Handler, HttpServer, Request, Response
+from bridge.inspect import session_view
 from bridge.postgres import is_postgres_url, redact_url
 
 if TYPE_CHECKING:
@@ -195,19 +196,7 @@ def _ca_row(actor: Actor) -> dict[str, Any]:
 
 def _session_row(sid: str, data: Any) -> dict[str, Any]:
     memento, _ = clip(data.memento, nodes=200) if data.memento is not None else (None, False)
-    return {
-        "id": sid,
-        "online": bool(getattr(data, "online", False)),
-        "queued": len(data.queue),
-        "first_seq": data.queue[0][0] if data.queue else data.next_seq,
-        "next_seq": data.next_seq,
-        "limit": data.limit,
-        "pinned": data.pinned,
-        "has_nonce": data.nonce is not None,
-        "has_memento": data.memento is not None,
-        "memento": memento,
-        "codec": data.codec,
-    }
+    return {"id": sid, **session_view(data, data.queue), "memento": memento}
 
 
 def _error_row(error: tuple[float, str, str, str, str]) -> dict[str, Any]:

@@ -9,7 +9,22 @@ from bridge import codec
 from bridge.session import SessionData
 from bridge.store import CARecord
 
-__all__ = ["describe", "render"]
+__all__ = ["describe", "render", "session_view"]
+
+
+def session_view(data: SessionData, queue: list[tuple[int, bytes]]) -> dict[str, Any]:
+    """One session as `ca-bridge inspect` and the dashboard show it: presence, queue, limit, persistent status."""
+    return {
+        "online": data.online,
+        "queued": len(queue),
+        "first_seq": queue[0][0] if queue else data.next_seq,
+        "next_seq": data.next_seq,
+        "limit": data.limit,
+        "pinned": data.pinned,
+        "has_nonce": data.nonce is not None,
+        "has_memento": data.memento is not None,
+        "codec": data.codec,
+    }
 
 
 def describe(record: CARecord) -> dict[str, Any]:
@@ -20,18 +35,7 @@ def describe(record: CARecord) -> dict[str, Any]:
         dedup_by_session[sid] = dedup_by_session.get(sid, 0) + 1
     for sid, srec in record.sessions.items():
         data = SessionData.from_meta(codec.loads(srec.meta))
-        sessions[sid] = {
-            "queued": len(srec.notes),
-            "first_seq": srec.notes[0][0] if srec.notes else data.next_seq,
-            "next_seq": data.next_seq,
-            "limit": data.limit,
-            "pinned": data.pinned,
-            "has_nonce": data.nonce is not None,
-            "has_memento": data.memento is not None,
-            "dedup_records": dedup_by_session.get(sid, 0),
-            "codec": data.codec,
-            "online": data.online,
-        }
+        sessions[sid] = {**session_view(data, srec.notes), "dedup_records": dedup_by_session.get(sid, 0)}
     state = codec.loads(record.state) if record.state else None  # empty: created, on_init not run yet
     return {"name": record.name, "state": state, "sessions": sessions,
             "dedup_records": len(record.dedup)}

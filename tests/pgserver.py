@@ -32,6 +32,17 @@ def available() -> bool:
     return _bindir() is not None
 
 
+def require() -> None:
+    """In a test: skip when PostgreSQL is not installed, or fail under CI (where .ci/run installs it)."""
+    if available():
+        return
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail("PostgreSQL is not installed (.ci/run should have installed it)")
+    pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

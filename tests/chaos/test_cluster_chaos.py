@@ -4,7 +4,6 @@ run_cluster_chaos.py."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -16,10 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.mosquitto]
 
 @pytest.fixture(autouse=True)
 def _needs_postgres():
-    if not pgserver.available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (.ci/run should have installed it)")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pgserver.require()
 
 
 def test_short_cluster_chaos_run_has_no_anomalies(tmp_path):

@@ -4,7 +4,6 @@ when its bug shows; see their docstrings for the exact sequences."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -14,10 +13,7 @@ from tests.chaos import repro_adopt_stale_actor, repro_stale_sync, repro_sync_be
 
 @pytest.fixture(autouse=True)
 def _needs_postgres():
-    if not pgserver.available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (.ci/run should have installed it)")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pgserver.require()
 
 
 def test_a_sync_before_the_first_call_does_not_skip_on_init():

@@ -3,7 +3,6 @@ binaries, a throwaway cluster on a free port), and a fresh database per test."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -13,10 +12,7 @@ from tests import pgserver
 
 @pytest.fixture(scope="session")
 def pg_server():
-    if not pgserver.available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (.ci/run should have installed it)")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pgserver.require()
     server = pgserver.PostgresServer(fsync=False).start()  # tests check logic, not the disk; benchmarks fsync
     try:
         yield server
