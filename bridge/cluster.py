@@ -53,7 +53,7 @@ class Cluster:
         self.heartbeat_interval = heartbeat
         self.live: dict[str, str] = {}  # token -> node name, as of the last heartbeat
         self._owners: dict[str, tuple[str, float]] = {}  # CA -> (owner token, good until): a routing cache
-        self.forwarded = 0
+        self.forwarded = 0  # counted by whoever publishes the forward (bridge.service.Bridge.forward)
         self.claims = 0
         self.healthy = False
 
@@ -91,7 +91,6 @@ class Cluster:
         if node is None or token == self.token or time.monotonic() > until:
             del self._owners[ca]
             return None
-        self.forwarded += 1
         return node
 
     async def claim(self, ca: str, *, create: bool) -> Claim:

@@ -67,9 +67,6 @@ class Committer:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.batches = 0
-        self.committed_calls = 0
-        self.failures = 0
 
     def submit(self, pending: Pending) -> None:
         """Queue one call's effects for the next batch."""
@@ -106,15 +103,12 @@ class Committer:
             try:
                 refused = await self._store.commit(changes)
             except Exception:
-                self.failures += 1
                 self._metrics.commit_failures += 1
                 log.exception("commit of %d calls failed; their CAs reload from the store", len(changes))
                 for pending in live:
                     pending.actor.invalidate()
                     self._fail(pending)
                 return
-            self.batches += 1
-            self.committed_calls += len(changes)
             self._metrics.commit_seconds.observe(time.perf_counter() - started)
             self._metrics.commit_batch.observe(len(changes))
             faults.hit("after_commit")

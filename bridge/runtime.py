@@ -72,7 +72,6 @@ class Runtime:
         self.autocreate = autocreate
         self.rate = rate  # calls per second per CA; 0: unlimited
         self.burst = max(burst, 1) if rate else 0
-        self.rejected_rate = 0
         self.cluster = cluster
         self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None, int]]] = {}
         self._unknown: dict[str, float] = {}  # recent store misses, so hostile names cost one lookup a while
@@ -80,8 +79,6 @@ class Runtime:
         self.metrics = Metrics()
         self.committer = Committer(store, self._deliver, metrics=self.metrics)
         self.closing = False
-        self.rejected_busy = 0
-        self.rejected_bad = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy_workers = 0
         self._workers_idle = asyncio.Event()
@@ -151,11 +148,9 @@ class Runtime:
         if req.kind == "call":
             spec = self.app.methods.get(req.method)
             if spec is None:
-                self.rejected_bad += 1
                 self.reply_now(ca, req, future, error_body("bad_request", "NoSuchMethod", "no such method"))
                 return
             if not spec.accepts(len(req.args)):
-                self.rejected_bad += 1
                 self.reply_now(ca, req, future, error_body(
                     "bad_request", "WrongArguments", f"{req.method} does not take {len(req.args)} arguments"))
                 return
@@ -174,11 +169,9 @@ class Runtime:
                 return
             actor = self.actors[ca] = Actor(self, ca, None)
         if self.rate and req.kind == "call" and not self._take_token(actor):
-            self.rejected_rate += 1
             self.reply_now(ca, req, future, error_body("busy", "RateLimited", "too many calls to this CA; retry later"))
             return
         if len(actor.mailbox) >= self.mailbox_limit:
-            self.rejected_busy += 1
             self.reply_now(ca, req, future, error_body("busy", "Busy", "the CA's mailbox is full; retry later"))
             return
         actor.enqueue((req, future))
@@ -346,7 +339,7 @@ class Runtime:
                 busy += 1
             for data in actor.sessions.values():
                 sessions += 1
-                online += 1 if getattr(data, "online", False) else 0
+                online += data.online
                 n = len(data.queue)
                 queued += n
                 queue_max = max(queue_max, n)

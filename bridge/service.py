@@ -177,7 +177,8 @@ class Bridge:
 
     def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         """Hand a raw request to the bridge that owns its CA."""
-        assert self.link is not None
+        assert self.link is not None and self.cluster is not None
+        self.cluster.forwarded += 1
         self.link.publish(self.topics.forward(node, ca, hops), payload)
 
     # -- inbound -----------------------------------------------------------------------------------------------
@@ -197,8 +198,7 @@ class Bridge:
                 and len(payload) <= self.settings.max_payload:
             node = cluster.route(ca)
             if node is not None:  # owned by another live bridge: pass it on undecoded
-                assert self.link is not None
-                self.link.publish(self.topics.forward(node, ca), payload)
+                self.forward(node, ca, payload)
                 return
         try:
             req = parse_request(payload, self.settings.max_payload)
@@ -208,7 +208,6 @@ class Bridge:
         self.runtime.submit(ca, req, hops=hops)
 
     def _reject(self, ca: str, exc: BadRequest) -> None:
-        self.runtime.rejected_bad += 1
         self.runtime.metrics.reject("BadRequest")
         err = error_body("bad_request", "BadRequest", str(exc))
         enc: Any = exc.codec if exc.codec in (codec.CBOR, codec.JSON) else codec.CBOR
@@ -217,8 +216,9 @@ class Bridge:
             self.link.publish(self.topics.session(ca, exc.session), codec.encode(reply_err(exc.request_id, err), enc))
         else:
             self.link.publish(self.topics.errors(ca), codec.encode({"t": "error", "err": err}, enc))
-        if self.runtime.rejected_bad % 1000 == 1:  # rate-limited: hostile traffic must not flood the log
-            log.warning("CA %s: rejected a message: %s (%d rejected so far)", ca, exc, self.runtime.rejected_bad)
+        rejected = self.runtime.metrics.rejected["BadRequest"]
+        if rejected % 1000 == 1:  # rate-limited: hostile traffic must not flood the log
+            log.warning("CA %s: rejected a message: %s (%d rejected so far)", ca, exc, rejected)
 
     async def serve_forever(self) -> None:
         """Run until cancelled."""

@@ -155,7 +155,7 @@ async def test_full_mailbox_answers_busy_and_others_keep_working():
         # all eight arrive before the worker's first step: three fit the mailbox, five are refused
         assert len(busy) == 5
         assert [r for r in results if r == 0.1] == [0.1] * 3
-        assert h.runtime.rejected_busy == 5
+        assert h.runtime.metrics.rejected["Busy"] == 5
 
 
 async def test_call_deadline_is_an_internal_error():

@@ -3,6 +3,7 @@ binaries, a throwaway cluster on a free port), and a fresh database per test."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
@@ -20,28 +21,29 @@ def pg_server():
         server.cleanup()
 
 
+@contextlib.contextmanager
+def _database(server, prefix: str):
+    """A new database on ``server``, dropped (whoever is still connected) afterwards; yields its URL."""
+    name = prefix + uuid.uuid4().hex[:12]
+    server.psql(f"CREATE DATABASE {name}")
+    try:
+        yield server.url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def pg_url(pg_server):
     """A fresh, empty database on the shared server."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    pg_server.psql(f"CREATE DATABASE {name}")
-    try:
-        yield pg_server.url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        pg_server.psql(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-        pg_server.psql(f"DROP DATABASE IF EXISTS {name}")
+    with _database(pg_server, "t_") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def pg_module_db(pg_server):
     """One database per test module, for ``pg_empty_url``."""
-    name = "m_" + uuid.uuid4().hex[:12]
-    pg_server.psql(f"CREATE DATABASE {name}")
-    try:
-        yield pg_server.url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with _database(pg_server, "m_") as url:
+        yield url
 
 
 @pytest.fixture
