@@ -2,75 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class Mosquitto:
-    """A real mosquitto on a free loopback port, restartable on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-        if binary is None:
-            if os.environ.get("CI"):
-                pytest.fail("mosquitto is not installed (.ci/run should have installed it)")
-            pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-        self.binary = binary
-        self.port = free_port()
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
-            "max_queued_messages 10000\n"
-        )
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            stop(self.proc, sig)
-            self.proc = None
+from tests.procs import PYTHON, ROOT, BridgeProcess, Mosquitto, free_port, stop, wait_port  # noqa: F401
+# (the tests import these from here)
 
 
 @pytest.fixture
@@ -81,60 +16,6 @@ def mosquitto(tmp_path):
         yield m
     finally:
         m.stop()
-
-
-class BridgeProcess:
-    """`python -m bridge run APP` as a child process (embedded amqtt, or an external broker)."""
-
-    def __init__(self, app: str, db: Path, *, broker_port: int | None = None, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None, store: str | None = None,
-                 options: list[str] | None = None) -> None:
-        self.app = app
-        self.db = db
-        self.store = store or str(db)  # a postgresql:// URL instead of the SQLite file, for clusters
-        self.options = options or []  # global options, before `run` (e.g. --log-format json)
-        self.external = broker_port is not None
-        self.port = broker_port or free_port()
-        self.extra = extra or []
-        self.env = env or {}
-        self.proc: subprocess.Popen | None = None
-        self.log = db.with_suffix(".log")
-
-    def start(self, timeout: float = 20.0) -> None:
-        cmd = [PYTHON, "-m", "bridge", "--log-level", "INFO", *self.options, "run", self.app, "--db", self.store]
-        cmd += ["--broker", f"mqtt://127.0.0.1:{self.port}"] if self.external else ["--listen", f"127.0.0.1:{self.port}"]
-        cmd += self.extra
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        logf = open(self.log, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=logf, env=env)
-        logf.close()
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        seen = b""
-        while time.monotonic() < deadline:
-            chunk = self.proc.stdout.read() or b""
-            seen += chunk
-            if b"listening" in seen:
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bridge exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"bridge did not start: {self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            stop(self.proc, signal.SIGKILL)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc, signal.SIGTERM)
-            self.proc = None
-
-    def logs(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
 
 
 @pytest.fixture
