@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bridge import codec  # noqa: E402
 from bridge.sqlite import SQLiteStore  # noqa: E402
-from tests.conftest import BridgeProcess, Mosquitto, free_port, stop  # noqa: E402
+from tests.procs import BridgeProcess, Mosquitto, free_port, stop  # noqa: E402
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 FAULT_POINTS = ["in_commit", "after_commit", "after_publish"]

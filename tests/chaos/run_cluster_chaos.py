@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 from bridge import codec  # noqa: E402
 from bridge.postgres import PostgresStore  # noqa: E402
 from tests.chaos.run_chaos import MICROPYTHON, Device, _read_lines, _tend  # noqa: E402
-from tests.conftest import BridgeProcess, Mosquitto, stop  # noqa: E402
+from tests.procs import BridgeProcess, Mosquitto, stop  # noqa: E402
 from tests.pgserver import PostgresServer  # noqa: E402
 
 APP = "tests/chaos/app.py:ChaosShop"

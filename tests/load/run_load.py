@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import cbor2  # noqa: E402
 
 from bridge.mqtt import BrokerURL, MqttLink  # noqa: E402
-from tests.conftest import BridgeProcess, Mosquitto, free_port  # noqa: E402
+from tests.procs import BridgeProcess, Mosquitto, free_port, rss_mb  # noqa: E402
 
 
 @dataclass
@@ -94,13 +94,6 @@ class Result:
                 f"({self.calls / max(self.duration, 1e-9):.0f}/s), {self.notifications} notifications, "
                 f"{self.retries} retries, {self.busy} busy, {self.broker_restarts} broker restarts, "
                 f"bridge RSS at 0/25/50/75/100% of the run {rss}, anomalies={len(self.anomalies)}")
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def device_loop(sim: Sim, port: int, cas: int, stop_at: float, rng: random.Random, own: int | None) -> None:
@@ -188,7 +181,7 @@ async def run_async(devices: int, cas: int, duration: float, broker: str, seed: 
         while not all(t.done() for t in tasks):
             await asyncio.sleep(1)
             if bridge.proc is not None:
-                res.rss_kb.append(rss_kb(bridge.proc.pid))
+                res.rss_kb.append(int(rss_mb(bridge.proc.pid) * 1024))
             if restart_broker and mosq and not restarted and time.monotonic() > started + duration / 2:
                 mosq.stop()
                 await asyncio.sleep(1)

@@ -1,0 +1,331 @@
+"""The benchmarks' closed-loop MQTT load generator: paho clients (TCP_NODELAY) driven by one selector loop per
+process, in a pool of persistent processes (``python benchmarks/loadgen.py`` reads jobs on stdin, one JSON line
+each, and answers on stdout). A client spec (a dict) is one of:
+
+* ``{"kind": "rr", "cid", "sub", "pub" (may hold {ca}), "ca" | "cas" (cycled) | "ca_count" (random k0..),
+  "session", "method", "args", "stamp", "calls", "record"}``: one ~60-byte CBOR call outstanding; the next leaves
+  when the reply arrives; done after ``calls`` calls; ``record``: every call's (id, ms, error) is returned;
+* ``{"kind": "dev", "cid", "sub", "session", "ack_topic", "ack_every"}``: a device counting notifications (their
+  latency from a timestamp in the args) and acking every ``ack_every``-th;
+* ``{"kind": "mon", "cid", "sub"}``: collects the request ids published on ``sub`` (the bridges' forward topics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.procs import PYTHON, cpu_seconds, machine_cpu, spawn, stop  # noqa: E402
+
+PROCS = 4  # load-generator processes of a pool
+
+
+def pct(values: list[float], q: float) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+class Conn:
+    """One paho client whose socket is driven by the process's selector (no paho thread)."""
+
+    def __init__(self, sel: selectors.BaseSelector, cid: str, port: int, subs: list[str], on_message: Any) -> None:
+        import paho.mqtt.client as paho
+
+        self.sel, self.subs, self.subscribed, self.alive, self.writing = sel, subs, not subs, True, False
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True, protocol=paho.MQTTv311)
+        c.max_inflight_messages_set(1000)
+        c.on_connect, c.on_message = self._on_connect, on_message
+        c.on_subscribe = lambda *_a: setattr(self, "subscribed", True)
+        self.client = c
+        c.connect("127.0.0.1", port, keepalive=300)
+        self.fd = c.socket().fileno()
+        sel.register(self.fd, selectors.EVENT_READ, self)
+
+    def _on_connect(self, client: Any, *_a: Any) -> None:
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else request/response stalls 40 ms
+        if self.subs:
+            client.subscribe([(t, 1) for t in self.subs])
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, 1)
+        self.flush()
+
+    def flush(self) -> None:
+        c = self.client
+        if self.alive and c.want_write() and c.loop_write() != 0:
+            self.lost()
+        if self.alive and c.want_write() != self.writing:
+            self.writing = not self.writing
+            self.sel.modify(self.fd, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.writing else 0), self)
+
+    def lost(self) -> None:
+        if self.alive:
+            self.alive = False
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.fd)
+
+    def close(self) -> None:
+        if self.alive:
+            with contextlib.suppress(Exception):
+                self.client.disconnect()
+                self.client.loop_write()
+            self.lost()
+        with contextlib.suppress(Exception):
+            self.client.socket().close()
+
+
+class Job:
+    """One process's share of a run: the window and what was measured in it."""
+
+    def __init__(self) -> None:
+        self.t0 = self.start = self.end = float("inf")
+        self.count = self.errors = self.notes = self.stale = 0
+        self.first_error: Any = None
+        self.lat: list[float] = []
+        self.note_lat: list[float] = []
+        self.calls: list[list[Any]] = []
+        self.forwarded: list[str] = []
+
+
+class Caller:
+    def __init__(self, spec: dict[str, Any], port: int, sel: selectors.BaseSelector, job: Job) -> None:
+        import cbor2
+
+        self.dumps, self.loads, self.job, self.spec = cbor2.dumps, cbor2.loads, job, spec
+        self.tag = os.urandom(4).hex()
+        self.n, self.rid, self.t_sent, self.done = 0, None, 0.0, False
+        self.rng = random.Random(self.tag)
+        self.conn = Conn(sel, spec["cid"], port, [spec["sub"]], self.on_message)
+
+    def send(self) -> None:
+        s = self.spec
+        self.n += 1
+        self.rid = f"{self.tag}-{self.n}"
+        args = [*s.get("args", []), time.monotonic()] if s.get("stamp") else s.get("args", [])
+        payload = self.dumps({"t": "call", "id": self.rid, "session": s["session"], "method": s.get("method", "incr"),
+                              "args": args})
+        ca = (f"k{self.rng.randrange(s['ca_count'])}" if "ca_count" in s
+              else s["cas"][(self.n - 1) % len(s["cas"])] if "cas" in s else s.get("ca"))
+        self.t_sent = time.monotonic()
+        self.conn.publish(s["pub"].format(ca=ca), payload)
+
+    def on_message(self, _c: Any, _u: Any, m: Any) -> None:
+        now, job = time.monotonic(), self.job
+        try:
+            msg = self.loads(m.payload)
+        except Exception:
+            msg = None
+        if type(msg) is not dict or msg.get("id") != self.rid:
+            job.stale += 1
+            return
+        rid, self.rid = self.rid, None
+        if job.start <= now < job.end:
+            ms = round((now - self.t_sent) * 1000, 4)
+            job.count += 1
+            job.lat.append(ms)
+            if "err" in msg:
+                job.errors += 1
+                job.first_error = job.first_error or msg["err"]
+            if self.spec.get("record"):
+                job.calls.append([rid, ms, "err" in msg])
+        self.done = self.n >= self.spec.get("calls", float("inf"))
+        if now < job.end and not self.done:
+            self.send()
+
+
+class Device:
+    def __init__(self, spec: dict[str, Any], port: int, sel: selectors.BaseSelector, job: Job) -> None:
+        import cbor2
+
+        self.dumps, self.loads, self.job, self.spec = cbor2.dumps, cbor2.loads, job, spec
+        self.last_msg = 0.0
+        self.conn = Conn(sel, spec["cid"], port, [spec["sub"]], self.on_message)
+
+    def on_message(self, _c: Any, _u: Any, m: Any) -> None:
+        now = self.last_msg = time.monotonic()
+        msg = self.loads(m.payload)
+        if type(msg) is not dict or msg.get("t") != "note":
+            return
+        if self.job.start <= now < self.job.end:
+            self.job.notes += 1
+            self.job.note_lat.append(round((now - msg["args"][0]) * 1000, 4))
+        if msg["seq"] % self.spec.get("ack_every", 10) == 0:
+            self.conn.publish(self.spec["ack_topic"], self.dumps(
+                {"t": "ack", "session": self.spec["session"], "seq": msg["seq"]}))
+
+
+def _pump(sel: selectors.BaseSelector, timeout: float) -> None:
+    for key, mask in sel.select(timeout):
+        if mask & selectors.EVENT_READ and key.data.client.loop_read() != 0:
+            key.data.lost()
+        key.data.flush()
+
+
+def run_job(job_spec: dict[str, Any], out: Any, inp: Any) -> dict[str, Any]:
+    import cbor2
+
+    sel, job, port = selectors.DefaultSelector(), Job(), job_spec["port"]
+    callers: list[Caller] = []
+    devs: list[Device] = []
+    conns: list[Conn] = []
+
+    def on_forward(_c: Any, _u: Any, m: Any) -> None:
+        with contextlib.suppress(Exception):
+            job.forwarded.append(cbor2.loads(m.payload)["id"])
+
+    try:
+        for spec in job_spec["clients"]:
+            if spec["kind"] == "rr":
+                callers.append(Caller(spec, port, sel, job))
+            elif spec["kind"] == "dev":
+                devs.append(Device(spec, port, sel, job))
+            else:
+                conns.append(Conn(sel, spec["cid"], port, [spec["sub"]], on_forward))
+        conns += [c.conn for c in (*callers, *devs)]
+        deadline = time.monotonic() + 30
+        while not all(c.subscribed for c in conns):
+            if time.monotonic() > deadline or not all(c.alive for c in conns):
+                raise RuntimeError("clients did not connect/subscribe")
+            _pump(sel, 0.05)
+        out.write('{"ready": true}\n')
+        out.flush()
+        go = json.loads(inp.readline() or '{"abort": true}')
+        if go.get("abort"):
+            return {"aborted": True}
+        job.t0, job.start, job.end = go["t0"], go["start"], go["end"]
+        while time.monotonic() < job.t0:
+            _pump(sel, max(0.0, min(0.01, job.t0 - time.monotonic())))
+        for c in callers:
+            c.send()
+        while time.monotonic() < job.end and not (callers and all(c.done for c in callers)):
+            _pump(sel, 0.05)
+        t_end = min(time.monotonic(), job.end)
+        drain = time.monotonic() + 10  # the last replies, queued notifications, trailing forwarded copies
+        while any(c.rid is not None and c.conn.alive for c in callers) and time.monotonic() < drain:
+            _pump(sel, 0.05)
+        last = time.monotonic()
+        while time.monotonic() < drain and (devs or conns) and time.monotonic() - max(
+                [last, *(d.last_msg for d in devs)]) < 0.3:
+            _pump(sel, 0.05)
+        return {"count": job.count, "errors": job.errors, "first_error": job.first_error, "lat": job.lat,
+                "notes": job.notes, "note_lat": job.note_lat, "stale": job.stale, "calls": job.calls,
+                "forwarded": job.forwarded, "elapsed": t_end - job.start,
+                "lost": sum(1 for c in callers if c.rid is not None),
+                "dead": sum(1 for c in conns if not c.alive)}
+    finally:
+        for c in conns:
+            c.close()
+        sel.close()
+
+
+def worker_main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator stops us
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "quit":
+            return
+        try:
+            res = run_job(msg, sys.stdout, sys.stdin)
+        except Exception as exc:  # reported to the orchestrator
+            res = {"error": repr(exc)}
+        sys.stdout.write(json.dumps(res) + "\n")
+        sys.stdout.flush()
+
+
+class Workers:
+    """The pool of load-generator processes; each runs one job (its share of the clients) at a time."""
+
+    def __init__(self, count: int = PROCS) -> None:
+        self.procs = [spawn([PYTHON, __file__], session=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True) for _ in range(count)]
+
+    def _send(self, p: subprocess.Popen[Any], msg: dict[str, Any]) -> None:
+        assert p.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            p.stdin.write(json.dumps(msg) + "\n")
+            p.stdin.flush()
+
+    def _read(self, p: subprocess.Popen[Any]) -> dict[str, Any]:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError("a load generator died")
+        return dict(json.loads(line))
+
+    def run(self, port: int, specs: list[dict[str, Any]], warmup: float, duration: float,
+            probes: dict[str, Callable[[], float]] | None = None, procs_for: int | None = None,
+            on_start: Callable[[], Any] = lambda: None, on_end: Callable[[], Any] = lambda: None,
+            until_done: bool = False) -> dict[str, Any]:
+        """Spread ``specs`` over the processes, run them for warmup + duration (``until_done``: or until every
+        caller made its ``calls``); merge the results. ``probes``: CPU seconds of what to watch (name -> function);
+        the result has their CPU use in the window (``cpu_s``, ``cpu_pct`` of one core), plus the load generators'
+        (``load``), the whole machine's (``machine``) and what neither accounts for (``others``)."""
+        used = self.procs[: max(1, min(len(self.procs), procs_for or len(specs)))]
+        shares: list[list[dict[str, Any]]] = [[] for _ in used]
+        for i, spec in enumerate(specs):
+            shares[i % len(used)].append(spec)
+        jobs = [(p, s) for p, s in zip(used, shares, strict=True) if s]
+        for p, share in jobs:
+            self._send(p, {"cmd": "job", "port": port, "clients": share})
+        readies = [self._read(p) for p, _ in jobs]
+        failed = [r for r in readies if not r.get("ready")]
+        t0 = time.monotonic() + 0.1
+        go = {"abort": True} if failed else {"t0": t0, "start": t0 + warmup, "end": t0 + warmup + duration}
+        for p, _ in jobs:
+            self._send(p, go)
+        if failed:
+            for (p, _), ready in zip(jobs, readies, strict=True):
+                if ready.get("ready"):
+                    self._read(p)  # its {"aborted": true}
+            raise RuntimeError(f"load generator failed: {failed[0]}")
+        probes = {**(probes or {}), "load": lambda: sum(cpu_seconds(p.pid) for p, _ in jobs),
+                  "machine": lambda: machine_cpu()[0]}
+        time.sleep(max(0.0, go["start"] - time.monotonic()))
+        cpu0, w0 = {k: f() for k, f in probes.items()}, time.monotonic()
+        on_start()
+        if not until_done:
+            time.sleep(max(0.0, go["end"] - time.monotonic()))
+        cpu1, w1 = {k: f() for k, f in probes.items()}, time.monotonic()
+        on_end()
+        results = [self._read(p) for p, _ in jobs]
+        errs = [r for r in results if "error" in r]
+        if errs:
+            raise RuntimeError(f"load generator failed: {errs[0]['error']}")
+        merged: dict[str, Any] = {"first_error": next((r["first_error"] for r in results if r["first_error"]), None),
+                                  "elapsed": max(r["elapsed"] for r in results), "load_procs": len(jobs)}
+        for k in ("count", "errors", "notes", "stale", "lost", "dead", "lat", "note_lat", "calls", "forwarded"):
+            merged[k] = sum((r[k] for r in results), [] if isinstance(results[0][k], list) else 0)
+        cpu = {k: cpu1[k] - cpu0[k] for k in cpu1}
+        cpu["others"] = max(0.0, cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine"))
+        merged["cpu_s"] = cpu
+        merged["cpu_pct"] = {k: round(100 * v / (w1 - w0), 1) for k, v in cpu.items()}
+        return merged
+
+    def close(self) -> None:
+        for p in self.procs:
+            self._send(p, {"cmd": "quit"})
+        for p in self.procs:
+            stop(p, timeout=5.0)
+
+
+if __name__ == "__main__":
+    worker_main()
