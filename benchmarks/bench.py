@@ -39,10 +39,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [p for p in (str(HERE), str(ROOT)) if p not in sys.path]
 
-from loadgen import PROCS, Workers, fmt, pct  # noqa: E402
+from loadgen import PROCS, Quiet, Workers, fmt, pct  # noqa: E402
 
 from tests.procs import (  # noqa: E402
-    MOSQUITTO, PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, machine_cpu, rss_mb, spawn, stop, stop_all,
+    MOSQUITTO, PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, spawn, stop, stop_all,
     wait_output)
 
 APP = f"{HERE / 'apps.py'}:Bench"
@@ -158,7 +158,7 @@ class Bench:
         self.scale_counts = [0, 1000, 10000] if quick else [0, 1000, 10000, 100000]
         self.active = args.active or 10000
         self.durab_rounds = 1 if quick else 2
-        self.quiet_budget = 20.0 if quick else 150.0  # total seconds spent waiting for a quiet machine
+        self.wait_quiet = Quiet(args.quiet_threshold, args.quiet_wait, 20.0 if quick else 150.0, log)
         self.workers = Workers(PROCS)
         self.rows: list[dict[str, Any]] = []
         self.scale: list[dict[str, Any]] = []
@@ -172,20 +172,6 @@ class Bench:
         """One call to ``ca`` from a fresh client (its latency tells when the bridge answers)."""
         return {"kind": "rr", "cid": self.run_id("probe"), "ca": ca, "pub": "ca/{ca}/in", "session": "probe",
                 "sub": f"ca/{ca}/session/probe", "calls": 1}
-
-    def wait_quiet(self) -> float:
-        """The machine is shared: wait (bounded) until others leave the CPUs mostly idle; the busy % seen."""
-        began, limit = time.monotonic(), self.args.quiet_threshold
-        deadline = began + min(self.args.quiet_wait, max(0.0, self.quiet_budget))
-        while True:
-            b0 = machine_cpu()[0]
-            time.sleep(0.5)
-            busy = 100 * (machine_cpu()[0] - b0) / 0.5
-            if busy <= limit or time.monotonic() >= deadline:
-                self.quiet_budget -= time.monotonic() - began - 0.5
-                if busy > limit:
-                    log(f"  machine still {busy:.0f}% busy before the measurement (gave up waiting)")
-                return round(busy, 1)
 
     def bridge(self, broker: str, port: int, db: Path, sync: str = "FULL", wrap: list[str] | None = None
                ) -> BridgeProcess:

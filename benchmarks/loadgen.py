@@ -44,6 +44,27 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+class Quiet:
+    """The machine is shared: before a measurement, wait (at most ``wait`` s each, ``budget`` s in all) until the
+    other processes leave the CPUs mostly idle (busy below ``threshold`` % of one core); returns the busy % seen."""
+
+    def __init__(self, threshold: float, wait: float, budget: float, log: Callable[[str], None]) -> None:
+        self.threshold, self.wait, self.budget, self.log = threshold, wait, budget, log
+
+    def __call__(self) -> float:
+        began = time.monotonic()
+        deadline = began + min(self.wait, max(0.0, self.budget))
+        while True:
+            b0 = machine_cpu()[0]
+            time.sleep(0.5)
+            busy = 100 * (machine_cpu()[0] - b0) / 0.5
+            if busy <= self.threshold or time.monotonic() >= deadline:
+                self.budget -= time.monotonic() - began - 0.5
+                if busy > self.threshold:
+                    self.log(f"  machine still {busy:.0f}% busy before the measurement (gave up waiting)")
+                return round(busy, 1)
+
+
 class Conn:
     """One paho client whose socket is driven by the process's selector (no paho thread)."""
 
@@ -279,6 +300,8 @@ class Workers:
         caller made its ``calls``); merge the results. ``probes``: CPU seconds of what to watch (name -> function);
         the result has their CPU use in the window (``cpu_s``, ``cpu_pct`` of one core), plus the load generators'
         (``load``), the whole machine's (``machine``) and what neither accounts for (``others``)."""
+        if until_done:  # one process, so that it ends when its callers are done
+            procs_for = 1
         used = self.procs[: max(1, min(len(self.procs), procs_for or len(specs)))]
         shares: list[list[dict[str, Any]]] = [[] for _ in used]
         for i, spec in enumerate(specs):
