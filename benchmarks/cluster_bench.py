@@ -127,59 +127,6 @@ class Pg:
         self.server.cleanup()
 
 
-class Caller:
-    """One in-process client (paho thread) for the takeover: calls ``incr``, the same request again every ``retry``
-    seconds until it is answered (the bridge's dedup makes that exactly-once)."""
-
-    def __init__(self, port: int) -> None:
-        import cbor2
-        import paho.mqtt.client as paho
-
-        self.dumps, self.loads = cbor2.dumps, cbor2.loads
-        self.cond = threading.Condition()
-        self.replies: dict[str, tuple[float, dict[str, Any]]] = {}
-        subscribed = threading.Event()
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"caller-{os.urandom(4).hex()}")
-        c.on_connect = lambda client, *_a: client.subscribe("ca/+/session/probe", 1)
-        c.on_subscribe = lambda *_a: subscribed.set()
-        c.on_message = self.on_message
-        c.connect("127.0.0.1", port)
-        c.loop_start()
-        self.client = c
-        if not subscribed.wait(30):
-            self.close()
-            raise RuntimeError("caller: no SUBACK")
-
-    def on_message(self, _c: Any, _u: Any, m: Any) -> None:
-        with contextlib.suppress(Exception), self.cond:
-            msg = self.loads(m.payload)
-            self.replies.setdefault(msg["id"], (time.monotonic(), msg))
-            self.cond.notify_all()
-
-    def call(self, ca: str, timeout: float = 30.0, retry: float | None = None, stop: threading.Event | None = None
-             ) -> tuple[float, float, dict[str, Any] | None, int]:
-        """(time sent, time answered, the reply or None, attempts)."""
-        rid = os.urandom(6).hex()
-        payload = self.dumps({"t": "call", "id": rid, "session": "probe", "method": "incr", "args": []})
-        t0 = time.monotonic()
-        attempts = 0
-        with self.cond:
-            while rid not in self.replies:
-                now = time.monotonic()
-                if now >= t0 + timeout or (stop is not None and stop.is_set()):
-                    return t0, now, None, attempts
-                self.client.publish(f"ca/{ca}/in", payload, 1)
-                attempts += 1
-                self.cond.wait_for(lambda: rid in self.replies, min(t0 + timeout, now + (retry or timeout)) - now)
-            t, msg = self.replies.pop(rid)
-            return t0, t, msg, attempts
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.disconnect()
-            self.client.loop_stop()
-
-
 def fsync_latency(directory: Path, count: int = 200) -> dict[str, float | None]:
     """p50 and p90 ms of an 8 KiB overwrite + fdatasync on the disk PostgreSQL and SQLite write to."""
     path, times = directory / "fsync-probe", []
@@ -332,7 +279,7 @@ class ClusterBench:
         r = self.workers.run(self.port, [mon, *clients], kw.pop("warmup", 0.5), duration, **kw)
         fwd = set(r["forwarded"])
         self.last_errors, self.last_lost = sum(1 for c in r["calls"] if c[2]), r["lost"]
-        return [(int(rid.rsplit("-", 1)[1]), ms, rid in fwd) for rid, ms, err in r["calls"] if not err]
+        return [(int(rid.rsplit("-", 1)[1]), ms, rid in fwd) for rid, ms, err, *_ in r["calls"] if not err]
 
     def forward_pass(self, key: str, label: str, run: str, nb: int) -> None:
         calls = self.monitored(self.specs(run, nb, False, record=True), self.fwd_duration)
@@ -428,24 +375,21 @@ class ClusterBench:
 
     # -- 3c. takeover -------------------------------------------------------------------------------------------
 
-    def takeover_one(self, mode: str) -> None:
+    def takeover_one(self, mode: str, seconds: float = 12.0) -> None:
         dbname, url = self.pg.create(f"takeover_{mode}")
         nodes = {f"n{i + 1}": self.bridge(url, f"n{i + 1}") for i in range(2)}
-        caller, stop = Caller(self.port), threading.Event()
-        calls: list[tuple[float, float, dict[str, Any] | None, int]] = []
         try:
             cas = [f"tk{os.urandom(2).hex()}-{i}" for i in range(20)]
-            for ca in cas:
-                caller.call(ca)
+            spec = {"kind": "rr", "cid": f"tk-{os.urandom(3).hex()}", "cas": cas, "pub": "ca/{ca}/in",
+                    "sub": "ca/+/session/probe", "session": "probe", "calls": len(cas)}
+            self.workers.run(self.port, [spec], 0.0, 60.0, until_done=True)  # the CAs spread over both bridges
             owners = {ca: self.pg.owner_of(dbname, ca) for ca in cas}
             ca, victim = cas[0], owners[cas[0]]
             if victim not in nodes:
                 raise RuntimeError(f"takeover: {ca} has no live owner ({victim})")
-            def client() -> None:
-                while not stop.is_set():
-                    calls.append(caller.call(ca, 60, 0.1, stop))
-
-            th = threading.Thread(target=client, daemon=True)
+            got: list[dict[str, Any]] = []
+            caller = spec | {"cas": [ca], "calls": 10**9, "record": True, "retry": 0.1}  # the same request per 100 ms
+            th = threading.Thread(target=lambda: got.append(self.workers.run(self.port, [caller], 0.0, seconds)))
             th.start()
             time.sleep(1.5)
             t_kill = time.monotonic()
@@ -455,38 +399,29 @@ class ClusterBench:
                 nodes[victim].kill()
             t_dead = time.monotonic()  # a reply later than t_dead + 20 ms came from another bridge
             restarted = nodes[victim].start(120).startup if mode == "restart" else None
-            recovered, deadline = None, time.monotonic() + 30
-            while recovered is None and time.monotonic() < deadline:
-                recovered = next((c for c in list(calls) if c[1] > t_dead + 0.02 and c[2] and "err" not in c[2]),
-                                 None)
-                time.sleep(0.05)
-            time.sleep(1.0)
-            stop.set()
-            th.join(70)
-            oks = [c for c in calls if c[2] is not None and "err" not in c[2]]
-            before = [c for c in oks if c[1] <= t_kill]
-            errs = [c[2]["err"] for c in calls if c[2] is not None and "err" in c[2]]
-            span = [c[1] for c in oks if recovered and t_kill - 1.0 <= c[1] <= recovered[1]]
+            th.join()
+            calls = got[0]["calls"]  # [id, ms, error, reply time, ok, attempts]
+            oks = [c for c in calls if not c[2]]
+            recovered = next((c for c in oks if c[3] > t_dead + 0.02), None)
+            before = [c for c in oks if c[3] <= t_kill]
+            span = [c[3] for c in oks if recovered and t_kill - 1.0 <= c[3] <= recovered[3]]
             longest = max((b - a for a, b in itertools.pairwise(span)), default=None)
             e = {"mode": mode, "ttl": 5.0, "victim": victim, "of_cas": len(cas),
                  "victim_owned": sum(1 for o in owners.values() if o == victim),
-                 "recovered_s": round(recovered[1] - t_kill, 3) if recovered else None,
+                 "recovered_s": round(recovered[3] - t_kill, 3) if recovered else None,
                  "longest_gap_s": round(longest, 3) if longest is not None else None,
-                 "stop_took_s": round(t_dead - t_kill, 3), "attempts_of_first_ok": recovered[3] if recovered else None,
+                 "stop_took_s": round(t_dead - t_kill, 3), "attempts_of_first_ok": recovered[5] if recovered else None,
                  "restart_listening_s": round(restarted, 3) if restarted is not None else None,
-                 "value_before": before[-1][2]["ok"] if before and before[-1][2] else None,
-                 "value_after": recovered[2]["ok"] if recovered and recovered[2] else None,
+                 "value_before": before[-1][4] if before else None, "value_after": recovered[4] if recovered else None,
                  # every successful call's counter is the previous one + 1: nothing lost or run twice
-                 "exactly_once": all(b[2]["ok"] == a[2]["ok"] + 1 for a, b in itertools.pairwise(oks)),
-                 "calls_ok": len(oks), "error_replies": len(errs), "first_error": errs[0] if errs else None,
+                 "exactly_once": all(b[4] == a[4] + 1 for a, b in itertools.pairwise(oks)), "calls_ok": len(oks),
+                 "error_replies": len(calls) - len(oks), "first_error": got[0]["first_error"],
                  "owners_after": self.pg.owners(dbname)}
             self.takeover.append(e)
             log(f"takeover ({mode}): {victim} (owner of {e['victim_owned']}/{len(cas)} CAs) stopped; calls to {ca} "
                 f"succeed again after {fmt(e['recovered_s'])} s (longest gap {fmt(e['longest_gap_s'])} s); value "
-                f"{e['value_before']} -> {e['value_after']}; {len(errs)} error replies")
+                f"{e['value_before']} -> {e['value_after']}; {e['error_replies']} error replies")
         finally:
-            stop.set()
-            caller.close()
             for b in nodes.values():
                 b.stop(15)
 

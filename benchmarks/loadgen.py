@@ -3,8 +3,9 @@ process, in a pool of persistent processes (``python benchmarks/loadgen.py`` rea
 each, and answers on stdout). A client spec (a dict) is one of:
 
 * ``{"kind": "rr", "cid", "sub", "pub" (may hold {ca}), "ca" | "cas" (cycled) | "ca_count" (random k0..),
-  "session", "method", "args", "stamp", "calls", "record"}``: one ~60-byte CBOR call outstanding; the next leaves
-  when the reply arrives; done after ``calls`` calls; ``record``: every call's (id, ms, error) is returned;
+  "session", "method", "args", "stamp", "calls", "record", "retry"}``: one ~60-byte CBOR call outstanding; the
+  next leaves when the reply arrives; done after ``calls`` calls; ``record``: every call's (id, ms, error, time of
+  the reply, its ``ok``, attempts) is returned; ``retry``: the same request again every ``retry`` s until answered;
 * ``{"kind": "dev", "cid", "sub", "session", "ack_topic", "ack_every"}``: a device counting notifications (their
   latency from a timestamp in the args) and acking every ``ack_every``-th;
 * ``{"kind": "mon", "cid", "sub"}``: collects the request ids published on ``sub`` (the bridges' forward topics).
@@ -133,7 +134,7 @@ class Caller:
 
         self.dumps, self.loads, self.job, self.spec = cbor2.dumps, cbor2.loads, job, spec
         self.tag = os.urandom(4).hex()
-        self.n, self.rid, self.t_sent, self.done = 0, None, 0.0, False
+        self.n, self.rid, self.t_sent, self.done, self.attempts = 0, None, 0.0, False, 0
         self.rng = random.Random(self.tag)
         self.conn = Conn(sel, spec["cid"], port, [spec["sub"]], self.on_message)
 
@@ -147,7 +148,12 @@ class Caller:
         ca = (f"k{self.rng.randrange(s['ca_count'])}" if "ca_count" in s
               else s["cas"][(self.n - 1) % len(s["cas"])] if "cas" in s else s.get("ca"))
         self.t_sent = time.monotonic()
-        self.conn.publish(s["pub"].format(ca=ca), payload)
+        self.attempts, self.last = 0, (s["pub"].format(ca=ca), payload)
+        self.again(self.t_sent)
+
+    def again(self, now: float) -> None:
+        self.attempts, self.t_last = self.attempts + 1, now
+        self.conn.publish(*self.last)
 
     def on_message(self, _c: Any, _u: Any, m: Any) -> None:
         now, job = time.monotonic(), self.job
@@ -167,7 +173,7 @@ class Caller:
                 job.errors += 1
                 job.first_error = job.first_error or msg["err"]
             if self.spec.get("record"):
-                job.calls.append([rid, ms, "err" in msg])
+                job.calls.append([rid, ms, "err" in msg, now, msg.get("ok"), self.attempts])
         self.done = self.n >= self.spec.get("calls", float("inf"))
         if now < job.end and not self.done:
             self.send()
@@ -237,8 +243,12 @@ def run_job(job_spec: dict[str, Any], out: Any, inp: Any) -> dict[str, Any]:
             _pump(sel, max(0.0, min(0.01, job.t0 - time.monotonic())))
         for c in callers:
             c.send()
+        retrying = [c for c in callers if c.spec.get("retry")]
         while time.monotonic() < job.end and not (callers and all(c.done for c in callers)):
-            _pump(sel, 0.05)
+            _pump(sel, 0.02 if retrying else 0.05)
+            for c in retrying:
+                if c.rid is not None and time.monotonic() - c.t_last >= c.spec["retry"]:
+                    c.again(time.monotonic())
         t_end = min(time.monotonic(), job.end)
         drain = time.monotonic() + 10  # the last replies, queued notifications, trailing forwarded copies
         while any(c.rid is not None and c.conn.alive for c in callers) and time.monotonic() < drain:
