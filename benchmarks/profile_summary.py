@@ -6,35 +6,30 @@
 
 For py-spy: samples per thread, self time by function and by source line (with the line's text, so a leaf that
 calls into C, e.g. ``db.execute("COMMIT")`` or ``cbor2.dumps(...)``, says what it is), inclusive time by
-function, and a breakdown of the event-loop thread's self time by component (bridge, paho, asyncio, sqlite3,
-cbor2, socket I/O).
+function, and each thread's self time by component (bridge, paho, asyncio, sqlite3, cbor2, socket I/O).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import linecache
+import pstats
 import sys
 import sysconfig
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-_SEARCH = [ROOT, Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["stdlib"])]
+_SEARCH = [Path(__file__).resolve().parent.parent, *(Path(sysconfig.get_paths()[k]) for k in ("purelib", "stdlib"))]
+_OUTER = {"<module>", "run", "run_forever", "_run_once", "_run", "main", "_run_module_as_main", "_run_code",
+          "Thread._bootstrap", "Thread._bootstrap_inner", "Thread.run", "_worker", "_WorkItem.run", "Handle._run",
+          "BaseEventLoop.run_forever", "BaseEventLoop._run_once", "BaseEventLoop.run_until_complete", "Runner.run",
+          "run_until_complete"}  # frames every stack has: left out of the inclusive ranking
 
 
 def _source(file: str, line: int) -> str:
-    for base in _SEARCH:
-        path = base / file
-        if path.is_file():
-            return linecache.getline(str(path), line).strip()
-    return ""
-
-
-def _parse_frame(frame: str) -> tuple[str, str, int]:
-    func, _, loc = frame.rpartition(" (")
-    file, _, line = loc.rstrip(")").rpartition(":")
-    return func, file, int(line) if line.isdigit() else 0
+    path = next((base / file for base in _SEARCH if (base / file).is_file()), None)
+    return linecache.getline(str(path), line).strip() if path else ""
 
 
 def _waiting(func: str, file: str, src: str) -> str | None:
@@ -49,121 +44,87 @@ def _waiting(func: str, file: str, src: str) -> str | None:
     return None
 
 
-def _component(func: str, file: str, src: str) -> str:
+def _component(file: str, src: str) -> str:
     if "execute" in src and ("db." in src or "self._db" in src or "con." in src):
         return "sqlite3 (C, incl. fsync)"
     if "cbor2." in src or file.startswith("cbor2"):
         return "cbor2 (C)"
     if file.startswith("paho/"):
-        if ".recv(" in src or ".send(" in src:
-            return "socket send/recv (from paho)"
-        return "paho (Python)"
-    if file.startswith("bridge/"):
-        return "bridge (own code)"
-    if file.startswith("asyncio/"):
-        return "asyncio"
-    if file in ("selectors.py", "socket.py", "ssl.py"):
-        return "selectors/socket"
-    if file.startswith("concurrent/") or file == "threading.py":
-        return "threads/executor"
-    if file.startswith("logging/"):
-        return "logging"
-    return "other: " + (file.split("/")[0] if "/" in file else file)
+        return "socket send/recv (from paho)" if ".recv(" in src or ".send(" in src else "paho (Python)"
+    for prefix, name in (("bridge/", "bridge (own code)"), ("asyncio/", "asyncio"), ("concurrent/", "threads/executor"),
+                         ("threading.py", "threads/executor"), ("logging/", "logging"), ("selectors.py",
+                         "selectors/socket"), ("socket.py", "selectors/socket"), ("ssl.py", "selectors/socket")):
+        if file.startswith(prefix):
+            return name
+    return "other: " + file.split("/")[0]
 
 
 def summarize_pyspy(path: str | Path, top: int = 15) -> str:
-    threads: Counter[str] = Counter()
-    self_fn: Counter[tuple[str, str]] = Counter()
-    self_line: Counter[tuple[str, str, int]] = Counter()
-    incl: Counter[tuple[str, str]] = Counter()
+    threads, waits = Counter[str](), Counter[str]()
+    self_fn, self_line, incl = Counter[tuple[str, str]](), Counter[tuple[str, str, int]](), Counter[tuple[str, str]]()
     comp: dict[str, Counter[str]] = {}
-    total = 0
-    waits: Counter[str] = Counter()
     for raw in Path(path).read_text().splitlines():
         stack, _, count_s = raw.rpartition(" ")
-        if not count_s.isdigit() or not stack:
-            continue
-        count = int(count_s)
         parts = stack.split(";")
-        head = parts[0]
-        thread = head.split(": ", 1)[1] if ": " in head else head
-        frames = [_parse_frame(f) for f in parts[1:]]
-        if not frames:
+        if not count_s.isdigit() or len(parts) < 2:
             continue
+        count, thread = int(count_s), parts[0].split(": ", 1)[-1]
         thread = "sqlite-store" if thread.startswith("sqlite-store") else thread
+        frames = []
+        for frame in parts[1:]:
+            func, _, loc = frame.rpartition(" (")
+            file, _, line = loc.rstrip(")").rpartition(":")
+            frames.append((func, file, int(line) if line.isdigit() else 0))
         func, file, line = frames[-1]
-        wait = _waiting(func, file, _source(file, line))
+        src = _source(file, line)
+        wait = _waiting(func, file, src)
         if wait:
             waits[f"{wait} [{thread}]"] += count
             continue
-        total += count
         threads[thread] += count
         self_fn[(func, file)] += count
         self_line[(func, file, line)] += count
         for key in {(f, fl) for f, fl, _ in frames}:
             incl[key] += count
-        comp.setdefault(thread, Counter())[_component(func, file, _source(file, line))] += count
+        comp.setdefault(thread, Counter())[_component(file, src)] += count
+    total, nwait = sum(threads.values()), sum(waits.values())
     if not total:
         return f"{path}: no samples"
 
     def p(n: int) -> str:
         return f"{100 * n / total:5.1f}%"
 
-    nwait = sum(waits.values())
     out = [f"py-spy profile {path}: {total} busy samples; percentages are of these. Left out: {nwait} samples "
            f"at a waiting leaf ({100 * nwait / (total + nwait):.0f}% of all):"]
     out += [f"    {n:6}  {w}" for w, n in waits.most_common()]
-    out += ["", "busy samples by thread:"]
-    out += [f"  {p(n)}  {t}" for t, n in threads.most_common()]
+    out += ["", "busy samples by thread:", *(f"  {p(n)}  {t}" for t, n in threads.most_common())]
     out += ["", f"top {top} functions by self time (leaf frame; C calls are charged to the calling Python line):"]
     out += [f"  {p(n)}  {func}  ({file})" for (func, file), n in self_fn.most_common(top)]
     out += ["", f"top {top} source lines by self time:"]
-    for (func, file, line), n in self_line.most_common(top):
-        out.append(f"  {p(n)}  {file}:{line} {func}: {_source(file, line)[:90]}")
+    out += [f"  {p(n)}  {file}:{line} {func}: {_source(file, line)[:90]}"
+            for (func, file, line), n in self_line.most_common(top)]
     out += ["", f"top {top} functions by inclusive time (own code and everything it calls):"]
-    skip = {"<module>", "run", "run_forever", "_run_once", "_run", "main", "_run_module_as_main", "_run_code",
-            "Thread._bootstrap", "Thread._bootstrap_inner", "Thread.run", "_worker", "_WorkItem.run",
-            "Handle._run", "BaseEventLoop.run_forever", "BaseEventLoop._run_once", "BaseEventLoop.run_until_complete",
-            "Runner.run", "run_until_complete"}
-    shown = 0
-    for (func, file), n in incl.most_common():
-        if func in skip or file.startswith("runpy") or file == "bridge/__main__.py" or func == "_run" \
-                or (file == "bridge/cli.py" and func in ("main", "_run")):
-            continue
-        out.append(f"  {p(n)}  {func}  ({file})")
-        shown += 1
-        if shown >= top:
-            break
+    ranked = [(k, n) for k, n in incl.most_common() if k[0] not in _OUTER and not k[1].startswith("runpy")
+              and k[1] != "bridge/__main__.py" and not (k[1] == "bridge/cli.py" and k[0] in ("main", "_run"))]
+    out += [f"  {p(n)}  {func}  ({file})" for (func, file), n in ranked[:top]]
     out += ["", "self time by component, per thread:"]
     for thread, counter in sorted(comp.items(), key=lambda kv: -sum(kv[1].values())):
-        out.append(f"  {thread}: {p(sum(counter.values()))}")
-        out += [f"    {p(n)}  {c}" for c, n in counter.most_common()]
+        out += [f"  {thread}: {p(sum(counter.values()))}", *(f"    {p(n)}  {c}" for c, n in counter.most_common())]
     return "\n".join(out)
 
 
 def summarize_cprofile(path: str | Path, top: int = 15) -> str:
-    import io
-    import pstats
-
     buf = io.StringIO()
-    st = pstats.Stats(str(path), stream=buf)
-    st.strip_dirs()
+    st = pstats.Stats(str(path), stream=buf).strip_dirs()
     st.sort_stats("tottime").print_stats(top)
     st.sort_stats("cumulative").print_stats(top)
     return f"cProfile {path} (main thread only):\n" + buf.getvalue()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("profile")
-    p.add_argument("--top", type=int, default=15)
-    a = p.parse_args()
-    if a.profile.endswith(".prof"):
-        print(summarize_cprofile(a.profile, a.top))
-    else:
-        print(summarize_pyspy(a.profile, a.top))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("profile")
+    ap.add_argument("--top", type=int, default=15)
+    a = ap.parse_args()
+    print((summarize_cprofile if a.profile.endswith(".prof") else summarize_pyspy)(a.profile, a.top))
+    sys.exit(0)
