@@ -6,31 +6,22 @@
     .venv/bin/python benchmarks/bench.py --profile py-spy|cprofile [--profile-out /tmp/profile]
 
 The headline ratio comes from the shared yardstick (../shared/bench/yardstick.sh: MQTT.js load, a Node echo
-service beside the bridge); ``--yardstick`` runs it and puts its table on top. This script's own matrix, all
-driven by the same paho load generator (benchmarks/loadgen.py), on the same broker:
-
-1. echo: the yardstick's Node echo service (echo.js: answers ``ca/+/in`` on the session topic, no state) at N
-   clients: what the broker, one lean server process and this load generator allow together;
-2. the bridge's durable ``incr``, N clients on N CAs and N clients on one shared CA;
-3. notification fan-out: one call notifies 100 sessions of one CA, each watched by its own device;
-4. scale: start-up time and RSS with 0/1k/10k/100k CAs in the store; calls/s with 10k active CAs;
-5. durability: SQLite synchronous FULL (default) vs NORMAL.
-
-Nothing here asserts on timings: it prints numbers and ratios and writes ``OUT.json``, ``OUT.txt`` and ``OUT.png``
-(with matplotlib). Every process it starts is stopped at the end (also on Ctrl-C or an error).
+beside the bridge); ``--yardstick`` runs it and puts its table on top. This script's own matrix, on the same broker
+and with the same paho load generator (loadgen.py): the yardstick's Node echo service, the bridge's durable incr
+(N CAs, one shared CA), notification fan-out, scale (start-up and RSS with up to 100k CAs, calls over 10k active
+CAs) and durability (SQLite FULL vs NORMAL). benchmarks/README.md says what each workload measures and how.
+Nothing asserts on timings; every process started is stopped at the end (also on Ctrl-C or an error).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,11 +30,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [p for p in (str(HERE), str(ROOT)) if p not in sys.path]
 
-from loadgen import PROCS, Quiet, Workers, fmt, pct  # noqa: E402
+from loadgen import PROCS, Quiet, Workers, fmt, log, options, pct, session  # noqa: E402
 
 from tests.procs import (  # noqa: E402
-    MOSQUITTO, PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, spawn, stop, stop_all,
-    wait_output)
+    PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, spawn, stop, wait_output)
 
 APP = f"{HERE / 'apps.py'}:Bench"
 FANOUT = 100  # sessions notified per fan-out call
@@ -54,11 +44,6 @@ MOSQUITTO_CONF = "max_queued_messages 100000\nmax_inflight_messages 0\nlog_type 
 # its default one; (calls/s, p50 ms, p99 ms)
 CAFJS = {("percA", 1): (556, 1.7, 4.3), ("percA", 16): (3654, 4.1, 9.7), ("shared", 16): (720, 21.7, 33.9)}
 CAFJS_DEFAULT = {("percA", 1): 98, ("percA", 16): 1533, ("shared", 16): 95}
-T_BEGIN = time.monotonic()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.monotonic() - T_BEGIN:6.1f}s] {msg}", flush=True)
 
 
 def amqtt_main(port: int) -> None:
@@ -284,7 +269,7 @@ class Bench:
         self.scale.append({"broker": broker, "what": f"before the {self.active} active-CA run (16 sessions each)",
                            "cas": self.active, "rss_mb": round(settle_rss(b.pid), 1), "startup_s": b.startup})
         self.measure(broker, "active", 16, b.port, specs("random", 16, self.run_id("r"), self.active), pids,
-                     f"bridge incr, random of {self.active // 1000}k CAs", cas=self.active)
+                     f"bridge incr, random of {self.active} CAs", cas=self.active)
         self.scale.append({"broker": broker, "what": f"after the {self.active} active-CA run", "cas": self.active,
                            "rss_mb": round(rss_mb(b.pid), 1)})
         b.stop()
@@ -404,27 +389,15 @@ def profile(args: argparse.Namespace, bench: Bench) -> int:
     return 0
 
 
-def interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     if sys.argv[1:2] == ["_amqtt"]:
         amqtt_main(int(sys.argv[2]))
         return 0
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="reduced matrix (about 2 minutes for both brokers)")
+    p = options(__doc__, "bench", "reduced matrix (about 2 minutes for both brokers)", "5, quick 2", "1.5, quick 0.5")
     p.add_argument("--broker", choices=["mosquitto", "amqtt", "both"], default="both")
-    p.add_argument("--out", default=str(HERE / "results" / "bench"), help="writes OUT.json, OUT.txt and OUT.png")
     p.add_argument("--yardstick", nargs="?", const="", metavar="SCRIPT", help="run the shared yardstick first "
                    "(default ../shared/bench/yardstick.sh) and put its table on top; --quick sets REPS=1 DUR=4")
-    p.add_argument("--duration", type=float, help="seconds measured per workload (default 5, quick 2)")
-    p.add_argument("--warmup", type=float, help="seconds of warm-up per workload (default 1.5, quick 0.5)")
     p.add_argument("--active", type=int, help="CAs of the random-CA run (default 10000)")
-    p.add_argument("--quiet-threshold", type=float, default=25.0, metavar="PCT",
-                   help="before each measurement wait until the machine's busy CPU (%% of one core) is below this")
-    p.add_argument("--quiet-wait", type=float, metavar="SECONDS",
-                   help="longest wait for a quiet machine per measurement (default 30, quick 5)")
     p.add_argument("--profile", choices=["py-spy", "cprofile"],
                    help="instead of the benchmark: profile the bridge under 16 clients on mosquitto")
     p.add_argument("--profile-out", default="/tmp/profile", help="OUT.raw|.prof and OUT.txt")
@@ -432,15 +405,8 @@ def main() -> int:
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--profile-top", type=int, default=15)
     args = p.parse_args()
-    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (5.0 if args.quick else 30.0)
-    if MOSQUITTO is None and (args.broker != "amqtt" or args.profile):
-        print("error: mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="ca-bench-"))
-    bench: Bench | None = None
-    try:
+
+    def body(tmp: Path) -> tuple[str, dict[str, Any]] | int:
         bench = Bench(args, tmp)
         if args.profile:
             return profile(args, bench)
@@ -449,30 +415,15 @@ def main() -> int:
             f"{bench.duration}s each, {PROCS} load-generator processes, {os.cpu_count()} CPUs, temp {tmp}")
         for b in (["mosquitto", "amqtt"] if args.broker == "both" else [args.broker]):
             bench.broker(b)
-        text = (f"the shared yardstick (the headline; MQTT.js load, Node echo vs the bridge):\n{table}\n"
-                if table else "") + report(bench.rows, bench.scale)
-        print(text, flush=True)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"quick": args.quick, "warmup_s": bench.warmup, "duration_s": bench.duration, "cpus": os.cpu_count(),
-                "load_procs": PROCS, "fanout_sessions": FANOUT, "python": sys.version.split()[0], "yardstick": table,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cafjs_best": {f"{k}{n}": v for (k, n), v in
-                                                                             CAFJS.items()}}
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": bench.rows, "scale": bench.scale},
-                                                       indent=1) + "\n")
-        out.with_suffix(".txt").write_text(text + "\n")
-        drew = chart(bench.rows, out.with_suffix(".png"))
-        log(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.txt')}" + (", .png" if drew else ""))
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if bench is not None:
-            bench.workers.close()
-        stop_all()
-        if not os.environ.get("BENCH_KEEP_TMP"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if chart(bench.rows, Path(args.out).with_suffix(".png")):
+            log(f"drew {Path(args.out).with_suffix('.png')}")
+        meta = {"warmup_s": bench.warmup, "duration_s": bench.duration, "fanout_sessions": FANOUT,
+                "yardstick": table, "cafjs_best": {f"{k}{n}": v for (k, n), v in CAFJS.items()}}
+        return (f"the shared yardstick (the headline; MQTT.js load, Node echo vs the bridge):\n{table}\n"
+                if table else "") + report(bench.rows, bench.scale), {"meta": meta, "rows": bench.rows,
+                                                                        "scale": bench.scale}
+
+    return session(args, body, mosquitto=args.broker != "amqtt" or bool(args.profile))
 
 
 if __name__ == "__main__":

@@ -8,26 +8,11 @@
 To benchmark a given commit while the work tree changes, run it from an export (``git archive HEAD | tar -x -C
 DIR``) with ``BENCH_GIT_HEAD=<commit>`` set, so the report names the commit.
 
-One run, on one mosquitto and one throwaway PostgreSQL (tests/pgserver.py, fsync on, synchronous_commit on):
-
-1. throughput: 16 closed-loop clients (benchmarks/loadgen.py), each calling ``incr`` on its own CA, against each
-   configuration in turn: 1 bridge on SQLite (synchronous FULL), 1/2/3 bridges on PostgreSQL, and a control: 2/3
-   bridges on PostgreSQL *partitioned* (each bridge has its own topic prefix and the clients address the bridge
-   whose prefix they use, so nothing is forwarded: what perfect routing would give). Calls/s, p50/p99, CPU per call
-   per process type (bridges, mosquitto, PostgreSQL = the postmaster and all its children, the load generators,
-   everything else), PostgreSQL transactions, rows, WAL bytes and WAL fsyncs per call, connections per bridge. The
-   full run measures every configuration in two alternating rounds (fresh bridges and database each time);
-2. forwarding: on the shared-subscription configurations, a separate short pass with a monitor subscribed to the
-   bridges' forwarding topics (``ca/_fwd/#``): the fraction of requests forwarded, latency of forwarded vs direct;
-3. capacity: new CAs created by the load (16 clients each walking its own list of never-seen CAs) on 1 PostgreSQL
-   bridge and on 1 SQLite bridge: creation rate and bytes per CA (as written and compacted); in the full run also
-   CAs called 70 times each (their dedup window full); time to claim a never-seen CA (first call) vs later calls;
-   takeover: SIGKILL the bridge that owns a CA while one client keeps calling it (the same request every 100 ms),
-   time until a call succeeds again: with --node-ttl 5, with an immediate restart under the same --node, and a
-   clean SIGTERM.
-
-Everything runs on the same machine and competes for its CPUs, which the CPU columns make visible. Nothing here
-asserts on timings. Every process started is stopped at the end (also on Ctrl-C or an error).
+One run, on one mosquitto and one throwaway PostgreSQL (fsync on): 1. throughput of 16 closed-loop clients against
+1 bridge on SQLite, 1/2/3 bridges on PostgreSQL and 2/3 partitioned ones (nothing forwarded), with CPU, WAL and
+transactions per call; 2. the forwarded fraction and its latency; 3. capacity: CA creation rate and bytes per CA,
+claim latency, takeover time after a bridge is killed. benchmarks/README.md says what each part measures and how.
+Nothing asserts on timings; every process started is stopped at the end (also on Ctrl-C or an error).
 """
 
 from __future__ import annotations
@@ -38,12 +23,9 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -52,14 +34,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [p for p in (str(HERE), str(HERE.parent)) if p not in sys.path]
 
-from bench import APP, MOSQUITTO_CONF, interrupt, log  # noqa: E402
-from loadgen import PROCS, Quiet, Workers, fmt, pct  # noqa: E402
+from bench import APP, MOSQUITTO_CONF  # noqa: E402
+from loadgen import PROCS, Quiet, Workers, fmt, log, options, pct, session  # noqa: E402
 
 from tests.pgserver import PostgresServer  # noqa: E402
 from tests.procs import (  # noqa: E402
-    MOSQUITTO, ROOT, BridgeProcess, Mosquitto, cpu_seconds, machine_cpu, stop_all, tree_cpu)
+    ROOT, BridgeProcess, Mosquitto, cpu_seconds, machine_cpu, tree_cpu)
 
 TABLES = ("ca", "session", "note", "dedup", "node")
+PARTS = ("rows", "forwarding", "claims", "storage", "takeover")  # the results, in the JSON
 CONFIGS = [  # key, label, store, bridges, partitioned
     ("sqlite1", "1 bridge, SQLite FULL", "sqlite", 1, False), ("pg1", "1 bridge, PostgreSQL", "pg", 1, False),
     ("pg2", "2 bridges, PostgreSQL", "pg", 2, False), ("pg3", "3 bridges, PostgreSQL", "pg", 3, False),
@@ -425,12 +408,6 @@ class ClusterBench:
             for b in nodes.values():
                 b.stop(15)
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.workers.close()
-        self.mq.stop()
-        self.pg.close()
-
 
 def mean(values: list[Any]) -> float | None:
     values = [v for v in values if v is not None]
@@ -541,73 +518,44 @@ def report(b: Any, meta: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a few seconds per configuration, one round (a smoke run)")
-    p.add_argument("--out", default=str(HERE / "results" / "cluster"), help="writes OUT.txt and OUT.json")
+    p = options(__doc__, "cluster", "a few seconds per configuration, one round (a smoke run)", "12, quick 3",
+                "3, quick 1")
     p.add_argument("--clients", type=int, default=16, help="closed-loop clients of the throughput runs")
     p.add_argument("--rounds", type=int, default=0, help="alternating rounds of the matrix (default 2, quick 1)")
-    p.add_argument("--duration", type=float, help="seconds measured per configuration (default 12, quick 3)")
-    p.add_argument("--warmup", type=float, help="seconds of warm-up per configuration (default 3, quick 1)")
     p.add_argument("--new-cas", type=int, help="CAs created by the storage pass (default 10000, quick 2000)")
     p.add_argument("--configs", default="", help="comma-separated subset of the throughput configurations: "
                    + ",".join(c[0] for c in CONFIGS))
-    p.add_argument("--quiet-threshold", type=float, default=25.0, metavar="PCT",
-                   help="before each window wait until the machine's busy CPU (%% of one core) is below this")
-    p.add_argument("--quiet-wait", type=float, metavar="SECONDS",
-                   help="longest wait for a quiet machine per window (default 30, quick 5)")
-    p.add_argument("--report", metavar="JSON", help="print the report of an earlier run's OUT.json and exit")
     p.add_argument("--only", default="", help="comma-separated subset of: throughput,storage,takeover")
+    p.add_argument("--report", metavar="JSON", help="print the report of an earlier run's OUT.json and exit")
     args = p.parse_args()
     if args.report:
         data = json.loads(Path(args.report).read_text())
         m = data["meta"]
         print(report(argparse.Namespace(quick=m["quick"], warmup=m["warmup_s"], duration=m["duration_s"],
-                                        rounds=m["rounds"], **{k: data[k] for k in ("rows", "forwarding", "claims",
-                                                                                    "storage", "takeover")}), m))
+                                        rounds=m["rounds"], **{k: data[k] for k in PARTS}), m))
         return 0
-    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (5.0 if args.quick else 30.0)
-    if MOSQUITTO is None:
-        print("error: mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="ca-cluster-bench-"))
-    cb: ClusterBench | None = None
     parts = set(filter(None, args.only.split(","))) or {"throughput", "storage", "takeover"}
-    configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs.split(",")]
-    try:
+
+    def body(tmp: Path) -> tuple[str, dict[str, Any]]:
         cb = ClusterBench(args, tmp)
-        for rnd in range(1, cb.rounds + 1) if "throughput" in parts else ():
-            for config in configs:
-                cb.config(*config, rnd)
-        if "storage" in parts:
-            cb.storage_pass()
-        for mode in ("ttl", "restart", "sigterm") if "takeover" in parts else ():
-            cb.takeover_one(mode)
-        meta = {"quick": args.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
-                "warmup_s": cb.warmup, "duration_s": cb.duration, "rounds": cb.rounds, "clients": cb.clients,
-                "load_procs": PROCS, "python": sys.version.split()[0],
-                "postgres": cb.pg.q("SHOW server_version")[0][0], "bridge_log": cb.log_summary(),
-                "fdatasync": fsync_latency(tmp), **git_state()}
-        text = report(cb, meta)
-        print("\n" + text, flush=True)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(
-            {"meta": meta, **{k: getattr(cb, k) for k in ("rows", "forwarding", "claims", "storage", "takeover")}},
-            indent=1, default=str) + "\n")
-        out.with_suffix(".txt").write_text(text + "\n")
-        log(f"wrote {out.with_suffix('.txt')} and {out.with_suffix('.json')}")
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if cb is not None:
-            cb.close()
-        stop_all()
-        if not os.environ.get("BENCH_KEEP_TMP"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            for rnd in range(1, cb.rounds + 1) if "throughput" in parts else ():
+                for config in CONFIGS:
+                    if not args.configs or config[0] in args.configs.split(","):
+                        cb.config(*config, rnd)
+            if "storage" in parts:
+                cb.storage_pass()
+            for mode in ("ttl", "restart", "sigterm") if "takeover" in parts else ():
+                cb.takeover_one(mode)
+            meta = {"warmup_s": cb.warmup, "duration_s": cb.duration, "rounds": cb.rounds, "clients": cb.clients,
+                    "postgres": cb.pg.q("SHOW server_version")[0][0], "bridge_log": cb.log_summary(),
+                    "fdatasync": fsync_latency(tmp), "quick": args.quick, "cpus": os.cpu_count(),
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **git_state()}
+            return report(cb, meta), {"meta": meta, **{k: getattr(cb, k) for k in PARTS}}
+        finally:
+            cb.pg.close()
+
+    return session(args, body)
 
 
 if __name__ == "__main__":

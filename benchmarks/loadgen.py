@@ -13,15 +13,18 @@ each, and answers on stdout). A client spec (a dict) is one of:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import random
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.procs import PYTHON, cpu_seconds, machine_cpu, spawn, stop  # noqa: E402
+from tests.procs import MOSQUITTO, PYTHON, cpu_seconds, machine_cpu, spawn, stop, stop_all  # noqa: E402
 
 PROCS = 4  # load-generator processes of a pool
+T_BEGIN = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.monotonic() - T_BEGIN:6.1f}s] {msg}", flush=True)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -358,6 +366,58 @@ class Workers:
             self._send(p, {"cmd": "quit"})
         for p in self.procs:
             stop(p, timeout=5.0)
+
+
+def options(doc: str, out: str, quick: str, duration: str, warmup: str) -> argparse.ArgumentParser:
+    """The options every benchmark has."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / out), help="writes OUT.json and OUT.txt")
+    p.add_argument("--duration", type=float, help=f"seconds measured per workload (default {duration})")
+    p.add_argument("--warmup", type=float, help=f"seconds of warm-up per workload (default {warmup})")
+    p.add_argument("--quiet-threshold", type=float, default=25.0, metavar="PCT",
+                   help="before each measurement wait until the machine's busy CPU (%% of one core) is below this")
+    p.add_argument("--quiet-wait", type=float, metavar="SECONDS",
+                   help="longest wait for a quiet machine per measurement (default 30, quick 5)")
+    return p
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def session(args: argparse.Namespace, body: Callable[[Path], tuple[str, dict[str, Any]] | int],
+            mosquitto: bool = True) -> int:
+    """Run ``body(temp dir)``: it returns the report and the data (written to OUT.txt and OUT.json), or an exit
+    status. Every process started with tests.procs.spawn is stopped at the end, also on Ctrl-C or an error."""
+    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (5.0 if args.quick else 30.0)
+    if MOSQUITTO is None and mosquitto:
+        print("error: mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix="ca-bench-"))
+    try:
+        got = body(tmp)
+        if isinstance(got, int):
+            return got
+        text, data = got
+        print("\n" + text, flush=True)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data["meta"] |= {"quick": args.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
+                         "load_procs": PROCS, "python": sys.version.split()[0]}
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+        out.with_suffix(".txt").write_text(text + "\n")
+        log(f"wrote {out.with_suffix('.txt')} and {out.with_suffix('.json')}")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        stop_all()
+        if not os.environ.get("BENCH_KEEP_TMP"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
