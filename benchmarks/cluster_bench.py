@@ -110,6 +110,21 @@ class Pg:
         self.server.cleanup()
 
 
+def sqlite_bytes(path: Path, count: int) -> dict[str, Any]:
+    con = sqlite3.connect(path)
+    try:
+        def size() -> int:
+            return int(con.execute("PRAGMA page_count").fetchone()[0] * con.execute("PRAGMA page_size").fetchone()[0])
+
+        written = size()
+        con.execute("VACUUM")
+        return {"file_bytes": written, "bytes_per_ca": round(written / count), "bytes_per_ca_vacuum_full": round(
+            size() / count), "dedup_rows_per_ca": round(con.execute("SELECT count(*) FROM dedup").fetchone()[0] / count,
+                                                        2)}
+    finally:
+        con.close()
+
+
 def fsync_latency(directory: Path, count: int = 200) -> dict[str, float | None]:
     """p50 and p90 ms of an 8 KiB overwrite + fdatasync on the disk PostgreSQL and SQLite write to."""
     path, times = directory / "fsync-probe", []
@@ -304,16 +319,13 @@ class ClusterBench:
     # -- 3b. storage per CA -------------------------------------------------------------------------------------
 
     def storage_pass(self) -> None:
+        """Clients create CAs by calling them (``each`` calls per CA); bytes per CA, as written and compacted."""
         for what, count, each in [("new", self.new_cas, 1)] + ([] if self.quick else [("dedup-full", 500, 70)]):
             for store in ("pg", "sqlite"):
                 names = [f"s{what}-{os.urandom(2).hex()}-{i}" for i in range(count)]
-                if store == "pg":
-                    dbname, url = self.pg.create("storage")
-                    b = self.bridge(url, "s1")
-                    empty = self.pg.sizes(dbname)
-                else:
-                    dbfile = self.tmp / f"storage-{what}.db"
-                    b = self.bridge(str(dbfile))
+                dbname, url = self.pg.create("storage") if store == "pg" else ("", str(self.tmp / f"{what}.db"))
+                b = self.bridge(url, "s1" if store == "pg" else None)
+                empty = self.pg.sizes(dbname) if store == "pg" else {}
                 clients = [{"kind": "rr", "cid": f"walk-{os.urandom(3).hex()}-{i}", "cas": names[i::self.clients],
                             "pub": "ca/{ca}/in", "sub": f"ca/+/session/w{i}", "session": f"w{i}",
                             "calls": len(names[i::self.clients]) * each} for i in range(self.clients)]
@@ -325,36 +337,24 @@ class ClusterBench:
                                      "calls": r["count"], "errors": r["errors"], "lost": r["lost"],
                                      "rate": round(r["count"] / r["elapsed"], 1), "p50": pct(r["lat"], 0.5),
                                      "p99": pct(r["lat"], 0.99)}
-                data = [t for t in TABLES if t != "node"]
-                if store == "pg":
-                    full = self.pg.sizes(dbname)
-                    self.pg.q("VACUUM FULL", db=dbname)
-                    packed = self.pg.sizes(dbname)
-                    e["tables"] = {t: {"rows": full[t]["rows"], "bytes": full[t]["bytes"], "empty": empty[t]["bytes"],
-                                       "bytes_vacuum_full": packed[t]["bytes"]} for t in TABLES}
-                    e["bytes_per_ca"] = round(sum(full[t]["bytes"] - empty[t]["bytes"] for t in data) / count)
-                    e["bytes_per_ca_vacuum_full"] = round(sum(packed[t]["bytes"] - empty[t]["bytes"] for t in data)
-                                                          / count)
-                    e["dedup_rows_per_ca"] = round(full["dedup"]["rows"] / count, 2)
-                    e["row_bytes"] = {t: round(float(self.pg.q(f"SELECT coalesce(avg(pg_column_size(x.*)), 0) FROM "
-                                                               f"{t} x", db=dbname)[0][0]), 1) for t in data}
-                else:
-                    con = sqlite3.connect(dbfile)
-                    try:
-                        size = con.execute("PRAGMA page_count").fetchone()[0] * con.execute("PRAGMA page_size"
-                                                                                            ).fetchone()[0]
-                        con.execute("VACUUM")
-                        packed_size = con.execute("PRAGMA page_count").fetchone()[0] * con.execute(
-                            "PRAGMA page_size").fetchone()[0]
-                        dedup_rows = con.execute("SELECT count(*) FROM dedup").fetchone()[0]
-                    finally:
-                        con.close()
-                    e.update(file_bytes=size, bytes_per_ca=round(size / count), dedup_rows_per_ca=round(
-                        dedup_rows / count, 2), bytes_per_ca_vacuum_full=round(packed_size / count))
+                e.update(self.pg_bytes(dbname, empty, count) if store == "pg" else sqlite_bytes(Path(url), count))
                 self.storage.append(e)
                 log(f"storage {what} {store}: {count} CAs x {each} call(s): {e['rate']}/s (p50 {fmt(e['p50'])} p99 "
                     f"{fmt(e['p99'])} ms), {e['bytes_per_ca']} bytes/CA as written, {e['bytes_per_ca_vacuum_full']} "
                     f"compacted, dedup rows/CA {e['dedup_rows_per_ca']}")
+
+    def pg_bytes(self, dbname: str, empty: dict[str, dict[str, int]], count: int) -> dict[str, Any]:
+        full = self.pg.sizes(dbname)
+        self.pg.q("VACUUM FULL", db=dbname)
+        packed = self.pg.sizes(dbname)
+        data = [t for t in TABLES if t != "node"]
+        return {"bytes_per_ca": round(sum(full[t]["bytes"] - empty[t]["bytes"] for t in data) / count),
+                "bytes_per_ca_vacuum_full": round(sum(packed[t]["bytes"] - empty[t]["bytes"] for t in data) / count),
+                "dedup_rows_per_ca": round(full["dedup"]["rows"] / count, 2),
+                "tables": {t: {"rows": full[t]["rows"], "bytes": full[t]["bytes"], "empty": empty[t]["bytes"],
+                               "bytes_vacuum_full": packed[t]["bytes"]} for t in TABLES},
+                "row_bytes": {t: round(float(self.pg.q(f"SELECT coalesce(avg(pg_column_size(x.*)), 0) FROM {t} x",
+                                                       db=dbname)[0][0]), 1) for t in data}}
 
     # -- 3c. takeover -------------------------------------------------------------------------------------------
 
