@@ -79,15 +79,18 @@ class Conn:
 
     def __init__(self, sel: selectors.BaseSelector, cid: str, port: int, subs: list[str], on_message: Any) -> None:
         import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.sel, self.subs, self.subscribed, self.alive, self.writing = sel, subs, not subs, True, False
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True, protocol=paho.MQTTv311)
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True, protocol=paho.MQTTv311)
         c.max_inflight_messages_set(1000)
         c.on_connect, c.on_message = self._on_connect, on_message
         c.on_subscribe = lambda *_a: setattr(self, "subscribed", True)
         self.client = c
         c.connect("127.0.0.1", port, keepalive=300)
-        self.fd = c.socket().fileno()
+        sock = c.socket()
+        assert sock is not None  # connect() is synchronous
+        self.fd = sock.fileno()
         sel.register(self.fd, selectors.EVENT_READ, self)
 
     def _on_connect(self, client: Any, *_a: Any) -> None:
@@ -119,8 +122,9 @@ class Conn:
                 self.client.disconnect()
                 self.client.loop_write()
             self.lost()
-        with contextlib.suppress(Exception):
-            self.client.socket().close()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
 
 
 class Job:
@@ -142,7 +146,8 @@ class Caller:
 
         self.dumps, self.loads, self.job, self.spec = cbor2.dumps, cbor2.loads, job, spec
         self.tag = os.urandom(4).hex()
-        self.n, self.rid, self.t_sent, self.done, self.attempts = 0, None, 0.0, False, 0
+        self.n, self.t_sent, self.done, self.attempts = 0, 0.0, False, 0
+        self.rid: str | None = None
         self.rng = random.Random(self.tag)
         self.conn = Conn(sel, spec["cid"], port, [spec["sub"]], self.on_message)
 
@@ -235,7 +240,7 @@ def run_job(job_spec: dict[str, Any], out: Any, inp: Any) -> dict[str, Any]:
                 devs.append(Device(spec, port, sel, job))
             else:
                 conns.append(Conn(sel, spec["cid"], port, [spec["sub"]], on_forward))
-        conns += [c.conn for c in (*callers, *devs)]
+        conns += [c.conn for c in callers] + [d.conn for d in devs]
         deadline = time.monotonic() + 30
         while not all(c.subscribed for c in conns):
             if time.monotonic() > deadline or not all(c.alive for c in conns):
@@ -271,8 +276,8 @@ def run_job(job_spec: dict[str, Any], out: Any, inp: Any) -> dict[str, Any]:
                 "lost": sum(1 for c in callers if c.rid is not None),
                 "dead": sum(1 for c in conns if not c.alive)}
     finally:
-        for c in conns:
-            c.close()
+        for conn in conns:
+            conn.close()
         sel.close()
 
 

@@ -40,7 +40,7 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[Any] | No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+            raise RuntimeError(f"{_name(proc)} exited with {proc.returncode} before listening on {port}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -107,9 +107,14 @@ def wait_output(proc: subprocess.Popen[Any], ready: Callable[[str], bool] = is_r
             if ready(line):
                 return line
         if proc.poll() is not None:
-            raise RuntimeError(f"{Path(str(proc.args[0])).name} exited with {proc.returncode}: {_tail(log)}")
+            raise RuntimeError(f"{_name(proc)} exited with {proc.returncode}: {_tail(log)}")
         time.sleep(0.02)
-    raise TimeoutError(f"{Path(str(proc.args[0])).name} not ready within {timeout:.0f}s: {_tail(log)}")
+    raise TimeoutError(f"{_name(proc)} not ready within {timeout:.0f}s: {_tail(log)}")
+
+
+def _name(proc: subprocess.Popen[Any]) -> str:
+    args = proc.args if isinstance(proc.args, list) else [proc.args]
+    return Path(str(args[0])).name
 
 
 def _tail(log: Path | None) -> str:
