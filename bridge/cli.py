@@ -7,10 +7,13 @@ import asyncio
 import importlib
 import importlib.util
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from bridge.app import CA
 from bridge.errors import BridgeError, ConfigError
@@ -38,16 +41,40 @@ def load_app(spec: str) -> type[CA]:
             raise ConfigError(f"cannot load {target}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_spec.name]
+            raise ConfigError(_import_failure(target, path, exc)) from None
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise ConfigError(f"cannot import {target}: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(_import_failure(target, None, exc)) from None
     app = getattr(module, attr, None)
+    if app is None:
+        classes = sorted(k for k, v in vars(module).items()
+                         if isinstance(v, type) and issubclass(v, CA) and v is not CA)
+        found = f"its CA classes: {', '.join(classes)}" if classes else "it defines no CA class"
+        raise ConfigError(f"{target} has no {attr!r} ({found})")
     if not (isinstance(app, type) and issubclass(app, CA)):
         raise ConfigError(f"{spec} is not a subclass of bridge.CA")
     return app
+
+
+def _import_failure(target: str, path: Path | None, exc: Exception) -> str:
+    """One line for an app that fails to load, ``file:line: Error: message``, without the traceback."""
+    def shown(filename: str | None) -> str:
+        return target if filename is None or (path is not None and filename == str(path)) else filename
+
+    if isinstance(exc, SyntaxError):
+        return f"{shown(exc.filename)}{f':{exc.lineno}' if exc.lineno else ''}: {type(exc).__name__}: {exc.msg}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename != __file__ and "importlib" not in f.filename]
+    where = f"{shown(frames[-1].filename)}:{frames[-1].lineno}" if frames else target
+    return f"{where}: {type(exc).__name__}: {exc}"
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -176,11 +203,27 @@ async def _run(args: argparse.Namespace) -> None:
     async with Bridge(app, settings) as bridge:
         where = f"embedded broker listening on {args.listen[0]}:{args.listen[1]}" if args.broker is None \
             else f"broker {bridge.broker_url.host}:{bridge.broker_url.port}"
-        print(f"ca-bridge: {app.__name__} listening on {bridge.topics.inbound_filter} via {where}, "
-              f"store {_redact(args.db)}"
-              f"{f', cluster node {bridge.cluster.node}' if bridge.cluster is not None else ''}", flush=True)
-        await stop.wait()
+        assert bridge.link is not None
+        if not bridge.link.connected.is_set():  # "listening" only once it is true: scripts/run waits for that word
+            print(f"ca-bridge: {app.__name__} waiting for broker {bridge.broker_url.host}:{bridge.broker_url.port} "
+                  "(not reachable yet; retrying)", flush=True)
+            await _first(stop.wait(), bridge.link.connected.wait())
+        if not stop.is_set():
+            print(f"ca-bridge: {app.__name__} listening on {bridge.topics.inbound_filter} via {where}, "
+                  f"store {_redact(args.db)}"
+                  f"{f', cluster node {bridge.cluster.node}' if bridge.cluster is not None else ''}", flush=True)
+            await stop.wait()
         log.info("shutting down")
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
+    """Wait until one of ``aws`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _redact(db: str) -> str:
@@ -300,19 +343,29 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:
-        if args.command == "run":
-            with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
-                runner.run(_run(args))
-            return 0
-        if args.command == "device":
-            return _device(args)
-        if args.command == "create":
-            return asyncio.run(_create(args))
-        if args.command == "migrate":
-            return asyncio.run(_migrate(args))
-        return asyncio.run(_inspect(args))
+        return _command(args)
     except BridgeError as exc:
         print(f"ca-bridge: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `ca-bridge inspect --json | head`: the reader is gone, which is not an error here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 141  # what a shell reports for a writer stopped by SIGPIPE
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+            runner.run(_run(args))
+        return 0
+    if args.command == "device":
+        code = _device(args)
+    elif args.command == "create":
+        code = asyncio.run(_create(args))
+    elif args.command == "migrate":
+        code = asyncio.run(_migrate(args))
+    else:
+        code = asyncio.run(_inspect(args))
+    sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    return code

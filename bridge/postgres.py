@@ -12,6 +12,7 @@ bridge, renewed by heartbeat). A CA whose owner's row has expired may be claimed
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -487,8 +488,17 @@ def _scrub(text: str, url: str) -> str:
     if sep and "@" in tail:  # the user part ends at the first '@' for libpq, at the last one for redact_url
         secrets += [part.partition(":")[2] for part in (tail.partition("@")[0], tail.rpartition("@")[0])]
     for secret in sorted({v for s in secrets for v in (s, unquote(s)) if v}, key=len, reverse=True):
-        text = text.replace(secret, "***")
+        # only where libpq shows it: quoted alone, or in a quoted piece of the URL; never inside other words
+        text = re.sub(r'"[^"\n]*?' + re.escape(secret) + r'[^"\n]*"', functools.partial(_hide_quoted, secret), text)
     return text
+
+
+def _hide_quoted(secret: str, match: re.Match[str]) -> str:
+    """A double-quoted piece of a libpq message that contains ``secret``: the password alone, or a URL's part."""
+    quoted = match.group(0)
+    if quoted == f'"{secret}"':
+        return '"***"'
+    return re.sub(r"(?<=[:=])" + re.escape(secret) + r"(?=[@&#\s\"]|$)", "***", quoted)
 
 
 def _rid_bytes(rid: str) -> bytes:

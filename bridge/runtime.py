@@ -148,7 +148,8 @@ class Runtime:
         if req.kind == "call":
             spec = self.app.methods.get(req.method)
             if spec is None:
-                self.reply_now(ca, req, future, error_body("bad_request", "NoSuchMethod", "no such method"))
+                self.reply_now(ca, req, future, error_body(
+                    "bad_request", "NoSuchMethod", f"{self.app.__name__} CA {ca!r} has no method {req.method[:100]!r}"))
                 return
             if not spec.accepts(len(req.args)):
                 self.reply_now(ca, req, future, error_body(

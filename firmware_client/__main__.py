@@ -94,7 +94,8 @@ def main(argv=None):
             c.close()
         return 0
     except CAError as e:
-        print("error: %s %s: %s %s" % (e.kind, e.name, e.message, _json(e.data)), file=sys.stderr)
+        data = (" " + _json(e.data)) if e.data else ""
+        print("error: %s %s: %s%s" % (e.kind, e.name, e.message, data), file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:
         print("error: %s: %s" % (type(e).__name__, e), file=sys.stderr)
