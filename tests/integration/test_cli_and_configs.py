@@ -40,7 +40,7 @@ def test_inspect_lists_and_shows_cas(bridge_factory):
 
 @pytest.mark.parametrize("app,message", [
     ("nofile.py:X", "no such file"),
-    ("examples/helloworld/ca.py:Nope", "not a subclass"),
+    ("examples/helloworld/ca.py:Nope", "has no 'Nope' (its CA classes: HelloWorld)"),
     ("json:dumps", "not a subclass"),
     ("no_such_module_xyz:App", "cannot import"),
     ("justaname", "APP must be"),
