@@ -5,7 +5,7 @@ class Shop(CA):
         self.state["counters"] = {}
 
     @method
-    async def begin(self):                      # a new nonce; the memento: where an unfinished run stopped
+    async def begin(self):                     # a new nonce; the memento: where an unfinished run stopped
         return self.session.begin()
 
     @method
