@@ -8,7 +8,6 @@ is provoked on a link in this process with a small queue.
 from __future__ import annotations
 
 import ast
-import asyncio
 import http.client
 import json
 import time
@@ -120,7 +119,6 @@ async def test_a_full_link_queue_counts_its_drops_into_the_metrics_it_was_given(
                      subscriptions=[], max_queued=0)  # standalone: counts into a Metrics of its own
     alone.publish("ca/x/session/default", b"0")
     assert alone.metrics.mqtt_dropped == 1 and alone.metrics is not metrics
-    await asyncio.sleep(0)
 
 
 def test_every_counter_is_exported_and_shown():
