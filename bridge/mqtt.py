@@ -26,6 +26,7 @@ from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
 
 from bridge.errors import ConfigError
+from bridge.metrics import Metrics
 
 __all__ = ["BrokerURL", "MqttLink"]
 
@@ -184,6 +185,7 @@ class MqttLink:
         backoff: tuple[float, float] = (0.25, 30.0),
         connect_timeout: float = 10.0,
         clean_session: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.url = url
         self.clean_session = clean_session
@@ -198,9 +200,7 @@ class MqttLink:
         self._connect_timeout = connect_timeout
         self._loop = asyncio.get_running_loop()
         self.connected = asyncio.Event()
-        self.dropped = 0  # QoS 1 publishes refused because max_queued were already waiting
-        self.oversized = 0  # inbound packets over MAX_INBOUND, acknowledged and skipped
-        self.connects = 0
+        self.metrics = metrics if metrics is not None else Metrics()  # counts mqtt_connects, _dropped, _oversized
         self._wire: _Wire | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -277,10 +277,10 @@ class MqttLink:
             self._waiting.append((t, payload))
             self._all_acked.clear()
         else:
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
+            self.metrics.mqtt_dropped += 1
+            if self.metrics.mqtt_dropped % 1000 == 1:
                 log.warning("outbound queue full: dropped %d publishes so far (devices recover by retry/sync)",
-                            self.dropped)
+                            self.metrics.mqtt_dropped)
 
     def _send_qos1(self, topic: bytes, payload: bytes) -> None:
         pid = self._next_pid()
@@ -350,10 +350,10 @@ class MqttLink:
         # SUBACK, PINGRESP: nothing to do beyond having heard from the broker
 
     def _oversized(self, pid: int | None) -> None:
-        self.oversized += 1
+        self.metrics.mqtt_oversized += 1
         if pid is not None:
             self._send(b"\x40\x02" + pid.to_bytes(2, "big"))
-        log.warning("skipped an inbound message over %d bytes (%d so far)", MAX_INBOUND, self.oversized)
+        log.warning("skipped an inbound message over %d bytes (%d so far)", MAX_INBOUND, self.metrics.mqtt_oversized)
 
     def _lost(self, wire: _Wire) -> None:
         if self._connack is not None and not self._connack.done():
@@ -398,7 +398,7 @@ class MqttLink:
         self._send(_packet((SUBSCRIBE << 4) | 2, self._next_pid().to_bytes(2, "big") + topics))
         for pid, (topic, payload) in self._inflight.items():  # unacknowledged: resend with DUP, same id
             self._send(_publish(topic, payload, 1, pid, dup=True))
-        self.connects += 1
+        self.metrics.mqtt_connects += 1
         self.connected.set()
         self._drain_waiting()
         log.info("connected to broker %s:%d", url.host, url.port)

@@ -59,6 +59,7 @@ class Runtime:
         rate: float = 0.0,
         burst: int = 0,
         cluster: Cluster | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not (isinstance(app, type) and issubclass(app, CA)):
             raise TypeError("app must be a subclass of bridge.CA")
@@ -76,7 +77,7 @@ class Runtime:
         self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None, int]]] = {}
         self._unknown: dict[str, float] = {}  # recent store misses, so hostile names cost one lookup a while
         self.actors: dict[str, Actor] = {}
-        self.metrics = Metrics()
+        self.metrics = metrics if metrics is not None else Metrics()  # the process owner's, handed down
         self.committer = Committer(store, self._deliver, metrics=self.metrics)
         self.closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
