@@ -490,6 +490,8 @@ def _scrub(text: str, url: str) -> str:
     for secret in sorted({v for s in secrets for v in (s, unquote(s)) if v}, key=len, reverse=True):
         # only where libpq shows it: quoted alone, or in a quoted piece of the URL; never inside other words
         text = re.sub(r'"[^"\n]*?' + re.escape(secret) + r'[^"\n]*"', functools.partial(_hide_quoted, secret), text)
+        if len(secret) >= 6:  # a real password shown unquoted: hide it too, as a whole token (never a word's part)
+            text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])", "***", text)
     return text
 
 

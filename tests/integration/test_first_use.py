@@ -142,6 +142,7 @@ def test_migrate_hides_the_password_without_mangling_the_message(tmp_path):
     ('in URI: "postgresql://u:secret@[h/d"', "postgresql://u:secret@[h/d", 'in URI: "postgresql://u@[h/d"'),
     ('invalid value in "u:secret@h"', "postgresql://u:secret@h/d", 'invalid value in "u:***@h"'),
     ('bad "password=secret&x=1"', "postgresql://u@h/d?password=secret&x=1", 'bad "password=***&x=1"'),
+    ('failed for password s3cr3t!', "postgresql://u:s3cr3t!@h/d", 'failed for password ***'),
 ])
 def test_scrub_hides_the_password_only_where_libpq_shows_it(message, url, shown):
     assert _scrub(message, url) == shown
