@@ -25,6 +25,7 @@ import logging
 import os
 import time
 import weakref
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,17 +180,61 @@ class DevicePolicyPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         return ok
 
 
+# Set while amqtt reads a CONNECT (a clean session's old state is deleted only after authentication), and while
+# an authenticated client's session runs (amqtt's own authentication call is answered from it). Per task.
+_READING_CONNECT: ContextVar[bool] = ContextVar("_READING_CONNECT", default=False)
+_AUTHENTICATED: ContextVar[bool] = ContextVar("_AUTHENTICATED", default=False)
+
+
 def broker_class() -> type[Any]:
-    """amqtt's Broker with the retained-message leak closed.
+    """amqtt's Broker with the retained-message leak closed and a refused CONNECT kept away from other sessions.
 
     amqtt 0.12.1 inverts a check in ``_handle_subscription``: it sends the retained messages matching a filter
     only when the SUBSCRIBE was *refused* (return code 0x80), so a device refused ``#`` by the ACL still got every
     retained message. Here a retained message is sent only if the subscription is allowed by the topic plugins
     and the message's own topic may be received by that client.
+
+    amqtt also acts on a CONNECT's client id before it authenticates: a clean-session CONNECT deletes the stored
+    session of that id, and any CONNECT disconnects the client connected with that id ("take-over") and puts
+    itself in its place, and only then answers "not authorised". So a device refused for using another device's
+    client id still cut that device off and wiped its saved session. Here authentication comes first: a refused
+    CONNECT gets its CONNACK and is closed without touching any session; an accepted one proceeds as in amqtt.
     """
     from amqtt.broker import Broker  # type: ignore[import-untyped]
+    from amqtt.session import Session  # type: ignore[import-untyped]
 
     class SafeBroker(Broker):  # type: ignore[misc]
+        async def _initialize_client_session(self, *args: Any) -> Any:
+            token = _READING_CONNECT.set(True)
+            try:
+                return await super()._initialize_client_session(*args)
+            finally:
+                _READING_CONNECT.reset(token)
+
+        async def _delete_session(self, client_id: str) -> None:
+            if not _READING_CONNECT.get():  # a clean session's old state goes once the CONNECT is authenticated
+                await super()._delete_session(client_id)
+
+        async def _authenticate(self, session: Any, listener: Any) -> bool:
+            return True if _AUTHENTICATED.get() else bool(await super()._authenticate(session, listener))
+
+        async def _handle_client_session(self, reader: Any, writer: Any, client_session: Any, handler: Any,
+                                         server: Any, listener_name: str) -> None:
+            if not await super()._authenticate(client_session, self.listeners_config[listener_name]):
+                refused = Session()  # not the session of that client id: it stays as it was
+                refused.client_id, refused.keep_alive, refused.parent = client_session.client_id, 0, 0
+                handler.attach(refused, reader, writer)
+                await handler.mqtt_connack_authorize(False)
+                await writer.close()
+                return
+            if client_session.clean_session and client_session.client_id:
+                await super()._delete_session(client_session.client_id)
+            token = _AUTHENTICATED.set(True)
+            try:
+                await super()._handle_client_session(reader, writer, client_session, handler, server, listener_name)
+            finally:
+                _AUTHENTICATED.reset(token)
+
         async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                               session: Any) -> None:
             topic_filter, qos = subscription
