@@ -36,6 +36,7 @@ from bridge.protocol import valid_name
 __all__ = [
     "ARGON2_PARAMS",
     "BRIDGE_USER",
+    "CLIENTIDS_FILE",
     "AuthStore",
     "Credentials",
     "argon2_hash",

@@ -75,9 +75,19 @@ static int rules_read(const char *path, struct rules *out)
 		return MOSQ_ERR_UNKNOWN;
 	}
 	while(fgets(line, sizeof(line), f)){
-		char *prefix = strtok(line, " \t\r\n");
-		char *owner = strtok(NULL, " \t\r\n");
+		char *prefix;
+		char *owner;
+		int c;
 
+		if(strchr(line, '\n') == NULL && !feof(f)){
+			/* longer than any line the CLI writes: skip all of it rather than read its tail as a rule */
+			while((c = fgetc(f)) != EOF && c != '\n'){
+			}
+			mosquitto_log_printf(MOSQ_LOG_WARNING, "ca_bridge_clientids: ignoring an overlong line in %s", path);
+			continue;
+		}
+		prefix = strtok(line, " \t\r\n");
+		owner = strtok(NULL, " \t\r\n");
 		if(prefix == NULL || prefix[0] == '#'){
 			continue;
 		}

@@ -6,6 +6,8 @@ broker_config/ca_bridge_clientids.c plugin with the mosquitto.clientids file the
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bridge.auth import AuthStore, read_clientids
@@ -114,6 +116,25 @@ def test_several_sessions_of_one_device_keep_their_own_client_ids(secure, client
     _notify(secure, clients, "bob", "both")
     assert phone.wait_for(b"both") and tablet.wait_for(b"both")
     assert (phone.disconnects, tablet.disconnects) == (0, 0)
+
+
+def test_a_device_cannot_claim_another_devices_client_id_in_advance(secure, clients):
+    """ca-bob-... is bob's before bob ever used it, so alice cannot squat it and lock bob's device out."""
+    assert not clients(_watched(secure, "alice", "ca-bob-new")).connect()
+    assert clients(_watched(secure, "bob", "ca-bob-new")).connect()
+
+
+def test_a_device_added_while_the_broker_runs_owns_its_client_ids(secure, clients):
+    secure.creds["carol"] = add_device(secure.auth, "carol")
+    if secure.broker is not None:  # mosquitto rereads the files on SIGHUP; wait for the plugin to say it has
+        log = secure.broker.log
+        loaded = log.read_text().count("client id prefixes from")
+        secure.reload()
+        deadline = time.monotonic() + TIMEOUT
+        while log.read_text().count("client id prefixes from") == loaded and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert not clients(_watched(secure, "alice", "ca-carol-x")).connect()
+    assert clients(_watched(secure, "carol", "ca-carol-x")).connect()
 
 
 # -- the file the credential CLI writes for mosquitto's plugin ---------------------------------------------------
