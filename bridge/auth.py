@@ -240,8 +240,9 @@ class AuthStore:
                 _write_private(self.bridge_secret_file, creds.password + "\n")
             stale = not (argon2_verify(creds.password, amqtt_users.get(BRIDGE_USER, ""))
                          and mosquitto_verify(creds.password, mosq_users.get(BRIDGE_USER, "")))
-            if stale or not self.clientids_file.exists():  # also makes the file for an auth dir from before it
+            if stale:
                 self._set(amqtt_users, mosq_users, creds)
+            if stale or not self.clientids_file.exists():  # also makes the file for an auth dir from before it
                 self._save(amqtt_users, mosq_users)
             return creds
 
