@@ -71,15 +71,20 @@ def _notify(secure, clients, ca: str, token: str) -> None:
     assert sender.call("record_notify", token) >= 1
 
 
-@pytest.mark.parametrize("thief_clean", [False, True], ids=["persistent", "clean"])
-def test_a_device_cannot_use_another_devices_client_id(secure, clients, thief_clean):
-    """alice CONNECTs with bob's firmware client id while bob is connected with a saved session: alice is refused,
-    bob's connection stays up and keeps receiving his notifications, and his saved session survives."""
+@pytest.mark.parametrize(("who", "thief_clean"), [("alice", False), ("alice", True), ("wrong-password", True)],
+                         ids=["persistent", "clean", "wrong-password"])
+def test_a_device_cannot_use_another_devices_client_id(secure, clients, who, thief_clean):
+    """alice CONNECTs with bob's firmware client id while bob is connected with a saved session (or someone tries
+    bob's id with a wrong password): the CONNECT is refused, bob's connection stays up and keeps receiving his
+    notifications, and his saved session survives."""
     bob = clients(_watched(secure, "bob", "ca-bob-phone"))
     assert bob.connect()
     assert bob.subscribe("ca/bob/session/+") == [0x01]
 
-    thief = clients(_watched(secure, "alice", "ca-bob-phone", clean_session=thief_clean))
+    if who == "wrong-password":
+        thief = clients(Watched(secure.port, "bob", "not-the-password", client_id="ca-bob-phone", clean_session=True))
+    else:
+        thief = clients(_watched(secure, who, "ca-bob-phone", clean_session=thief_clean))
     accepted = thief.connect()  # returns on the CONNACK, or when the broker drops the connection
     assert not accepted, "alice was accepted with bob's client id"
 
