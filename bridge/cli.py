@@ -151,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--host", default="127.0.0.1", help="broker host to print in the settings")
     add.add_argument("--port", type=int, default=1883, help="broker port to print in the settings")
     add.add_argument("--tls", action="store_true", help="print mqtts settings")
-    add.add_argument("--prefix", default="ca", help="topic prefix to print in the settings")
+    add.add_argument("--prefix", default="ca",
+                     help="topic prefix to print in the settings; the device owns the client ids PREFIX-NAME-...")
     add.add_argument("--json", action="store_true", help="print the settings as JSON")
     rm = dev_sub.add_parser("remove", help="revoke a device")
     rm.add_argument("name", metavar="NAME")
@@ -306,7 +307,7 @@ def _device(args: argparse.Namespace) -> int:
               "(the embedded broker rereads the file; send mosquitto a SIGHUP)")
         return 0
     store.bridge_credentials()  # the bridge's own entry exists before any device's
-    creds = store.add(args.name, rotate=args.rotate)
+    creds = store.add(args.name, rotate=args.rotate, prefix=args.prefix)
     prefix = args.prefix
     settings = {
         "host": args.host, "port": args.port, "tls": args.tls, "username": creds.username,
