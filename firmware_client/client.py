@@ -151,10 +151,11 @@ class Client:
 
     # ------------------------------------------------------------------ public API
 
-    def connect(self, timeout=None):
-        """Connect (retrying with backoff within ``timeout`` seconds), subscribe and sync."""
+    def connect(self, timeout=None, retry=True):
+        """Connect (retrying with backoff within ``timeout`` seconds; ``retry=False``: one attempt, its
+        error raised at once), subscribe and sync."""
         t = self.mqtt.connect_ms / 1000 if timeout is None else timeout
-        self.mqtt.connect(deadline_in(t * 1000))
+        self.mqtt.connect(deadline_in(t * 1000), retry)
 
     def close(self):
         """Flush the pending ack and announce offline (best effort), send DISCONNECT and close the socket."""
