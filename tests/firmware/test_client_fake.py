@@ -276,3 +276,28 @@ def test_presence_and_an_own_will_exclude_each_other():
     with pytest.raises(ValueError):
         Client("dev", "s1", will=("ca/dev/in", b"x", 1, False))
     Client("dev", "s1", will=("ca/dev/in", b"x", 1, False), presence=False)
+
+
+@pytest.mark.parametrize("lose", ["drop_calls", "drop_replies"])
+def test_client_resends_the_identical_request_after_a_silence(broker, interp, lose):
+    """Issue 14 item 16: a request (or its reply) lost without a trace is sent again after `resend` seconds of
+    silence with the same id and the same bytes, so the call runs once and is answered; notifications that arrive
+    meanwhile are delivered and acked; a CA that stays silent still ends in Timeout within the call's timeout."""
+    setattr(broker, lose, 2)
+    broker.note_on_drop = True
+    broker.silent_methods = ("silent",)
+    rc, res, out, err = run_device(interp, SCRIPT, [broker.port, "resend", "0.3"])
+    assert rc == 0, err
+    assert res["result"] == ["ok", ["once"]]
+    assert res["resent"] == 2
+    echoes = calls(broker, "echo")
+    assert len(echoes) == 3 and len({c["id"] for c in echoes}) == 1
+    assert len(set(broker.raw_calls[:3])) == 1  # byte for byte the same request
+    assert broker.runs == {echoes[0]["id"]: 1}
+    assert res["notes"] == [["lost call" if lose == "drop_calls" else "lost reply"]] * 2
+    assert broker.wait_for(lambda: any(e[0] == "ack" and e[1]["seq"] == 2 for e in broker.events))
+    assert res["silent"] == "timeout"
+    assert res["silent_resent"] >= 1  # 0.3 s, then 0.6 s, ... all inside the 1.5 s timeout
+    silent = calls(broker, "silent")
+    assert len(silent) == 1 + res["silent_resent"] and len({c["id"] for c in silent}) == 1
+    assert res["silent_ms"] < 5000  # bounded by the call's timeout (generous: never hangs)

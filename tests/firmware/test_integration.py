@@ -117,3 +117,19 @@ def test_bridge_persistent_session_exactly_once_with_crashes(procs, tmp_path, in
     rc, res, o2, e2 = run_device([sys.executable], SCRIPT, [port, "counters", "shop"])
     assert rc == 0, o2 + e2
     assert res["counters"] == {"item%03d" % i: 1 for i in range(items)}
+
+
+@pytest.mark.parametrize("codec", ["cbor", "json"])
+def test_bridge_integers_beyond_64_bits_reach_the_device(procs, tmp_path, interp, codec):
+    """Issue 14 item 12: a CA result beyond 64 bits travels as a CBOR bignum (tags 2, 3) that the device decodes;
+    bignums the device sends are accepted, and come back in replies and notifications; beyond 1024 bits the bridge
+    answers a clear internal error instead of an undecodable reply."""
+    port, _ = start_bridge(procs, tmp_path, "tests/firmware/bignum_app.py:Numbers")
+    rc, res, out, err = run_device(interp, SCRIPT, [port, "bignums", codec])
+    assert rc == 0, out + err
+    assert res["power"] == 2**70
+    assert res["negative"] == (-3) ** 101
+    assert res["echo"] is True and res["note"] is True
+    assert res["too_big"][:3] == ["caerror", "internal", "NotSerializable"]
+    assert "1024 bits" in res["too_big"][3]
+    assert res["undecodable"] == 0
