@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -62,17 +63,22 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.
 
 
 class Mosquitto:
-    """A real mosquitto on a free loopback port, restartable on the same port."""
+    """A real mosquitto on a free loopback port, restartable on the same port.
 
-    def __init__(self, workdir: Path) -> None:
+    ``persistence``: sessions, subscriptions and queued messages survive a restart (saved on SIGTERM in workdir)."""
+
+    def __init__(self, workdir: Path, *, persistence: bool = False) -> None:
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if binary is None:
             missing("mosquitto is not installed", "apt-get install mosquitto")
         self.binary = binary
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
+        # as root, mosquitto drops to the user "mosquitto" unless told otherwise, and could not write workdir
+        keep = f"persistence true\npersistence_location {workdir}/\nuser {getpass.getuser()}\n" if persistence \
+            else "persistence false\n"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{keep}set_tcp_nodelay true\n"
             "max_queued_messages 10000\n"
         )
         self.proc: subprocess.Popen | None = None
