@@ -7,10 +7,13 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +53,29 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
+    """Poll ``condition`` until it is true; TimeoutError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def committed_state(db: Path, ca: str) -> dict[str, Any]:
+    """A CA's state as committed in a bridge's SQLite file, read beside the bridge ({} before its first commit)."""
+    from bridge import codec
+
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT state FROM ca WHERE name = ?", (ca,)).fetchone()
+    finally:
+        conn.close()
+    return codec.loads(row[0]) if row and row[0] else {}
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:

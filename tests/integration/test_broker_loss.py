@@ -9,35 +9,10 @@ whichever of the two clients reconnects first.
 
 from __future__ import annotations
 
-import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from bridge import codec
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, committed_state, wait_until
 from tests.device import Device
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting until {what}")
-        time.sleep(0.02)
-
-
-def committed_state(db: Path, ca: str) -> dict[str, Any]:
-    """The CA's state as committed in the bridge's SQLite file ({} before its first commit)."""
-    if not db.exists():
-        return {}
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT state FROM ca WHERE name = ?", (ca,)).fetchone()
-    finally:
-        conn.close()
-    return codec.loads(row[0]) if row and row[0] else {}
 
 
 def test_reply_and_notification_produced_during_an_outage_arrive_after_it(tmp_path, bridge_factory):
