@@ -14,8 +14,9 @@ import time
 
 import pytest
 
+from bridge import codec
 from bridge.postgres import PostgresStore
-from tests.conftest import BridgeProcess, Mosquitto
+from tests.conftest import BridgeProcess, Mosquitto, wait_until
 from tests.device import Device
 
 RETRYABLE = ("busy", "unavailable")
@@ -210,13 +211,23 @@ def test_pulses_run_once_per_interval_cluster_wide_even_across_a_takeover(cluste
     devs = [c.device(f"p{i}") for i in range(3)]
     for d in devs:
         call(d, "touch")
-    time.sleep(3)
+
+    def pulses(ca: str, after: float = 0.0) -> list[float]:
+        """The pulse times committed in the database (read there: a device's call would claim the CA itself)."""
+        state = c.psql(f"SELECT encode(state, 'hex') FROM ca WHERE name = '{ca}'")
+        return [t for t in codec.loads(bytes.fromhex(state))["times"] if t > after] if state else []
+
+    wait_until(lambda: all(len(pulses(d.ca)) >= 2 for d in devs), "every CA pulses")
     victim_name = c.owners()["p0"]
     next(b for b in c.bridges if b.db.stem == victim_name).kill()
-    time.sleep(5)
+    killed_at = time.time()  # the victim committed nothing after this (SIGKILL, waited for)
+    # with no request at all, p0 is taken over and every CA keeps pulsing
+    wait_until(lambda: all(len(pulses(d.ca, killed_at)) >= 3 for d in devs), "every CA pulses after the kill",
+               timeout=30)
+    assert c.owners()["p0"] not in (None, victim_name)
     for d in devs:
         times = call(d, "times", timeout=30)
-        assert len(times) >= 4, f"{d.ca} hardly pulsed: {times}"
+        assert len([t for t in times if t > killed_at]) >= 3, f"{d.ca} stopped pulsing at the kill: {times}"
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert min(gaps) >= interval * 0.8, f"{d.ca}: two pulses {min(gaps):.3f}s apart"
 

