@@ -84,6 +84,7 @@ class MQTT:
         host,
         port,
         client_id,
+        *,
         keepalive=30,
         user=None,
         password=None,
