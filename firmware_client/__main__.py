@@ -72,7 +72,8 @@ def _client(a, session, clean, timeout):
         kw["client_id"] = "cli-%s" % os.urandom(6).hex()
         kw["clean"] = True
         kw["presence"] = False  # nor announce its session online/offline
-    c = Client(a.ca, session, host=a.host, port=a.port, user=a.user, password=a.password, codec=a.codec, ssl=ssl, prefix=a.prefix, **kw)
+    c = Client(a.ca, session, host=a.host, port=a.port, user=a.user, password=a.password, codec=a.codec, ssl=ssl,
+               prefix=a.prefix, **kw)
     try:
         c.connect(timeout=timeout, retry=False)  # a person is waiting: say what is wrong at once
     except OSError as e:
