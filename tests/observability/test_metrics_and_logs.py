@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
@@ -37,18 +38,15 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
         for _ in range(7):
             dev.call("incr")
         for _ in range(2):
-            try:
+            with pytest.raises(CallFailed) as failed:
                 dev.call("fail_after_write", "app")
-            except CallFailed as exc:
-                assert exc.err["kind"] == "app"
-        try:
+            assert failed.value.err["kind"] == "app"
+        with pytest.raises(CallFailed) as failed:
             dev.call("fail_after_write", "internal")
-        except CallFailed as exc:
-            assert exc.err["kind"] == "internal"
-        try:
+        assert failed.value.err["kind"] == "internal"
+        with pytest.raises(CallFailed) as failed:
             dev.call("no_such_method")
-        except CallFailed as exc:
-            assert exc.err["name"] == "NoSuchMethod"
+        assert failed.value.err["name"] == "NoSuchMethod"
         rid = dev.send_call("incr")
         dev.wait_reply(rid)
         dev.send_call("incr", rid=rid)  # a retry: answered from the dedup record
@@ -93,11 +91,9 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
         assert value(samples, "ca_bridge_queued_notifications") == 0
         assert value(samples, "ca_bridge_broker_connected") == 1
         # only /metrics is served there, and read-only
-        try:
+        with pytest.raises(urllib.error.HTTPError) as not_found:
             urllib.request.urlopen(f"http://127.0.0.1:{mport}/", timeout=5)
-            raise AssertionError("expected 404")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 404
+        assert not_found.value.code == 404
         watcher.close()
     finally:
         dev.close()
