@@ -58,6 +58,11 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
             dev.call("notify_to", "w", i)
         notes = watcher.wait_notes(3)
         watcher.ack(notes[-1]["seq"])
+        # the ack commits asynchronously: wait for it before the flood below, which would refuse it (mailbox full)
+        deadline = time.monotonic() + 15
+        while value(scrape(mport), "ca_bridge_notifications_acked_total") < 3:
+            assert time.monotonic() < deadline, "the ack was never counted"
+            time.sleep(0.1)
         # flood a slow CA past its mailbox of 2: some calls are answered busy without running
         rids = [dev.send_call("sleep", 0.3) for _ in range(8)]
         busy = 0
@@ -65,12 +70,7 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
             reply = dev.wait_reply(r, 15)
             busy += "err" in reply and reply["err"]["name"] == "Busy"
         assert busy >= 1
-        deadline = time.monotonic() + 5
-        while True:  # the ack commits asynchronously
-            samples = scrape(mport)
-            if value(samples, "ca_bridge_notifications_acked_total") >= 3 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        samples = scrape(mport)
         assert value(samples, "ca_bridge_calls_total", method="incr", outcome="ok") == 8  # 7 + 1 (the retry: no)
         assert value(samples, "ca_bridge_calls_total", method="fail_after_write", outcome="app") == 2
         assert value(samples, "ca_bridge_calls_total", method="fail_after_write", outcome="internal") == 1
