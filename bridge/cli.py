@@ -195,6 +195,7 @@ async def _run(args: argparse.Namespace) -> None:
         raise ConfigError("--tls-cert and --tls-key go together")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s (--loop %s)", type(loop).__module__.split(".")[0], args.loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if args.auth is not None and args.broker is None:

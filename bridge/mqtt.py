@@ -20,7 +20,7 @@ import random
 import socket
 import ssl
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 
-__all__ = ["BrokerURL", "MqttLink"]
+__all__ = ["BrokerURL", "MqttLink", "backoff_delays"]
 
 log = logging.getLogger("bridge.mqtt")
 
@@ -88,6 +88,17 @@ def _publish(topic: bytes, payload: bytes, qos: int, pid: int, dup: bool = False
     head = 0x30 | (0x08 if dup else 0) | (qos << 1)
     body = _string(topic) + (pid.to_bytes(2, "big") if qos else b"") + payload
     return bytes((head,)) + _length(len(body)) + body
+
+
+def backoff_delays(first: float, cap: float,
+                   uniform: Callable[[float, float], float] | None = None) -> Iterator[float]:
+    """The waits before each reconnect attempt: ``first``, doubling up to ``cap``, each times a random factor in
+    [0.5, 1.5] so that bridges that lost the same broker do not all come back at the same moment.
+    ``uniform`` defaults to :func:`random.uniform` (looked up at each step)."""
+    delay = first
+    while True:
+        yield delay * (uniform or random.uniform)(0.5, 1.5)
+        delay = min(delay * 2, cap)
 
 
 class _Wire(asyncio.Protocol):
@@ -405,24 +416,25 @@ class MqttLink:
         return wire
 
     async def _connect_loop(self) -> None:
-        delay = self._backoff[0]
+        waits = backoff_delays(*self._backoff)
         while not self._closing:
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     wire = await self._connect_once()
-                delay = self._backoff[0]
+                waits = backoff_delays(*self._backoff)  # a connection that worked starts the sequence again
                 await wire.closed
+                wait = next(waits)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
+                wait = next(waits)
                 log.warning("broker %s:%d unreachable (%s); retrying in %.2fs",
-                            self.url.host, self.url.port, exc or type(exc).__name__, delay)
+                            self.url.host, self.url.port, exc or type(exc).__name__, wait)
                 if self._wire is not None and self._wire.transport is not None:
                     self._wire.transport.abort()
                 self._wire = None
             self.connected.clear()
             if self._closing:
                 return
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, self._backoff[1])
+            await asyncio.sleep(wait)
 
     async def _keepalive_loop(self) -> None:
         """PINGREQ when idle; drop a connection that has been silent for 1.5 keepalive periods."""
