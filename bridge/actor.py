@@ -32,6 +32,9 @@ log = logging.getLogger("bridge.ca")
 PULSE: Final = "pulse"
 RESUME: Final = "resume"
 _EMPTY_STATE: Final = codec.dumps({})
+# Dedup records of sessions that no longer exist (collected by the max-sessions rule) kept per CA, newest first: a
+# device whose session was collected under it can still retry its last call.
+ORPHAN_RECORDS: Final = 64
 
 Item = tuple[Request, "asyncio.Future[Any] | None"] | str
 
@@ -40,8 +43,9 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "dedup", "dedup_pos", "durable", "epoch", "last_active", "mailbox", "name", "owned_epoch", "pulse_at",
-        "pulse_queued", "ready", "recent", "rt", "running", "sessions", "stale", "state_blob", "tokens", "tokens_at",
+        "ca", "dedup", "dedup_pos", "dedup_sessions", "durable", "epoch", "last_active", "mailbox", "name",
+        "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent", "rt", "running", "sessions", "stale",
+        "state_blob", "tokens", "tokens_at",
     )
 
     def __init__(self, rt: Runtime, name: str, record: CARecord | None) -> None:
@@ -52,6 +56,8 @@ class Actor:
         self.ca.scratch = {}
         self.ca.log = logging.LoggerAdapter(log, {"ca": name})
         self.mailbox: deque[Item] = deque()
+        # session -> its presence message waiting in the mailbox (one per session: later ones update it in place)
+        self.presence: dict[str, Request] = {}
         self.running = False
         self.pulse_queued = False
         self.pulse_at = 0.0  # no pulse before this loop time (a CA just taken over from another bridge)
@@ -66,9 +72,10 @@ class Actor:
 
     def reset(self, record: CARecord | None) -> None:
         self.sessions: dict[str, SessionData] = {}
-        # (session, request id) -> (position, encoded reply), oldest first; kept per CA so that collecting a
-        # session does not forget which of its requests already ran
+        # (session, request id) -> (position, encoded reply): the replies of each session's last dedup_window calls,
+        # numbered per CA; not part of the session, so collecting a session does not forget which of its requests ran
         self.dedup: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.dedup_sessions: dict[str, list[tuple[int, str]]] = {}  # session -> (position, id), oldest first
         self.dedup_pos = 0
         self.ready = False
         self.owned_epoch = record.epoch if record is not None else 0  # clusters: the fence of every change
@@ -82,8 +89,10 @@ class Actor:
                 data = SessionData.from_meta(codec.loads(srec.meta))
                 data.queue = srec.notes
                 self.sessions[sid] = data
-            self.dedup = {(sid, rid): (pos, reply) for pos, sid, rid, reply in record.dedup}
-            self.dedup_pos = record.dedup[-1][0] if record.dedup else 0
+            for pos, sid, rid, reply in sorted(record.dedup, key=lambda d: d[0]):
+                self.dedup[(sid, rid)] = (pos, reply)
+                self.dedup_sessions.setdefault(sid, []).append((pos, rid))
+                self.dedup_pos = pos
         self.ca.state = codec.loads(self.state_blob)
 
     def invalidate(self) -> None:
@@ -115,11 +124,27 @@ class Actor:
         finally:
             self.running = False
 
+    def offer_presence(self, req: Request, new_sessions: int) -> bool:
+        """Admit a presence message without taking a mailbox slot: a presence is one bit per session, so one waiting
+        message per session is enough, and a later one updates it in place (coalesced). False (dropped) only for a
+        session that does not exist yet when ``new_sessions`` messages are waiting already (a flood of new ids)."""
+        waiting = self.presence.get(req.session)
+        if waiting is not None:
+            waiting.online, waiting.codec, waiting.raw = req.online, req.codec, req.raw
+            return True
+        if req.session not in self.sessions and len(self.presence) >= new_sessions:
+            return False
+        self.presence[req.session] = req
+        self.enqueue((req, None))
+        return True
+
     async def _process(self, item: Item) -> None:
         if isinstance(item, str):
             set_context(self.name)
         else:
             set_context(self.name, item[0].session, item[0].id)
+            if self.presence.get(item[0].session) is item[0]:
+                del self.presence[item[0].session]  # from now on, a new presence message waits on its own
         if self.stale:
             if self.rt.cluster is None:
                 self.reset(await self.rt.store.load(self.name))
@@ -333,20 +358,44 @@ class Actor:
             self.sessions[sid] = data
             if write.meta is not None or write.notes or write.note_floor or write.purge:
                 change.sessions[sid] = write
+        if txn.deleted:
+            self._trim_orphans(change)
         return change, sends
 
     def _record(self, sid: str, rid: str, payload: bytes, change: Change) -> None:
-        """Remember a call's reply for dedup, in the same change as its effects."""
+        """Remember a call's reply for dedup, in the same change as its effects: the last ``dedup_window`` replies
+        of each session, whatever the other sessions of the CA do."""
         self.dedup_pos += 1
         pos = self.dedup_pos
         self.dedup[(sid, rid)] = (pos, payload)
         change.dedup.append((pos, sid, rid, payload))
-        floor = pos - self.rt.limits.dedup_window + 1
-        if floor > 1:
-            change.dedup_floor = floor
-            dedup = self.dedup
-            while dedup and next(iter(dedup.values()))[0] < floor:
-                del dedup[next(iter(dedup))]
+        kept = self.dedup_sessions.setdefault(sid, [])
+        kept.append((pos, rid))
+        excess = len(kept) - max(1, self.rt.limits.dedup_window)
+        if excess > 0:
+            self._forget(sid, kept[:excess])
+            del kept[:excess]
+            change.dedup_floors[sid] = kept[0][0]
+
+    def _trim_orphans(self, change: Change) -> None:
+        """Bound the records of sessions that no longer exist: the newest ORPHAN_RECORDS stay, whole sessions go."""
+        gone = [sid for sid in self.dedup_sessions if sid not in self.sessions]
+        total = sum(len(self.dedup_sessions[sid]) for sid in gone)
+        if total <= ORPHAN_RECORDS:
+            return
+        gone.sort(key=lambda sid: self.dedup_sessions[sid][-1][0])
+        for sid in gone:
+            kept = self.dedup_sessions.pop(sid)
+            self._forget(sid, kept)
+            change.dedup_floors[sid] = kept[-1][0] + 1
+            total -= len(kept)
+            if total <= ORPHAN_RECORDS:
+                return
+
+    def _forget(self, sid: str, records: list[tuple[int, str]]) -> None:
+        for pos, rid in records:
+            if self.dedup.get((sid, rid), (0, b""))[0] == pos:  # not an older record of an id that ran again
+                del self.dedup[(sid, rid)]
 
     def _dedup_hit(self, req: Request) -> bytes | None:
         hit = self.dedup.get((req.session, req.id))
