@@ -132,7 +132,8 @@ class Actor:
         if waiting is not None:
             waiting.online, waiting.codec, waiting.raw = req.online, req.codec, req.raw
             return True
-        if req.session not in self.sessions and len(self.presence) >= new_sessions:
+        if req.session not in self.sessions and \
+                sum(sid not in self.sessions for sid in self.presence) >= new_sessions:
             return False
         self.presence[req.session] = req
         self.enqueue((req, None))

@@ -2,8 +2,9 @@
 
 A store keeps, per CA: the state (CBOR), the dedup records of its recent requests, and per session the metadata
 row and the queued notifications; and for the whole store, which app (bridge.runtime.app_identity) it belongs to.
-The runtime hands it batches of :class:`Change` (one per call, many CAs) and needs each batch committed atomically: all of it durable, or none of it. Anything transactional can implement
-this: SQLite (bridge.sqlite) and PostgreSQL (bridge.postgres).
+The runtime hands it batches of :class:`Change` (one per call, many CAs) and needs each batch committed atomically:
+all of it durable, or none of it. Anything transactional can implement this: SQLite (bridge.sqlite) and
+PostgreSQL (bridge.postgres).
 """
 
 from __future__ import annotations

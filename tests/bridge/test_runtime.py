@@ -288,3 +288,52 @@ async def test_rate_limit_per_ca():
         assert await h.call("other", "s", "incr") == 1  # limits are per CA
         await asyncio.sleep(0.25)  # a token comes back every 0.2 s
         assert await h.call("c", "s", "incr") == 4
+
+
+async def test_a_late_retry_is_answered_whatever_the_other_sessions_of_the_ca_did(tmp_path):
+    """Issue 14 item 17: the dedup window was the CA's last 64 requests, so four busy devices on one CA pushed a
+    quiet device's record out before its retry came, and the retry ran again. The records are kept per session
+    now (its last ``dedup_window`` = 8): the other sessions' load cannot evict them."""
+    async with Harness(Counter, db=tmp_path / "d.db") as h:
+        assert await h.call("c1", "quiet", "record", "once", request_id="early") == 1
+
+        async def busy(sid):
+            for i in range(50):
+                assert await h.call("c1", sid, "record", f"{sid}-{i}", request_id=f"{sid}-{i}") == 1
+
+        await asyncio.gather(*(busy(f"dev{k}") for k in range(4)))  # 200 calls: three times the old window
+        hits = h.runtime.metrics.dedup_hits
+        assert await h.call("c1", "quiet", "record", "once", request_id="early") == 1  # the recorded reply ...
+        assert h.state("c1")["seen"]["once"] == 1  # ... and nothing ran again
+        assert h.runtime.metrics.dedup_hits == hits + 1
+        for k in range(4):  # every busy session's last call is still covered too
+            assert await h.call("c1", f"dev{k}", "record", "x", request_id=f"dev{k}-49") == 1
+        actor = h.runtime.actors["c1"]
+        assert {sid: len(kept) for sid, kept in actor.dedup_sessions.items()} == {
+            "quiet": 1, "dev0": 8, "dev1": 8, "dev2": 8, "dev3": 8}  # bounded per session
+        await h.restart()  # the store kept exactly the same records
+        assert await h.call("c1", "quiet", "record", "once", request_id="early") == 1
+        assert await h.call("c1", "dev2", "record", "dev2-42", request_id="dev2-42") == 1  # its 8th-last call
+        assert await h.call("c1", "dev2", "record", "dev2-41", request_id="dev2-41") == 2  # 9th-last: ran again
+        assert h.state("c1")["seen"]["once"] == 1
+        assert len((await h.store.load("c1")).dedup) == 1 + 8 * 4
+
+
+async def test_dedup_records_of_collected_sessions_are_bounded(tmp_path):
+    """Records outlive a collected session (see above), but sessions come and go: of the sessions that no longer
+    exist, the CA keeps the newest 64 records, whole sessions at a time, oldest sessions first."""
+    from bridge.actor import ORPHAN_RECORDS
+    from bridge.session import SessionLimits
+
+    async with Harness(Counter, db=tmp_path / "o.db", limits=SessionLimits(max_sessions=2, dedup_window=2)) as h:
+        for i in range(50):  # each session: two calls, and a pending notification that makes it collectable
+            await h.call("c1", f"s{i}", "record", f"a{i}", request_id="r1")
+            await h.call("c1", f"s{i}", "notify_to", f"s{i}", "pending", request_id="r2")
+        actor = h.runtime.actors["c1"]
+        gone = [sid for sid in actor.dedup_sessions if sid not in actor.sessions]
+        assert sum(len(actor.dedup_sessions[sid]) for sid in gone) == ORPHAN_RECORDS
+        assert "s0" not in actor.dedup_sessions and "s40" in gone
+        assert await h.call("c1", "s40", "record", "a40", request_id="r1") == 1  # collected, still covered
+        await h.restart()
+        assert sorted(h.runtime.actors["c1"].dedup) == sorted(actor.dedup)
+        assert len((await h.store.load("c1")).dedup) == len(actor.dedup)

@@ -26,7 +26,7 @@ def write(meta=b"m", notes=(), floor=0, purge=False):
 async def test_round_trip(store):
     await store.commit([Change("a", b"\xa0", {"s": write(notes=[(1, b"n1"), (2, b"n2")])}, [(1, "s", "r1", b"p")])])
     await store.commit([Change("a", None, {"s": write(meta=None, notes=[(3, b"n3")], floor=2)}, [(2, "s", "r2", b"q")],
-                               2)])
+                               {"s": 2})])
     rec = await store.load("a")
     assert rec.state == b"\xa0"
     assert rec.sessions["s"].notes == [(2, b"n2"), (3, b"n3")]

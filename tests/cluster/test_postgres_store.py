@@ -62,8 +62,9 @@ def psql(pg_server, pg_empty_url):
 
 
 # A realistic life: several CAs per batch, a CA changed twice in a batch, acknowledgements trimming queues,
-# a session purged (its dedup records stay: they belong to the CA), purge-and-recreate in one batch, binary data,
-# request ids with NUL and non-ASCII characters (a device chooses them), a dedup window sliding.
+# a session purged (its dedup records stay: they are not in the session's rows), purge-and-recreate in one batch,
+# binary data, request ids with NUL and non-ASCII characters (a device chooses them), a session's dedup window
+# sliding without touching another session's older records.
 BATCHES: list[list[Change]] = [
     [
         Change("dev1", b"s1", {"default": SessionWrite(b"m1", [(1, b"n1"), (2, b"n2")])},
@@ -74,7 +75,7 @@ BATCHES: list[list[Change]] = [
     [
         Change("dev1", b"s3", {"default": SessionWrite(b"m2", [], note_floor=3),
                                "watch": SessionWrite(b"w1", [(1, b"a"), (2, b"b")])},
-               [(3, "watch", "r3", b"p3")], dedup_floor=2),
+               [(3, "watch", "r3", b"p3")], {"default": 2}),
     ],
     [
         Change("dev2", None, {"phone": SessionWrite(purge=True)}),
@@ -86,9 +87,11 @@ BATCHES: list[list[Change]] = [
         Change("dev1", None, {"watch": SessionWrite(b"w2", [(1, b"fresh")], purge=True)}),
         Change("dev2", b"t2"),
         Change("dev3", None, {"s-1.x_y": SessionWrite(None, [], note_floor=100)},
-               [(2, "s-1.x_y", "r", b"p"), (3, "other", "r\x00", b"q")], dedup_floor=3),
+               [(2, "s-1.x_y", "r", b"p"), (3, "other", "r\x00", b"q")], {"s-1.x_y": 3}),
     ],
-    [Change("dev4", b"u1", dedup=[(i, "default", f"r{i}", b"p%d" % i) for i in range(1, 70)], dedup_floor=6)],
+    [Change("dev4", b"u1",
+            dedup=[(0, "early", "e", b"e"), *((i, "default", f"r{i}", b"p%d" % i) for i in range(1, 70))],
+            dedup_floors={"default": 6, "nobody": 99})],
 ]
 
 EXPECTED = {
@@ -99,7 +102,8 @@ EXPECTED = {
     "dev2": CARecord("dev2", b"t2", {}, [(1, "phone", "q1", b"o1")]),
     "dev3": CARecord("dev3", bytes(range(256)), {"s-1.x_y": SessionRecord(b"\x00meta\xff", [])},
                      [(3, "other", "r\x00", b"q")]),
-    "dev4": CARecord("dev4", b"u1", {}, [(i, "default", f"r{i}", b"p%d" % i) for i in range(6, 70)]),
+    "dev4": CARecord("dev4", b"u1", {},
+                     [(0, "early", "e", b"e"), *((i, "default", f"r{i}", b"p%d" % i) for i in range(6, 70))]),
     "fresh": CARecord("fresh", b""),
 }
 
