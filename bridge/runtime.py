@@ -103,6 +103,7 @@ class Runtime:
         self.metrics = Metrics()
         self.committer = Committer(store, self._deliver, metrics=self.metrics)
         self.closing = False
+        self._bound = False  # bind_app done
         self.presence_dropped = 0  # presence messages for new sessions beyond the bound (Actor.offer_presence)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy_workers = 0
@@ -110,13 +111,22 @@ class Runtime:
         self._workers_idle.set()
         self._service: list[asyncio.Task[Any]] = []
 
-    async def __aenter__(self) -> Runtime:
-        started = time.perf_counter()
+    async def bind_app(self) -> None:
+        """Check that the (open) store belongs to this app, recording it as the owner of a store that has none;
+        ConfigError naming both apps otherwise. Runs on entering; a service calls it earlier to fail before
+        starting anything else."""
+        if self._bound:
+            return
         identity = app_identity(self.app)
         owner = await self.store.bind_app(identity)
         if owner is not None:
             raise ConfigError(f"{_where(self.store)} is the store of app {owner}, not {identity}: give {identity} its "
                               f"own store with --db")
+        self._bound = True
+
+    async def __aenter__(self) -> Runtime:
+        started = time.perf_counter()
+        await self.bind_app()
         if self.cluster is None:
             for record in await self.store.load_all():
                 self._install(record, resume=True)

@@ -152,6 +152,20 @@ def test_inspect_one_ca_and_an_unknown_one(url):
     assert "password=***" in unknown_param.stderr
 
 
+def test_inspect_never_writes_not_even_to_an_empty_database(url):
+    """Issue 14 item 13: `ca-bridge inspect` on an empty database created the whole schema. It opens the database
+    read-only now: it says there is no ca-bridge schema, and the database stays empty."""
+    listing, one = clis((("inspect", "--db", url), 2), (("inspect", "dev", "--db", url, "--json"), 2))
+    for out in (listing, one):
+        assert out.stderr.splitlines() == [
+            f"ca-bridge: no ca-bridge schema in {url.replace(f':{PASSWORD}@', '@')} (no bridge has run on it)"]
+        assert out.stdout == ""
+    assert sql(url, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public'") == [(0,)]
+    assert sql(url, "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    "WHERE n.nspname = 'public'") == [(0,)]
+
+
 # -- migrate -------------------------------------------------------------------------------------------------------
 
 

@@ -520,6 +520,61 @@ async def test_version_1_databases_are_upgraded_keeping_their_dedup_records(pg_e
         await s.close()
 
 
+async def test_the_first_app_owns_the_database_and_older_databases_are_adopted(pg_empty_url, psql):
+    """Issue 14 item 3 on PostgreSQL: the database records its app (bridges starting together agree on one), a
+    database from before the record (schema 4) is upgraded and adopted by the first app, and the record lasts."""
+    stores = [PostgresStore(pg_empty_url) for _ in range(3)]
+    await asyncio.gather(*[s.open() for s in stores])
+    try:
+        results = await asyncio.gather(*[s.bind_app(app) for s, app in zip(stores, ["a:A", "b:B", "a:A"])])
+        winner = await stores[0].app()
+        assert winner in ("a:A", "b:B")
+        assert results == [None if app == winner else winner for app in ["a:A", "b:B", "a:A"]]
+        await stores[0].commit([Change("c1", b"\xa0", dedup=[(1, "s", "r", b"p")])])
+    finally:
+        for s in stores:
+            await s.close()
+    psql("DROP TABLE ca_bridge_meta; DROP FUNCTION ca_bridge_commit; UPDATE ca_bridge_schema SET version = 4;")
+    s = PostgresStore(pg_empty_url)
+    await s.open()
+    try:
+        assert psql("SELECT version FROM ca_bridge_schema") == str(SCHEMA_VERSION)
+        assert await s.app() is None
+        assert await s.bind_app("b:B") is None  # adopted
+        assert await s.bind_app("a:A") == "b:B"
+        assert await s.commit([Change("c1", None, dedup=[(2, "s", "r2", b"q")], dedup_floors={"s": 2})]) == frozenset()
+        assert (await s.load("c1")).dedup == [(2, "s", "r2", b"q")]
+    finally:
+        await s.close()
+
+
+async def test_a_read_only_store_never_writes(pg_empty_url, psql):
+    """Issue 14 item 13 (the store side): read-only opens no schema on an empty database, and refuses writes."""
+    ro = PostgresStore(pg_empty_url, read_only=True)
+    with pytest.raises(StoreError, match="no ca-bridge schema in"):
+        await ro.open()
+    assert psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public'") == "0"
+    rw = PostgresStore(pg_empty_url)
+    await rw.open()
+    await rw.commit([Change("a", b"\xa0")])
+    await rw.close()
+    psql("DROP TABLE ca_bridge_meta; UPDATE ca_bridge_schema SET version = 4;")  # an older database: readable
+    ro = PostgresStore(pg_empty_url, read_only=True)
+    await ro.open()
+    try:
+        assert [r.name for r in await ro.load_all()] == ["a"]
+        assert await ro.app() is None
+        with pytest.raises(StoreError):
+            await ro.commit([Change("b", b"\xa0")])
+        with pytest.raises(StoreError):
+            await ro.register("b")
+    finally:
+        await ro.close()
+    assert psql("SELECT version FROM ca_bridge_schema") == "4"  # not upgraded
+    assert psql("SELECT string_agg(name, ',') FROM ca") == "a"
+
+
 async def test_opening_waits_for_no_running_transaction(pg, pg_empty_url):
     """Opening a store at the current schema version takes no table lock: a bridge starting or `ca-bridge inspect`
     neither waits for the commits in flight nor holds up the next ones (DDL would take a SHARE lock on ca)."""
