@@ -526,7 +526,7 @@ async def test_the_first_app_owns_the_database_and_older_databases_are_adopted(p
     stores = [PostgresStore(pg_empty_url) for _ in range(3)]
     await asyncio.gather(*[s.open() for s in stores])
     try:
-        results = await asyncio.gather(*[s.bind_app(app) for s, app in zip(stores, ["a:A", "b:B", "a:A"])])
+        results = await asyncio.gather(*[s.bind_app(app) for s, app in zip(stores, ["a:A", "b:B", "a:A"], strict=True)])
         winner = await stores[0].app()
         assert winner in ("a:A", "b:B")
         assert results == [None if app == winner else winner for app in ["a:A", "b:B", "a:A"]]
