@@ -32,9 +32,10 @@ log = logging.getLogger("bridge.ca")
 PULSE: Final = "pulse"
 RESUME: Final = "resume"
 _EMPTY_STATE: Final = codec.dumps({})
-# Dedup records of sessions that no longer exist (collected by the max-sessions rule) kept per CA, newest first: a
-# device whose session was collected under it can still retry its last call.
-ORPHAN_RECORDS: Final = 64
+# Besides each session's last dedup_window records, a CA keeps its last CA_WINDOW records whatever their sessions:
+# this covers a duplicate that comes back late (redelivered by a bridge that was paused, say) after its session made
+# more calls, and the calls of sessions collected by the max-sessions rule.
+CA_WINDOW: Final = 64
 
 Item = tuple[Request, "asyncio.Future[Any] | None"] | str
 
@@ -43,9 +44,9 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "dedup", "dedup_pos", "dedup_sessions", "durable", "epoch", "last_active", "mailbox", "name",
-        "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent", "rt", "running", "sessions", "stale",
-        "state_blob", "tokens", "tokens_at",
+        "ca", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "last_active", "mailbox",
+        "name", "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent", "rt", "running", "sessions",
+        "stale", "state_blob", "tokens", "tokens_at",
     )
 
     def __init__(self, rt: Runtime, name: str, record: CARecord | None) -> None:
@@ -76,6 +77,7 @@ class Actor:
         # numbered per CA; not part of the session, so collecting a session does not forget which of its requests ran
         self.dedup: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.dedup_sessions: dict[str, list[tuple[int, str]]] = {}  # session -> (position, id), oldest first
+        self.dedup_recent: deque[tuple[int, str]] = deque()  # (position, session) of the CA's last CA_WINDOW records
         self.dedup_pos = 0
         self.ready = False
         self.owned_epoch = record.epoch if record is not None else 0  # clusters: the fence of every change
@@ -92,7 +94,10 @@ class Actor:
             for pos, sid, rid, reply in sorted(record.dedup, key=lambda d: d[0]):
                 self.dedup[(sid, rid)] = (pos, reply)
                 self.dedup_sessions.setdefault(sid, []).append((pos, rid))
+                self.dedup_recent.append((pos, sid))
                 self.dedup_pos = pos
+            while len(self.dedup_recent) > CA_WINDOW:
+                self.dedup_recent.popleft()
         self.ca.state = codec.loads(self.state_blob)
 
     def invalidate(self) -> None:
@@ -359,39 +364,46 @@ class Actor:
             self.sessions[sid] = data
             if write.meta is not None or write.notes or write.note_floor or write.purge:
                 change.sessions[sid] = write
-        if txn.deleted:
-            self._trim_orphans(change)
+        for sid in txn.deleted:
+            if sid not in self.sessions:  # collected: its records stay while they are among the CA's last ones
+                self._trim(sid, change)
         return change, sends
 
     def _record(self, sid: str, rid: str, payload: bytes, change: Change) -> None:
-        """Remember a call's reply for dedup, in the same change as its effects: the last ``dedup_window`` replies
-        of each session, whatever the other sessions of the CA do."""
+        """Remember a call's reply for dedup, in the same change as its effects. A record is kept while it is among
+        the last ``dedup_window`` of its session (if the session exists) or among the last CA_WINDOW of the CA, so
+        no load on the CA's other sessions can push out a session's recent calls."""
         self.dedup_pos += 1
         pos = self.dedup_pos
         self.dedup[(sid, rid)] = (pos, payload)
         change.dedup.append((pos, sid, rid, payload))
-        kept = self.dedup_sessions.setdefault(sid, [])
-        kept.append((pos, rid))
-        excess = len(kept) - max(1, self.rt.limits.dedup_window)
-        if excess > 0:
-            self._forget(sid, kept[:excess])
-            del kept[:excess]
-            change.dedup_floors[sid] = kept[0][0]
+        self.dedup_sessions.setdefault(sid, []).append((pos, rid))
+        self.dedup_recent.append((pos, sid))
+        left = self.dedup_recent.popleft()[1] if len(self.dedup_recent) > CA_WINDOW else sid  # out of the CA's window
+        self._trim(sid, change)
+        if left != sid:
+            self._trim(left, change)
 
-    def _trim_orphans(self, change: Change) -> None:
-        """Bound the records of sessions that no longer exist: the newest ORPHAN_RECORDS stay, whole sessions go."""
-        gone = [sid for sid in self.dedup_sessions if sid not in self.sessions]
-        total = sum(len(self.dedup_sessions[sid]) for sid in gone)
-        if total <= ORPHAN_RECORDS:
+    def _trim(self, sid: str, change: Change) -> None:
+        """Drop the records of ``sid`` that neither its session's window nor the CA's window holds."""
+        kept = self.dedup_sessions.get(sid)
+        if not kept:
             return
-        gone.sort(key=lambda sid: self.dedup_sessions[sid][-1][0])
-        for sid in gone:
-            kept = self.dedup_sessions.pop(sid)
-            self._forget(sid, kept)
-            change.dedup_floors[sid] = kept[-1][0] + 1
-            total -= len(kept)
-            if total <= ORPHAN_RECORDS:
-                return
+        floor = self.dedup_recent[0][0] if self.dedup_recent else self.dedup_pos + 1  # below: outside the CA window
+        window = max(1, self.rt.limits.dedup_window)
+        if sid in self.sessions:
+            floor = min(floor, kept[-window][0] if len(kept) >= window else 0)
+        drop = 0
+        while drop < len(kept) and kept[drop][0] < floor:
+            drop += 1
+        if not drop:
+            return
+        self._forget(sid, kept[:drop])
+        if drop == len(kept):
+            del self.dedup_sessions[sid]
+        else:
+            del kept[:drop]
+        change.dedup_floors[sid] = max(change.dedup_floors.get(sid, 0), floor)
 
     def _forget(self, sid: str, records: list[tuple[int, str]]) -> None:
         for pos, rid in records:

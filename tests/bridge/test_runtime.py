@@ -98,17 +98,23 @@ async def test_dedup_records_outlive_a_collected_session(tmp_path):
 
 
 async def test_dedup_window_is_bounded(tmp_path):
+    """A record is kept while it is among its session's last ``dedup_window`` or the CA's last CA_WINDOW (64)."""
+    from bridge.actor import CA_WINDOW
     from bridge.session import SessionLimits
 
     async with Harness(Counter, db=tmp_path / "w.db", limits=SessionLimits(dedup_window=3)) as h:
-        for i in range(5):
+        for i in range(70):
             await h.call("c1", "s", "record", f"t{i}", request_id=f"r{i}")
         actor = h.runtime.actors["c1"]
-        assert list(actor.dedup) == [("s", "r2"), ("s", "r3"), ("s", "r4")]
-        assert await h.call("c1", "s", "record", "t4", request_id="r4") == 1  # inside the window: replayed
+        assert list(actor.dedup) == [("s", f"r{i}") for i in range(70 - CA_WINDOW, 70)]
+        assert await h.call("c1", "s", "record", "t69", request_id="r69") == 1  # inside the window: replayed
         assert await h.call("c1", "s", "record", "t0", request_id="r0") == 2  # outside: runs again (documented)
+        for i in range(CA_WINDOW):  # another session's calls push s out of the CA's window, but not its own last 3
+            await h.call("c1", "t", "incr", request_id=f"t{i}")
+        assert [k for k in actor.dedup if k[0] == "s"] == [("s", "r68"), ("s", "r69"), ("s", "r0")]
         await h.restart()
-        assert list(h.runtime.actors["c1"].dedup) == [("s", "r3"), ("s", "r4"), ("s", "r0")]
+        assert list(h.runtime.actors["c1"].dedup) == list(actor.dedup)
+        assert len((await h.store.load("c1")).dedup) == 3 + CA_WINDOW
 
 
 @pytest.mark.parametrize("name", ["on_init", "on_resume", "_private", "not_a_method", "state", "__class__",
@@ -306,23 +312,23 @@ async def test_a_late_retry_is_answered_whatever_the_other_sessions_of_the_ca_di
         assert await h.call("c1", "quiet", "record", "once", request_id="early") == 1  # the recorded reply ...
         assert h.state("c1")["seen"]["once"] == 1  # ... and nothing ran again
         assert h.runtime.metrics.dedup_hits == hits + 1
-        for k in range(4):  # every busy session's last call is still covered too
-            assert await h.call("c1", f"dev{k}", "record", "x", request_id=f"dev{k}-49") == 1
+        for k in range(4):  # every busy session's last 8 calls are still covered too
+            assert await h.call("c1", f"dev{k}", "record", "x", request_id=f"dev{k}-42") == 1
         actor = h.runtime.actors["c1"]
-        assert {sid: len(kept) for sid, kept in actor.dedup_sessions.items()} == {
-            "quiet": 1, "dev0": 8, "dev1": 8, "dev2": 8, "dev3": 8}  # bounded per session
+        kept = {sid: len(records) for sid, records in actor.dedup_sessions.items()}
+        assert kept["quiet"] == 1 and all(kept[f"dev{k}"] >= 8 for k in range(4))
+        assert sum(kept.values()) <= 64 + 8 * 5  # bounded: the CA's last 64, and each session's last 8
         await h.restart()  # the store kept exactly the same records
+        assert sorted(h.runtime.actors["c1"].dedup) == sorted(actor.dedup)
         assert await h.call("c1", "quiet", "record", "once", request_id="early") == 1
-        assert await h.call("c1", "dev2", "record", "dev2-42", request_id="dev2-42") == 1  # its 8th-last call
-        assert await h.call("c1", "dev2", "record", "dev2-41", request_id="dev2-41") == 2  # 9th-last: ran again
+        assert await h.call("c1", "dev2", "record", "dev2-0", request_id="dev2-0") == 2  # long gone: ran again
         assert h.state("c1")["seen"]["once"] == 1
-        assert len((await h.store.load("c1")).dedup) == 1 + 8 * 4
 
 
 async def test_dedup_records_of_collected_sessions_are_bounded(tmp_path):
-    """Records outlive a collected session (see above), but sessions come and go: of the sessions that no longer
-    exist, the CA keeps the newest 64 records, whole sessions at a time, oldest sessions first."""
-    from bridge.actor import ORPHAN_RECORDS
+    """Records outlive a collected session (see above), but sessions come and go: those of sessions that no longer
+    exist stay while they are among the CA's last 64 (CA_WINDOW)."""
+    from bridge.actor import CA_WINDOW
     from bridge.session import SessionLimits
 
     async with Harness(Counter, db=tmp_path / "o.db", limits=SessionLimits(max_sessions=2, dedup_window=2)) as h:
@@ -331,8 +337,8 @@ async def test_dedup_records_of_collected_sessions_are_bounded(tmp_path):
             await h.call("c1", f"s{i}", "notify_to", f"s{i}", "pending", request_id="r2")
         actor = h.runtime.actors["c1"]
         gone = [sid for sid in actor.dedup_sessions if sid not in actor.sessions]
-        assert sum(len(actor.dedup_sessions[sid]) for sid in gone) == ORPHAN_RECORDS
-        assert "s0" not in actor.dedup_sessions and "s40" in gone
+        assert len(actor.dedup) == CA_WINDOW  # 100 calls: the last 64 (the live sessions' last two among them)
+        assert "s0" not in actor.dedup_sessions and "s40" in gone and "s17" not in gone
         assert await h.call("c1", "s40", "record", "a40", request_id="r1") == 1  # collected, still covered
         await h.restart()
         assert sorted(h.runtime.actors["c1"].dedup) == sorted(actor.dedup)
