@@ -10,8 +10,8 @@ import asyncio
 import inspect
 import logging
 import time
-from pathlib import Path
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import codec

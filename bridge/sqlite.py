@@ -60,7 +60,7 @@ class SQLiteStore:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
-        """Open the file (creating it and the schema) on the writer thread."""
+        """Open the file on the writer thread: creating it and the schema, or upgrading it (read-only: as it is)."""
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
         try:
             await self._run(self._open_read_only if self.read_only else self._open)
@@ -82,9 +82,9 @@ class SQLiteStore:
         if not {"ca", "session", "note", "dedup"} <= tables:
             db.close()
             raise StoreError(f"no ca-bridge store in {self.path}")
-        if not 2 <= version <= SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             db.close()
-            raise StoreError(f"store {self.path} has schema {version}; this bridge reads {2}..{SCHEMA_VERSION}")
+            raise StoreError(f"store {self.path} has schema {version}, newer than this bridge ({SCHEMA_VERSION})")
         self._db = db
 
     def _open(self) -> None:
