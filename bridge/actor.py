@@ -32,10 +32,10 @@ log = logging.getLogger("bridge.ca")
 PULSE: Final = "pulse"
 RESUME: Final = "resume"
 _EMPTY_STATE: Final = codec.dumps({})
-# Besides each session's last dedup_window records, a CA keeps its last CA_WINDOW records whatever their sessions:
-# this covers a duplicate that comes back late (redelivered by a bridge that was paused, say) after its session made
-# more calls, and the calls of sessions collected by the max-sessions rule.
-CA_WINDOW: Final = 64
+# Besides each session's last dedup_window records, a CA keeps its last CA_WINDOW x dedup_window records (64 by
+# default) whatever their sessions: this covers a duplicate that comes back late (redelivered by a bridge that was
+# paused, say) after its session made more calls, and the calls of sessions collected by the max-sessions rule.
+CA_WINDOW: Final = 8
 
 Item = tuple[Request, "asyncio.Future[Any] | None"] | str
 
@@ -77,7 +77,7 @@ class Actor:
         # numbered per CA; not part of the session, so collecting a session does not forget which of its requests ran
         self.dedup: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.dedup_sessions: dict[str, list[tuple[int, str]]] = {}  # session -> (position, id), oldest first
-        self.dedup_recent: deque[tuple[int, str]] = deque()  # (position, session) of the CA's last CA_WINDOW records
+        self.dedup_recent: deque[tuple[int, str]] = deque()  # (position, session) of the CA's last records (CA_WINDOW)
         self.dedup_pos = 0
         self.ready = False
         self.owned_epoch = record.epoch if record is not None else 0  # clusters: the fence of every change
@@ -96,7 +96,7 @@ class Actor:
                 self.dedup_sessions.setdefault(sid, []).append((pos, rid))
                 self.dedup_recent.append((pos, sid))
                 self.dedup_pos = pos
-            while len(self.dedup_recent) > CA_WINDOW:
+            while len(self.dedup_recent) > CA_WINDOW * max(1, self.rt.limits.dedup_window):
                 self.dedup_recent.popleft()
         self.ca.state = codec.loads(self.state_blob)
 
@@ -371,15 +371,16 @@ class Actor:
 
     def _record(self, sid: str, rid: str, payload: bytes, change: Change) -> None:
         """Remember a call's reply for dedup, in the same change as its effects. A record is kept while it is among
-        the last ``dedup_window`` of its session (if the session exists) or among the last CA_WINDOW of the CA, so
-        no load on the CA's other sessions can push out a session's recent calls."""
+        the last ``dedup_window`` of its session (if the session exists) or among the CA's last (CA_WINDOW times as
+        many), so no load on the CA's other sessions can push out a session's recent calls."""
         self.dedup_pos += 1
         pos = self.dedup_pos
         self.dedup[(sid, rid)] = (pos, payload)
         change.dedup.append((pos, sid, rid, payload))
         self.dedup_sessions.setdefault(sid, []).append((pos, rid))
         self.dedup_recent.append((pos, sid))
-        left = self.dedup_recent.popleft()[1] if len(self.dedup_recent) > CA_WINDOW else sid  # out of the CA's window
+        full = len(self.dedup_recent) > CA_WINDOW * max(1, self.rt.limits.dedup_window)
+        left = self.dedup_recent.popleft()[1] if full else sid  # no longer among the CA's last records
         self._trim(sid, change)
         if left != sid:
             self._trim(left, change)

@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--queue-limit", type=int, default=5, help="default per-session queue limit")
     run.add_argument("--dedup-window", type=int, default=8,
                      help="replies remembered per session: a retry of one of its last N calls is not run again "
-                          "(the CA's last 64 calls are remembered too)")
+                          "(and the CA's last 8 x N calls; default 8)")
     run.add_argument("--max-queue", type=int, default=10_000,
                      help="hard cap of any session queue, even an 'unlimited' one (oldest dropped)")
     run.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "EXTRA"], help="SQLite durability")

@@ -25,7 +25,7 @@ class SessionLimits:
     """Per-CA settings: Caf.js's session defaults, a hard cap no queue may pass, and the dedup window (the
     replies of the last ``dedup_window`` calls of each session are remembered, whatever its CA's other sessions
     do, so a device that waits for each reply before its next call can always retry its last one; and those of
-    the CA's last bridge.actor.CA_WINDOW calls)."""
+    the CA's last 8 x ``dedup_window`` calls)."""
 
     max_sessions: int = 10
     default_queue: int = 5

@@ -98,23 +98,25 @@ async def test_dedup_records_outlive_a_collected_session(tmp_path):
 
 
 async def test_dedup_window_is_bounded(tmp_path):
-    """A record is kept while it is among its session's last ``dedup_window`` or the CA's last CA_WINDOW (64)."""
+    """A record is kept while it is among its session's last ``dedup_window`` or the CA's last 8 x that."""
     from bridge.actor import CA_WINDOW
     from bridge.session import SessionLimits
+
+    ca_window = CA_WINDOW * 3
 
     async with Harness(Counter, db=tmp_path / "w.db", limits=SessionLimits(dedup_window=3)) as h:
         for i in range(70):
             await h.call("c1", "s", "record", f"t{i}", request_id=f"r{i}")
         actor = h.runtime.actors["c1"]
-        assert list(actor.dedup) == [("s", f"r{i}") for i in range(70 - CA_WINDOW, 70)]
+        assert list(actor.dedup) == [("s", f"r{i}") for i in range(70 - ca_window, 70)]
         assert await h.call("c1", "s", "record", "t69", request_id="r69") == 1  # inside the window: replayed
         assert await h.call("c1", "s", "record", "t0", request_id="r0") == 2  # outside: runs again (documented)
-        for i in range(CA_WINDOW):  # another session's calls push s out of the CA's window, but not its own last 3
+        for i in range(ca_window):  # another session's calls push s out of the CA's window, but not its own last 3
             await h.call("c1", "t", "incr", request_id=f"t{i}")
         assert [k for k in actor.dedup if k[0] == "s"] == [("s", "r68"), ("s", "r69"), ("s", "r0")]
         await h.restart()
         assert list(h.runtime.actors["c1"].dedup) == list(actor.dedup)
-        assert len((await h.store.load("c1")).dedup) == 3 + CA_WINDOW
+        assert len((await h.store.load("c1")).dedup) == 3 + ca_window
 
 
 @pytest.mark.parametrize("name", ["on_init", "on_resume", "_private", "not_a_method", "state", "__class__",
@@ -327,7 +329,7 @@ async def test_a_late_retry_is_answered_whatever_the_other_sessions_of_the_ca_di
 
 async def test_dedup_records_of_collected_sessions_are_bounded(tmp_path):
     """Records outlive a collected session (see above), but sessions come and go: those of sessions that no longer
-    exist stay while they are among the CA's last 64 (CA_WINDOW)."""
+    exist stay while they are among the CA's last 8 x ``dedup_window``."""
     from bridge.actor import CA_WINDOW
     from bridge.session import SessionLimits
 
@@ -337,9 +339,9 @@ async def test_dedup_records_of_collected_sessions_are_bounded(tmp_path):
             await h.call("c1", f"s{i}", "notify_to", f"s{i}", "pending", request_id="r2")
         actor = h.runtime.actors["c1"]
         gone = [sid for sid in actor.dedup_sessions if sid not in actor.sessions]
-        assert len(actor.dedup) == CA_WINDOW  # 100 calls: the last 64 (the live sessions' last two among them)
-        assert "s0" not in actor.dedup_sessions and "s40" in gone and "s17" not in gone
-        assert await h.call("c1", "s40", "record", "a40", request_id="r1") == 1  # collected, still covered
+        assert len(actor.dedup) == CA_WINDOW * 2  # 100 calls: the last 16 (the live sessions' last two among them)
+        assert "s0" not in actor.dedup_sessions and "s45" in gone and "s41" not in gone
+        assert await h.call("c1", "s45", "record", "a45", request_id="r1") == 1  # collected, still covered
         await h.restart()
         assert sorted(h.runtime.actors["c1"].dedup) == sorted(actor.dedup)
         assert len((await h.store.load("c1")).dedup) == len(actor.dedup)
