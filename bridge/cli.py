@@ -121,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--call-timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline")
     run.add_argument("--max-sessions", type=int, default=10)
     run.add_argument("--queue-limit", type=int, default=5, help="default per-session queue limit")
-    run.add_argument("--dedup-window", type=int, default=64, help="replies remembered per CA")
+    run.add_argument("--dedup-window", type=int, default=8,
+                     help="replies remembered per session: a retry of one of its last N calls is not run again "
+                          "(and the CA's last 8 x N calls; default 8)")
     run.add_argument("--max-queue", type=int, default=10_000,
                      help="hard cap of any session queue, even an 'unlimited' one (oldest dropped)")
     run.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "EXTRA"], help="SQLite durability")
@@ -234,22 +236,23 @@ def _redact(db: str) -> str:
     return redact(db)
 
 
-def _store(db: str, *, must_exist: bool) -> Store:
-    """The store ``--db`` names: PostgreSQL for a postgresql:// URL, else a SQLite file."""
+def _store(db: str, *, must_exist: bool, read_only: bool = False) -> Store:
+    """The store ``--db`` names: PostgreSQL for a postgresql:// URL, else a SQLite file (``read_only``: opened
+    as it is, no schema created or upgraded, and any write refused)."""
     from bridge.postgres import PostgresStore, is_postgres_url
     from bridge.sqlite import SQLiteStore
 
     if is_postgres_url(db):
-        return PostgresStore(db, application_name="ca-bridge-tool")
+        return PostgresStore(db, application_name="ca-bridge-tool", read_only=read_only)
     if must_exist and not Path(db).exists():
         raise ConfigError(f"no store at {db}")
-    return SQLiteStore(Path(db))
+    return SQLiteStore(Path(db), read_only=read_only)
 
 
 async def _inspect(args: argparse.Namespace) -> int:
     from bridge.inspect import describe, render
 
-    store = _store(args.db, must_exist=True)
+    store = _store(args.db, must_exist=True, read_only=True)  # inspecting never writes
     await store.open()
     try:
         if args.ca:

@@ -100,6 +100,7 @@ class Bridge:
         try:
             await self.store.open()
             self._stack.push_async_callback(self.store.close)
+            await self.runtime.bind_app()  # another app's store: refused before anything starts
             if s.auth is not None and self.broker_url.username is None:
                 from bridge.auth import AuthStore
 

@@ -2,7 +2,7 @@
 # Runs unchanged under CPython and MicroPython; rerun it until it exits 0 (see forever.py):
 #     micropython examples/hellopersistent/device.py      (or python; no MICROPYPATH/PYTHONPATH needed)
 #
-# env: CA_HOST CA_PORT CA_NAME (foo-ca1) ITEMS (count; default: a fixed fruit list)
+# env: CA_HOST CA_PORT CA_NAME (cart1) ITEMS (count; default: a fixed fruit list)
 #      CRASH (per-256 chance to die before each buy, default 47)
 #      CRASH_MID (per-256 chance to die while a buy is in flight, default 0)
 #      SEED, RUN (seed the crash dice; forever.py sets RUN to the attempt number)
@@ -60,7 +60,7 @@ def transient(e):
 
 
 def main():
-    c = Client(getenv("CA_NAME", "foo-ca1"), "default", host=getenv("CA_HOST", "127.0.0.1"),
+    c = Client(getenv("CA_NAME", "cart1"), "default", host=getenv("CA_HOST", "127.0.0.1"),
                port=int(getenv("CA_PORT", "1883")), timeout=10)
     c.connect()
     ps = PersistentSession(c)

@@ -110,17 +110,25 @@ async def test_dedup_records_outlive_a_collected_session(tmp_path):
 
 
 async def test_dedup_window_is_bounded(tmp_path):
+    """A record is kept while it is among its session's last ``dedup_window`` or the CA's last 8 x that."""
+    from bridge.actor import CA_WINDOW
     from bridge.session import SessionLimits
 
+    ca_window = CA_WINDOW * 3
+
     async with Harness(Counter, db=tmp_path / "w.db", limits=SessionLimits(dedup_window=3)) as h:
-        for i in range(5):
+        for i in range(70):
             await h.call("c1", "s", "record", f"t{i}", request_id=f"r{i}")
         actor = h.runtime.actors["c1"]
-        assert list(actor.dedup) == [("s", "r2"), ("s", "r3"), ("s", "r4")]
-        assert await h.call("c1", "s", "record", "t4", request_id="r4") == 1  # inside the window: replayed
+        assert list(actor.dedup) == [("s", f"r{i}") for i in range(70 - ca_window, 70)]
+        assert await h.call("c1", "s", "record", "t69", request_id="r69") == 1  # inside the window: replayed
         assert await h.call("c1", "s", "record", "t0", request_id="r0") == 2  # outside: runs again (documented)
+        for i in range(ca_window):  # another session's calls push s out of the CA's window, but not its own last 3
+            await h.call("c1", "t", "incr", request_id=f"t{i}")
+        assert [k for k in actor.dedup if k[0] == "s"] == [("s", "r68"), ("s", "r69"), ("s", "r0")]
         await h.restart()
-        assert list(h.runtime.actors["c1"].dedup) == [("s", "r3"), ("s", "r4"), ("s", "r0")]
+        assert list(h.runtime.actors["c1"].dedup) == list(actor.dedup)
+        assert len((await h.store.load("c1")).dedup) == 3 + ca_window
 
 
 @pytest.mark.parametrize("name", ["on_init", "on_resume", "_private", "not_a_method", "state", "__class__",
@@ -387,3 +395,52 @@ async def test_rate_limit_per_ca():
         assert await h.call("other", "s", "incr") == 1  # limits are per CA
         await asyncio.sleep(0.25)  # a token comes back every 0.2 s
         assert await h.call("c", "s", "incr") == 4
+
+
+async def test_a_late_retry_is_answered_whatever_the_other_sessions_of_the_ca_did(tmp_path):
+    """Issue 14 item 17: the dedup window was the CA's last 64 requests, so four busy devices on one CA pushed a
+    quiet device's record out before its retry came, and the retry ran again. The records are kept per session
+    now (its last ``dedup_window`` = 8): the other sessions' load cannot evict them."""
+    async with Harness(Counter, db=tmp_path / "d.db") as h:
+        assert await h.call("c1", "quiet", "record", "once", request_id="early") == 1
+
+        async def busy(sid):
+            for i in range(50):
+                assert await h.call("c1", sid, "record", f"{sid}-{i}", request_id=f"{sid}-{i}") == 1
+
+        await asyncio.gather(*(busy(f"dev{k}") for k in range(4)))  # 200 calls: three times the old window
+        hits = h.runtime.metrics.dedup_hits
+        assert await h.call("c1", "quiet", "record", "once", request_id="early") == 1  # the recorded reply ...
+        assert h.state("c1")["seen"]["once"] == 1  # ... and nothing ran again
+        assert h.runtime.metrics.dedup_hits == hits + 1
+        for k in range(4):  # every busy session's last 8 calls are still covered too
+            assert await h.call("c1", f"dev{k}", "record", "x", request_id=f"dev{k}-42") == 1
+        actor = h.runtime.actors["c1"]
+        kept = {sid: len(records) for sid, records in actor.dedup_sessions.items()}
+        assert kept["quiet"] == 1 and all(kept[f"dev{k}"] >= 8 for k in range(4))
+        assert sum(kept.values()) <= 64 + 8 * 5  # bounded: the CA's last 64, and each session's last 8
+        await h.restart()  # the store kept exactly the same records
+        assert sorted(h.runtime.actors["c1"].dedup) == sorted(actor.dedup)
+        assert await h.call("c1", "quiet", "record", "once", request_id="early") == 1
+        assert await h.call("c1", "dev2", "record", "dev2-0", request_id="dev2-0") == 2  # long gone: ran again
+        assert h.state("c1")["seen"]["once"] == 1
+
+
+async def test_dedup_records_of_collected_sessions_are_bounded(tmp_path):
+    """Records outlive a collected session (see above), but sessions come and go: those of sessions that no longer
+    exist stay while they are among the CA's last 8 x ``dedup_window``."""
+    from bridge.actor import CA_WINDOW
+    from bridge.session import SessionLimits
+
+    async with Harness(Counter, db=tmp_path / "o.db", limits=SessionLimits(max_sessions=2, dedup_window=2)) as h:
+        for i in range(50):  # each session: two calls, and a pending notification that makes it collectable
+            await h.call("c1", f"s{i}", "record", f"a{i}", request_id="r1")
+            await h.call("c1", f"s{i}", "notify_to", f"s{i}", "pending", request_id="r2")
+        actor = h.runtime.actors["c1"]
+        gone = [sid for sid in actor.dedup_sessions if sid not in actor.sessions]
+        assert len(actor.dedup) == CA_WINDOW * 2  # 100 calls: the last 16 (the live sessions' last two among them)
+        assert "s0" not in actor.dedup_sessions and "s45" in gone and "s41" not in gone
+        assert await h.call("c1", "s45", "record", "a45", request_id="r1") == 1  # collected, still covered
+        await h.restart()
+        assert sorted(h.runtime.actors["c1"].dedup) == sorted(actor.dedup)
+        assert len((await h.store.load("c1")).dedup) == len(actor.dedup)
