@@ -40,7 +40,7 @@ async def measure(url: str, commits: int, size: int) -> tuple[float, float]:
                 p = pos[name]
                 change = Change(name, state=b"\xa1an" + bytes([p % 200]))
                 change.dedup.append((p, "default", f"r{p}", b"\xa3areply" * 3))
-                change.dedup_floor = max(0, p - 63)
+                change.dedup_floors["default"] = max(0, p - 7)
                 if p % 5 == 0:
                     change.sessions["default"] = SessionWrite(meta=b"\x87" + b"\x01" * 10, notes=[(p, b"\x81\x01")],
                                                               note_floor=max(0, p - 3))

@@ -32,6 +32,10 @@ log = logging.getLogger("bridge.ca")
 PULSE: Final = "pulse"
 RESUME: Final = "resume"
 _EMPTY_STATE: Final = codec.dumps({})
+# Besides each session's last dedup_window records, a CA keeps its last CA_WINDOW x dedup_window records (64 by
+# default) whatever their sessions: this covers a duplicate that comes back late (redelivered by a bridge that was
+# paused, say) after its session made more calls, and the calls of sessions collected by the max-sessions rule.
+CA_WINDOW: Final = 8
 
 Item = tuple[Request, "asyncio.Future[Any] | None"] | str
 
@@ -40,8 +44,9 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "dedup", "dedup_pos", "durable", "epoch", "last_active", "mailbox", "name", "owned_epoch", "pulse_at",
-        "pulse_queued", "ready", "recent", "rt", "running", "sessions", "stale", "state_blob", "tokens", "tokens_at",
+        "ca", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "last_active", "mailbox",
+        "name", "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent", "rt", "running", "sessions",
+        "stale", "state_blob", "tokens", "tokens_at",
     )
 
     def __init__(self, rt: Runtime, name: str, record: CARecord | None) -> None:
@@ -52,6 +57,8 @@ class Actor:
         self.ca.scratch = {}
         self.ca.log = logging.LoggerAdapter(log, {"ca": name})
         self.mailbox: deque[Item] = deque()
+        # session -> its presence message waiting in the mailbox (one per session: later ones update it in place)
+        self.presence: dict[str, Request] = {}
         self.running = False
         self.pulse_queued = False
         self.pulse_at = 0.0  # no pulse before this loop time (a CA just taken over from another bridge)
@@ -66,9 +73,11 @@ class Actor:
 
     def reset(self, record: CARecord | None) -> None:
         self.sessions: dict[str, SessionData] = {}
-        # (session, request id) -> (position, encoded reply), oldest first; kept per CA so that collecting a
-        # session does not forget which of its requests already ran
+        # (session, request id) -> (position, encoded reply): the replies of each session's last dedup_window calls,
+        # numbered per CA; not part of the session, so collecting a session does not forget which of its requests ran
         self.dedup: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.dedup_sessions: dict[str, list[tuple[int, str]]] = {}  # session -> (position, id), oldest first
+        self.dedup_recent: deque[tuple[int, str]] = deque()  # (position, session) of the CA's last records (CA_WINDOW)
         self.dedup_pos = 0
         self.ready = False
         self.owned_epoch = record.epoch if record is not None else 0  # clusters: the fence of every change
@@ -82,8 +91,13 @@ class Actor:
                 data = SessionData.from_meta(codec.loads(srec.meta))
                 data.queue = srec.notes
                 self.sessions[sid] = data
-            self.dedup = {(sid, rid): (pos, reply) for pos, sid, rid, reply in record.dedup}
-            self.dedup_pos = record.dedup[-1][0] if record.dedup else 0
+            for pos, sid, rid, reply in sorted(record.dedup, key=lambda d: d[0]):
+                self.dedup[(sid, rid)] = (pos, reply)
+                self.dedup_sessions.setdefault(sid, []).append((pos, rid))
+                self.dedup_recent.append((pos, sid))
+                self.dedup_pos = pos
+            while len(self.dedup_recent) > CA_WINDOW * max(1, self.rt.limits.dedup_window):
+                self.dedup_recent.popleft()
         self.ca.state = codec.loads(self.state_blob)
 
     def invalidate(self) -> None:
@@ -115,11 +129,28 @@ class Actor:
         finally:
             self.running = False
 
+    def offer_presence(self, req: Request, new_sessions: int) -> bool:
+        """Admit a presence message without taking a mailbox slot: a presence is one bit per session, so one waiting
+        message per session is enough, and a later one updates it in place (coalesced). False (dropped) only for a
+        session that does not exist yet when ``new_sessions`` messages are waiting already (a flood of new ids)."""
+        waiting = self.presence.get(req.session)
+        if waiting is not None:
+            waiting.online, waiting.codec, waiting.raw = req.online, req.codec, req.raw
+            return True
+        if req.session not in self.sessions and \
+                sum(sid not in self.sessions for sid in self.presence) >= new_sessions:
+            return False
+        self.presence[req.session] = req
+        self.enqueue((req, None))
+        return True
+
     async def _process(self, item: Item) -> None:
         if isinstance(item, str):
             set_context(self.name)
         else:
             set_context(self.name, item[0].session, item[0].id)
+            if self.presence.get(item[0].session) is item[0]:
+                del self.presence[item[0].session]  # from now on, a new presence message waits on its own
         if self.stale:
             if self.rt.cluster is None:
                 self.reset(await self.rt.store.load(self.name))
@@ -333,20 +364,52 @@ class Actor:
             self.sessions[sid] = data
             if write.meta is not None or write.notes or write.note_floor or write.purge:
                 change.sessions[sid] = write
+        for sid in txn.deleted:
+            if sid not in self.sessions:  # collected: its records stay while they are among the CA's last ones
+                self._trim(sid, change)
         return change, sends
 
     def _record(self, sid: str, rid: str, payload: bytes, change: Change) -> None:
-        """Remember a call's reply for dedup, in the same change as its effects."""
+        """Remember a call's reply for dedup, in the same change as its effects. A record is kept while it is among
+        the last ``dedup_window`` of its session (if the session exists) or among the CA's last (CA_WINDOW times as
+        many), so no load on the CA's other sessions can push out a session's recent calls."""
         self.dedup_pos += 1
         pos = self.dedup_pos
         self.dedup[(sid, rid)] = (pos, payload)
         change.dedup.append((pos, sid, rid, payload))
-        floor = pos - self.rt.limits.dedup_window + 1
-        if floor > 1:
-            change.dedup_floor = floor
-            dedup = self.dedup
-            while dedup and next(iter(dedup.values()))[0] < floor:
-                del dedup[next(iter(dedup))]
+        self.dedup_sessions.setdefault(sid, []).append((pos, rid))
+        self.dedup_recent.append((pos, sid))
+        full = len(self.dedup_recent) > CA_WINDOW * max(1, self.rt.limits.dedup_window)
+        left = self.dedup_recent.popleft()[1] if full else sid  # no longer among the CA's last records
+        self._trim(sid, change)
+        if left != sid:
+            self._trim(left, change)
+
+    def _trim(self, sid: str, change: Change) -> None:
+        """Drop the records of ``sid`` that neither its session's window nor the CA's window holds."""
+        kept = self.dedup_sessions.get(sid)
+        if not kept:
+            return
+        floor = self.dedup_recent[0][0] if self.dedup_recent else self.dedup_pos + 1  # below: outside the CA window
+        window = max(1, self.rt.limits.dedup_window)
+        if sid in self.sessions:
+            floor = min(floor, kept[-window][0] if len(kept) >= window else 0)
+        drop = 0
+        while drop < len(kept) and kept[drop][0] < floor:
+            drop += 1
+        if not drop:
+            return
+        self._forget(sid, kept[:drop])
+        if drop == len(kept):
+            del self.dedup_sessions[sid]
+        else:
+            del kept[:drop]
+        change.dedup_floors[sid] = max(change.dedup_floors.get(sid, 0), floor)
+
+    def _forget(self, sid: str, records: list[tuple[int, str]]) -> None:
+        for pos, rid in records:
+            if self.dedup.get((sid, rid), (0, b""))[0] == pos:  # not an older record of an id that ran again
+                del self.dedup[(sid, rid)]
 
     def _dedup_hit(self, req: Request) -> bytes | None:
         hit = self.dedup.get((req.session, req.id))

@@ -8,8 +8,10 @@ auth directory, see bridge.auth) and:
 * refuses anonymous clients, unknown users and wrong passwords; the hash check runs on a worker thread;
 * rereads the password file when it changes (checked on every CONNECT, at most once a second otherwise), so a
   removed device is refused on its next CONNECT and loses publish/receive rights within about a second;
-* binds each client id to the first user that authenticated with it, so a device cannot take over another
-  device's (or the bridge's) persistent session and its queued messages;
+* refuses a client id that belongs to another user: the prefixes of ``mosquitto.clientids`` next to the password
+  file (device ``X`` owns ``<prefix>-X-...``, the bridge ``ca-bridge-...``; the same file mosquitto's plugin
+  reads), and any other id once a user has authenticated with it; so a device can neither disconnect another
+  device (or the bridge) nor take over its persistent session and queued messages;
 * allows device ``X`` to publish only to ``<prefix>/X/in``, to subscribe to and receive only
   ``<prefix>/X/session/<one level>`` and ``<prefix>/X/errors``; the bridge user may use everything under
   ``<prefix>/``; nobody may use anything else;
@@ -25,6 +27,8 @@ import logging
 import os
 import time
 import weakref
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from typing import Any
 from amqtt.contexts import Action  # type: ignore[import-untyped]
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin  # type: ignore[import-untyped]
 
-from bridge.auth import BRIDGE_USER, argon2_verify, read_passwd
+from bridge.auth import BRIDGE_USER, CLIENTIDS_FILE, argon2_verify, read_clientids, read_passwd
 
 __all__ = ["DevicePolicyPlugin", "UserDB", "allowed", "reload_all"]
 
@@ -49,11 +53,14 @@ def reload_all() -> None:
 
 
 class UserDB:
-    """A password file kept in memory and reread when its inode, size or mtime changes."""
+    """A password file (or another ``key value`` file) kept in memory and reread when its inode, size or mtime
+    changes."""
 
-    def __init__(self, path: Path, recheck: float = 1.0) -> None:
+    def __init__(self, path: Path, recheck: float = 1.0,
+                 reader: Callable[[Path], dict[str, str]] = read_passwd) -> None:
         self.path = path
         self.recheck = recheck
+        self.reader = reader
         self.users: dict[str, str] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
@@ -73,8 +80,8 @@ class UserDB:
         if stamp == self._stamp and not force:
             return
         self._stamp = stamp
-        self.users = read_passwd(self.path)
-        log.info("loaded %d user(s) from %s", len(self.users), self.path)  # names and hashes are not logged
+        self.users = self.reader(self.path)
+        log.info("loaded %d entries from %s", len(self.users), self.path)  # names and hashes are not logged
 
 
 def allowed(username: str | None, topic: str, action: str, prefix: str, bridge_user: str = BRIDGE_USER) -> bool:
@@ -112,6 +119,7 @@ class DevicePolicyPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         self.prefix: str = cfg.prefix
         self.bridge_user: str = cfg.bridge_user
         self.db = UserDB(Path(cfg.password_file))
+        self.prefixes = UserDB(Path(cfg.password_file).parent / CLIENTIDS_FILE, reader=read_clientids)
         self.owners: dict[str, str] = {}  # client id -> the user that first authenticated with it
         self.wills: dict[str, tuple[Any, ...]] = {}  # client id -> the will of its last accepted CONNECT
 
@@ -151,11 +159,18 @@ class DevicePolicyPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         if encoded is None or not await asyncio.to_thread(argon2_verify, password, encoded):
             log.info("refused client %r: bad credentials", client_id)
             return False
-        owner = self.owners.get(client_id) if client_id else None
+        owner = self._owner(client_id) if client_id else None
         if owner is not None and owner != username:
             log.warning("refused client %r: its client id belongs to another user", client_id)
             return False
         return True
+
+    def _owner(self, client_id: str) -> str | None:
+        """The user a client id belongs to: the owner of its longest prefix in mosquitto.clientids, else the first
+        user that authenticated with it, else nobody."""
+        self.prefixes.refresh(force=True)
+        best = max((p for p in self.prefixes.users if client_id.startswith(p)), key=len, default=None)
+        return self.prefixes.users[best] if best is not None else self.owners.get(client_id)
 
     async def topic_filtering(self, *, session: Any = None, topic: str | None = None, action: Any = None) -> bool:
         username = getattr(session, "username", None)
@@ -179,17 +194,61 @@ class DevicePolicyPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         return ok
 
 
+# Set while amqtt reads a CONNECT (a clean session's old state is deleted only after authentication), and while
+# an authenticated client's session runs (amqtt's own authentication call is answered from it). Per task.
+_READING_CONNECT: ContextVar[bool] = ContextVar("_READING_CONNECT", default=False)
+_AUTHENTICATED: ContextVar[bool] = ContextVar("_AUTHENTICATED", default=False)
+
+
 def broker_class() -> type[Any]:
-    """amqtt's Broker with the retained-message leak closed.
+    """amqtt's Broker with the retained-message leak closed and a refused CONNECT kept away from other sessions.
 
     amqtt 0.12.1 inverts a check in ``_handle_subscription``: it sends the retained messages matching a filter
     only when the SUBSCRIBE was *refused* (return code 0x80), so a device refused ``#`` by the ACL still got every
     retained message. Here a retained message is sent only if the subscription is allowed by the topic plugins
     and the message's own topic may be received by that client.
+
+    amqtt also acts on a CONNECT's client id before it authenticates: a clean-session CONNECT deletes the stored
+    session of that id, and any CONNECT disconnects the client connected with that id ("take-over") and puts
+    itself in its place, and only then answers "not authorised". So a device refused for using another device's
+    client id still cut that device off and wiped its saved session. Here authentication comes first: a refused
+    CONNECT gets its CONNACK and is closed without touching any session; an accepted one proceeds as in amqtt.
     """
     from amqtt.broker import Broker  # type: ignore[import-untyped]
+    from amqtt.session import Session  # type: ignore[import-untyped]
 
     class SafeBroker(Broker):  # type: ignore[misc]
+        async def _initialize_client_session(self, *args: Any) -> Any:
+            token = _READING_CONNECT.set(True)
+            try:
+                return await super()._initialize_client_session(*args)
+            finally:
+                _READING_CONNECT.reset(token)
+
+        async def _delete_session(self, client_id: str) -> None:
+            if not _READING_CONNECT.get():  # a clean session's old state goes once the CONNECT is authenticated
+                await super()._delete_session(client_id)
+
+        async def _authenticate(self, session: Any, listener: Any) -> bool:
+            return True if _AUTHENTICATED.get() else bool(await super()._authenticate(session, listener))
+
+        async def _handle_client_session(self, reader: Any, writer: Any, client_session: Any, handler: Any,
+                                         server: Any, listener_name: str) -> None:
+            if not await super()._authenticate(client_session, self.listeners_config[listener_name]):
+                refused = Session()  # not the session of that client id: it stays as it was
+                refused.client_id, refused.keep_alive, refused.parent = client_session.client_id, 0, 0
+                handler.attach(refused, reader, writer)
+                await handler.mqtt_connack_authorize(False)
+                await writer.close()
+                return
+            if client_session.clean_session and client_session.client_id:
+                await super()._delete_session(client_session.client_id)
+            token = _AUTHENTICATED.set(True)
+            try:
+                await super()._handle_client_session(reader, writer, client_session, handler, server, listener_name)
+            finally:
+                _AUTHENTICATED.reset(token)
+
         async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                               session: Any) -> None:
             topic_filter, qos = subscription

@@ -5,6 +5,10 @@ Layout of an auth directory (created 0700, every file 0600, rewritten atomically
     amqtt.passwd       name:$argon2id$...       read by the embedded broker (bridge.amqtt_plugins) and by
                                                 amqtt's own FileAuthPlugin
     mosquitto.passwd   name:$7$101$salt$hash    mosquitto's PBKDF2-SHA512 format (what mosquitto_passwd writes)
+    mosquitto.clientids  prefix owner           client-id prefixes and the user owning them, read by the mosquitto
+                                                plugin broker_config/ca_bridge_clientids.c: device ``X`` owns the
+                                                ids ``<prefix>-X-...`` (the firmware client's default), the bridge
+                                                ``ca-bridge-...``; nobody else may connect with them
     bridge.secret      the bridge's own password (user ``ca-bridge``), generated on first use
 
 A device's username is its CA name. Passwords are generated here (192 random bits), shown once by
@@ -32,12 +36,15 @@ from bridge.protocol import valid_name
 __all__ = [
     "ARGON2_PARAMS",
     "BRIDGE_USER",
+    "CLIENTIDS_FILE",
     "AuthStore",
     "Credentials",
     "argon2_hash",
     "argon2_verify",
+    "clientid_prefix",
     "mosquitto_hash",
     "mosquitto_verify",
+    "read_clientids",
     "read_passwd",
 ]
 
@@ -50,6 +57,14 @@ MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default for $7$ (PBKDF2-SHA512)
 AMQTT_FILE = "amqtt.passwd"
 MOSQUITTO_FILE = "mosquitto.passwd"
 BRIDGE_SECRET_FILE = "bridge.secret"
+CLIENTIDS_FILE = "mosquitto.clientids"
+BRIDGE_CLIENTID_PREFIX = BRIDGE_USER + "-"  # the bridge's ids: ca-bridge-<prefix>[-<node>] (bridge.service)
+DEFAULT_PREFIX = "ca"
+_CLIENTIDS_HEADER = (
+    "# Client-id prefixes and the user owning them (written by `ca-bridge device`; do not edit). mosquitto's\n"
+    "# ca_bridge_clientids plugin refuses a CONNECT whose client id starts with a prefix owned by another user\n"
+    "# (the longest matching prefix decides). Reread on SIGHUP.\n"
+)
 
 
 def argon2_hash(password: str) -> str:
@@ -108,6 +123,25 @@ def read_passwd(path: Path) -> dict[str, str]:
     return users
 
 
+def clientid_prefix(name: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The client-id prefix device ``name`` owns: the firmware client's default id is ``<prefix>-<name>-<session>``."""
+    return f"{prefix}-{name}-"
+
+
+def read_clientids(path: Path) -> dict[str, str]:
+    """``{client-id prefix: owner}`` from a ``mosquitto.clientids`` file; {} if it does not exist."""
+    owners: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return owners
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and not fields[0].startswith("#"):
+            owners[fields[0]] = fields[1]
+    return owners
+
+
 def _write_private(path: Path, text: str) -> None:
     """Replace ``path`` atomically with a 0600 file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -148,6 +182,7 @@ class AuthStore:
         self.amqtt_file = self.dir / AMQTT_FILE
         self.mosquitto_file = self.dir / MOSQUITTO_FILE
         self.bridge_secret_file = self.dir / BRIDGE_SECRET_FILE
+        self.clientids_file = self.dir / CLIENTIDS_FILE
 
     # -- setup --------------------------------------------------------------------------------------------------
 
@@ -167,13 +202,28 @@ class AuthStore:
         finally:
             os.close(fd)  # releases the lock
 
-    def _save(self, amqtt_users: dict[str, str], mosquitto_users: dict[str, str]) -> None:
+    def _save(self, amqtt_users: dict[str, str], mosquitto_users: dict[str, str],
+              owners: dict[str, str] | None = None) -> None:
+        if owners is None:
+            owners = read_clientids(self.clientids_file)
+        self._write_clientids(owners, set(mosquitto_users))
         _write_private(self.mosquitto_file, _render(mosquitto_users))
         _write_private(self.amqtt_file, _render(amqtt_users))  # last: the embedded broker reloads on its change
 
     def _set(self, amqtt_users: dict[str, str], mosq_users: dict[str, str], creds: Credentials) -> None:
         amqtt_users[creds.username] = argon2_hash(creds.password)
         mosq_users[creds.username] = mosquitto_hash(creds.password)
+
+    def _write_clientids(self, owners: dict[str, str], users: set[str]) -> None:
+        """Rewrite mosquitto.clientids: the bridge's prefix, and for every device its recorded prefixes (devices
+        from before this file existed get the default ``ca-<name>-``). Prefixes of removed users are dropped."""
+        owners = {p: u for p, u in owners.items() if u in users and u != BRIDGE_USER}
+        owned = set(owners.values())
+        for user in users - owned - {BRIDGE_USER}:
+            owners.setdefault(clientid_prefix(user), user)
+        owners[BRIDGE_CLIENTID_PREFIX] = BRIDGE_USER
+        lines = "".join(f"{p} {u}\n" for p, u in sorted(owners.items()))
+        _write_private(self.clientids_file, _CLIENTIDS_HEADER + lines)
 
     # -- the bridge's own credentials ---------------------------------------------------------------------------
 
@@ -192,6 +242,7 @@ class AuthStore:
                          and mosquitto_verify(creds.password, mosq_users.get(BRIDGE_USER, "")))
             if stale:
                 self._set(amqtt_users, mosq_users, creds)
+            if stale or not self.clientids_file.exists():  # also makes the file for an auth dir from before it
                 self._save(amqtt_users, mosq_users)
             return creds
 
@@ -210,12 +261,20 @@ class AuthStore:
 
     # -- devices ------------------------------------------------------------------------------------------------
 
-    def add(self, name: str, *, rotate: bool = False) -> Credentials:
-        """Create a device (or give it a new password with ``rotate``); returns its one-time clear credentials."""
+    def add(self, name: str, *, rotate: bool = False, prefix: str = DEFAULT_PREFIX) -> Credentials:
+        """Create a device (or give it a new password with ``rotate``); returns its one-time clear credentials.
+
+        The device also gets the client ids ``<prefix>-<name>-...`` (see mosquitto.clientids in the module doc)."""
         if not valid_name(name):
             raise ConfigError(f"invalid device name {name!r}: it must be a valid CA name (see docs/PROTOCOL.md)")
         if name == BRIDGE_USER:
             raise ConfigError(f"{BRIDGE_USER!r} is the bridge's own user, not a device name")
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ConfigError(f"invalid topic prefix {prefix!r}")
+        own = clientid_prefix(name, prefix)
+        if own.startswith(BRIDGE_CLIENTID_PREFIX):
+            raise ConfigError(f"device name {name!r} is refused: its client ids ({own}...) would look like the "
+                              f"bridge's own ({BRIDGE_CLIENTID_PREFIX}...)")
         with self._locked():
             amqtt_users, mosq_users = read_passwd(self.amqtt_file), read_passwd(self.mosquitto_file)
             exists = name in amqtt_users or name in mosq_users
@@ -223,9 +282,15 @@ class AuthStore:
                 raise ConfigError(f"device {name!r} exists; use --rotate to give it a new password")
             if rotate and not exists:
                 raise ConfigError(f"no device named {name!r} to rotate")
+            owners = read_clientids(self.clientids_file)
+            other = owners.get(own, name)
+            if other != name and other in mosq_users:
+                raise ConfigError(f"device name {name!r} is refused: its client ids ({own}...) are device "
+                                  f"{other!r}'s")
+            owners[own] = name
             creds = Credentials(name, secrets.token_urlsafe(24))
             self._set(amqtt_users, mosq_users, creds)
-            self._save(amqtt_users, mosq_users)
+            self._save(amqtt_users, mosq_users, owners)
             return creds
 
     def remove(self, name: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ _ACCESS_PLUGINS = (
 )
 
 
+def _no_startup_traceback(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Broker startup failed")
+
+
 class EmbeddedBroker:
     """amqtt in this process, listening on ``host:port``. Use as an async context manager.
 
@@ -97,14 +102,26 @@ class EmbeddedBroker:
         from bridge.amqtt_plugins import broker_class  # only the embedded mode needs amqtt
 
         self._broker = broker_class()(self.config)
+        amqtt_log = logging.getLogger("amqtt.broker")
+        amqtt_log.addFilter(_no_startup_traceback)  # the failure is reported below, in one line
         try:
             await self._broker.start()
         except Exception as exc:
-            raise ConfigError(f"embedded broker cannot listen on {self.host}:{self.port}: {exc}") from None
+            raise ConfigError(self._cannot_start(exc)) from None
+        finally:
+            amqtt_log.removeFilter(_no_startup_traceback)
         log.info("embedded amqtt broker listening on %s:%d", self.host, self.port)
         if self.tls is not None:
             log.info("embedded amqtt broker listening with TLS on %s:%d", self.tls[2], self.tls[3])
         return self
+
+    def _cannot_start(self, exc: Exception) -> str:
+        where = f"{self.host}:{self.port}" + (f" or {self.tls[2]}:{self.tls[3]}" if self.tls is not None else "")
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            return (f"embedded broker cannot listen on {where}: address already in use (by scripts/run or another "
+                    "broker?); stop it first, or pass --listen HOST:PORT")
+        return f"embedded broker cannot listen on {where}: {cause or exc}"
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._broker is None:

@@ -7,10 +7,13 @@ import asyncio
 import importlib
 import importlib.util
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from bridge.app import CA
 from bridge.errors import BridgeError, ConfigError
@@ -38,16 +41,40 @@ def load_app(spec: str) -> type[CA]:
             raise ConfigError(f"cannot load {target}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_spec.name]
+            raise ConfigError(_import_failure(target, path, exc)) from None
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise ConfigError(f"cannot import {target}: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(_import_failure(target, None, exc)) from None
     app = getattr(module, attr, None)
+    if app is None:
+        classes = sorted(k for k, v in vars(module).items()
+                         if isinstance(v, type) and issubclass(v, CA) and v is not CA)
+        found = f"its CA classes: {', '.join(classes)}" if classes else "it defines no CA class"
+        raise ConfigError(f"{target} has no {attr!r} ({found})")
     if not (isinstance(app, type) and issubclass(app, CA)):
         raise ConfigError(f"{spec} is not a subclass of bridge.CA")
     return app
+
+
+def _import_failure(target: str, path: Path | None, exc: Exception) -> str:
+    """One line for an app that fails to load, ``file:line: Error: message``, without the traceback."""
+    def shown(filename: str | None) -> str:
+        return target if filename is None or (path is not None and filename == str(path)) else filename
+
+    if isinstance(exc, SyntaxError):
+        return f"{shown(exc.filename)}{f':{exc.lineno}' if exc.lineno else ''}: {type(exc).__name__}: {exc.msg}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename != __file__ and "importlib" not in f.filename]
+    where = f"{shown(frames[-1].filename)}:{frames[-1].lineno}" if frames else target
+    return f"{where}: {type(exc).__name__}: {exc}"
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -94,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--call-timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline")
     run.add_argument("--max-sessions", type=int, default=10)
     run.add_argument("--queue-limit", type=int, default=5, help="default per-session queue limit")
-    run.add_argument("--dedup-window", type=int, default=64, help="replies remembered per CA")
+    run.add_argument("--dedup-window", type=int, default=8,
+                     help="replies remembered per session: a retry of one of its last N calls is not run again "
+                          "(and the CA's last 8 x N calls; default 8)")
     run.add_argument("--max-queue", type=int, default=10_000,
                      help="hard cap of any session queue, even an 'unlimited' one (oldest dropped)")
     run.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "EXTRA"], help="SQLite durability")
@@ -124,7 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--host", default="127.0.0.1", help="broker host to print in the settings")
     add.add_argument("--port", type=int, default=1883, help="broker port to print in the settings")
     add.add_argument("--tls", action="store_true", help="print mqtts settings")
-    add.add_argument("--prefix", default="ca", help="topic prefix to print in the settings")
+    add.add_argument("--prefix", default="ca",
+                     help="topic prefix to print in the settings; the device owns the client ids PREFIX-NAME-...")
     add.add_argument("--json", action="store_true", help="print the settings as JSON")
     rm = dev_sub.add_parser("remove", help="revoke a device")
     rm.add_argument("name", metavar="NAME")
@@ -167,6 +197,7 @@ async def _run(args: argparse.Namespace) -> None:
         raise ConfigError("--tls-cert and --tls-key go together")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s (--loop %s)", type(loop).__module__.split(".")[0], args.loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if args.auth is not None and args.broker is None:
@@ -176,11 +207,27 @@ async def _run(args: argparse.Namespace) -> None:
     async with Bridge(app, settings) as bridge:
         where = f"embedded broker listening on {args.listen[0]}:{args.listen[1]}" if args.broker is None \
             else f"broker {bridge.broker_url.host}:{bridge.broker_url.port}"
-        print(f"ca-bridge: {app.__name__} listening on {bridge.topics.inbound_filter} via {where}, "
-              f"store {_redact(args.db)}"
-              f"{f', cluster node {bridge.cluster.node}' if bridge.cluster is not None else ''}", flush=True)
-        await stop.wait()
+        assert bridge.link is not None
+        if not bridge.link.connected.is_set():  # "listening" only once it is true: scripts/run waits for that word
+            print(f"ca-bridge: {app.__name__} waiting for broker {bridge.broker_url.host}:{bridge.broker_url.port} "
+                  "(not reachable yet; retrying)", flush=True)
+            await _first(stop.wait(), bridge.link.connected.wait())
+        if not stop.is_set():
+            print(f"ca-bridge: {app.__name__} listening on {bridge.topics.inbound_filter} via {where}, "
+                  f"store {_redact(args.db)}"
+                  f"{f', cluster node {bridge.cluster.node}' if bridge.cluster is not None else ''}", flush=True)
+            await stop.wait()
         log.info("shutting down")
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
+    """Wait until one of ``aws`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _redact(db: str) -> str:
@@ -189,22 +236,23 @@ def _redact(db: str) -> str:
     return redact(db)
 
 
-def _store(db: str, *, must_exist: bool) -> Store:
-    """The store ``--db`` names: PostgreSQL for a postgresql:// URL, else a SQLite file."""
+def _store(db: str, *, must_exist: bool, read_only: bool = False) -> Store:
+    """The store ``--db`` names: PostgreSQL for a postgresql:// URL, else a SQLite file (``read_only``: opened
+    as it is, no schema created or upgraded, and any write refused)."""
     from bridge.postgres import PostgresStore, is_postgres_url
     from bridge.sqlite import SQLiteStore
 
     if is_postgres_url(db):
-        return PostgresStore(db, application_name="ca-bridge-tool")
+        return PostgresStore(db, application_name="ca-bridge-tool", read_only=read_only)
     if must_exist and not Path(db).exists():
         raise ConfigError(f"no store at {db}")
-    return SQLiteStore(Path(db))
+    return SQLiteStore(Path(db), read_only=read_only)
 
 
 async def _inspect(args: argparse.Namespace) -> int:
     from bridge.inspect import describe, render
 
-    store = _store(args.db, must_exist=True)
+    store = _store(args.db, must_exist=True, read_only=True)  # inspecting never writes
     await store.open()
     try:
         if args.ca:
@@ -263,7 +311,7 @@ def _device(args: argparse.Namespace) -> int:
               "(the embedded broker rereads the file; send mosquitto a SIGHUP)")
         return 0
     store.bridge_credentials()  # the bridge's own entry exists before any device's
-    creds = store.add(args.name, rotate=args.rotate)
+    creds = store.add(args.name, rotate=args.rotate, prefix=args.prefix)
     prefix = args.prefix
     settings = {
         "host": args.host, "port": args.port, "tls": args.tls, "username": creds.username,
@@ -300,19 +348,29 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:
-        if args.command == "run":
-            with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
-                runner.run(_run(args))
-            return 0
-        if args.command == "device":
-            return _device(args)
-        if args.command == "create":
-            return asyncio.run(_create(args))
-        if args.command == "migrate":
-            return asyncio.run(_migrate(args))
-        return asyncio.run(_inspect(args))
+        return _command(args)
     except BridgeError as exc:
         print(f"ca-bridge: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `ca-bridge inspect --json | head`: the reader is gone, which is not an error here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 141  # what a shell reports for a writer stopped by SIGPIPE
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+            runner.run(_run(args))
+        return 0
+    if args.command == "device":
+        code = _device(args)
+    elif args.command == "create":
+        code = asyncio.run(_create(args))
+    elif args.command == "migrate":
+        code = asyncio.run(_migrate(args))
+    else:
+        code = asyncio.run(_inspect(args))
+    sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    return code

@@ -21,6 +21,7 @@ import secrets
 import socket
 import time
 
+from bridge.metrics import Metrics
 from bridge.postgres import Claim, PostgresStore
 from bridge.store import CARecord
 
@@ -43,7 +44,7 @@ class Cluster:
     """This bridge's membership and its view of who owns which CA."""
 
     def __init__(self, store: PostgresStore, node: str | None = None, *, ttl: float = 5.0,
-                 heartbeat: float = 1.0) -> None:
+                 heartbeat: float = 1.0, metrics: Metrics | None = None) -> None:
         if heartbeat <= 0 or ttl <= 2 * heartbeat:
             raise ValueError("the membership TTL must exceed two heartbeats")
         self.store = store
@@ -53,8 +54,7 @@ class Cluster:
         self.heartbeat_interval = heartbeat
         self.live: dict[str, str] = {}  # token -> node name, as of the last heartbeat
         self._owners: dict[str, tuple[str, float]] = {}  # CA -> (owner token, good until): a routing cache
-        self.forwarded = 0  # counted by whoever publishes the forward (bridge.service.Bridge.forward)
-        self.claims = 0
+        self.metrics = metrics if metrics is not None else Metrics()  # counts claims (forwards: the service)
         self.healthy = False
 
     async def join(self) -> None:
@@ -96,7 +96,7 @@ class Cluster:
     async def claim(self, ca: str, *, create: bool) -> Claim:
         """Ask the database for ``ca``: ours (claimed now if it was free), another live bridge's, or missing."""
         claim = await self.store.claim(ca, self.token, create=create)
-        self.claims += 1
+        self.metrics.claims += 1
         if claim.outcome == "other" and claim.token is not None:
             if len(self._owners) >= _ROUTE_CACHE_MAX:
                 self._owners.clear()

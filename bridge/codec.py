@@ -1,8 +1,9 @@
 """Payload encodings: CBOR (the default) and JSON, limited to the wire subset.
 
-The subset is what every device decoder reads: int (64-bit), float64, str, bytes, list, dict, bool, None.
-Decoding checks the subset and the nesting depth, so hostile payloads (tags, bombs, huge ints) are refused
-with a CodecError instead of reaching CA code.
+The subset is what every device decoder reads: int (up to 1024 bits; beyond 64 bits a CBOR bignum, tags 2 and 3,
+which firmware_client decodes), float64, str, bytes, list, dict, bool, None. Decoding checks the subset and the
+nesting depth, so hostile payloads (other tags, bombs, huger ints) are refused with a CodecError instead of reaching
+CA code.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ CBOR: Final = "cbor"
 JSON: Final = "json"
 
 MAX_DEPTH: Final = 32
-_INT_MIN: Final = -(2**64)
-_INT_MAX: Final = 2**64 - 1
+INT_BITS: Final = 1024  # integers in -(2**INT_BITS) .. 2**INT_BITS - 1, like a bignum of at most 128 bytes
+_INT_MIN: Final = -(2**INT_BITS)
+_INT_MAX: Final = 2**INT_BITS - 1
 _JSON_START: Final = frozenset(b"{ \t\r\n")
 
 
@@ -100,7 +102,7 @@ def check_subset(value: Any, depth: int = 0) -> None:
         return
     if kind is int:
         if not _INT_MIN <= value <= _INT_MAX:
-            raise CodecError("integer out of 64-bit range")
+            raise CodecError(f"integer beyond {INT_BITS} bits")
         return
     if kind is list or kind is tuple:  # tuples go out as arrays
         for item in value:

@@ -12,6 +12,9 @@ Routes:
 Handlers run on the event loop and read the runtime directly, so every list is capped and every value
 clipped: a CA's state is device-controlled data of any size. The dashboard also owns the once-a-second
 sampler that feeds :meth:`bridge.metrics.Metrics.rates`.
+
+What it reads of the bridge is :class:`BridgeView` (defined here; the service's Bridge satisfies it and hands
+itself in), so this module never imports the service or the runtime.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import codec
 from bridge.http import Handler, HttpServer, Request, Response
@@ -32,10 +35,14 @@ from bridge.inspect import session_view
 from bridge.postgres import is_postgres_url, redact_url
 
 if TYPE_CHECKING:
-    from bridge.actor import Actor
-    from bridge.service import Bridge
+    from collections.abc import Mapping
 
-__all__ = ["PAGE", "Dashboard", "ca_detail", "clip", "overview"]
+    from bridge.actor import Actor
+    from bridge.app import CA
+    from bridge.metrics import Metrics
+    from bridge.mqtt import BrokerURL
+
+__all__ = ["PAGE", "BridgeView", "Dashboard", "ca_detail", "clip", "overview"]
 
 SAMPLE_INTERVAL = 1.0  # seconds between two Metrics.sample() calls
 MAX_CAS = 200  # CAs listed by /api/overview
@@ -61,6 +68,63 @@ PAGE_HEADERS = {
 }
 
 
+# -- what the dashboard reads of a bridge ------------------------------------------------------------------------
+
+
+class RuntimeView(Protocol):
+    """The runtime's loaded CAs, its counters and its gauges."""
+
+    @property
+    def actors(self) -> Mapping[str, Actor]: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    def snapshot_counts(self) -> dict[str, int]: ...
+
+
+class SettingsView(Protocol):
+    """The settings the header shows: where the store is, and whether the broker is embedded (None)."""
+
+    @property
+    def db(self) -> Path | str: ...
+    @property
+    def broker(self) -> str | None: ...
+
+
+class LinkView(Protocol):
+    """The MQTT link's state."""
+
+    @property
+    def connected(self) -> asyncio.Event: ...
+
+
+class ClusterView(Protocol):
+    """This bridge's cluster membership."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def live(self) -> Mapping[str, str]: ...
+    @property
+    def healthy(self) -> bool: ...
+
+
+class BridgeView(Protocol):
+    """Everything the dashboard reads of a running bridge (bridge.service.Bridge is one)."""
+
+    @property
+    def app(self) -> type[CA]: ...
+    @property
+    def runtime(self) -> RuntimeView: ...
+    @property
+    def settings(self) -> SettingsView: ...
+    @property
+    def broker_url(self) -> BrokerURL: ...
+    @property
+    def link(self) -> LinkView | None: ...
+    @property
+    def cluster(self) -> ClusterView | None: ...
+
+
 class Dashboard:
     """``async with Dashboard(bridge, host, port, token=...)``: the dashboard's HTTP server and its sampler.
 
@@ -68,12 +132,13 @@ class Dashboard:
     the token like the API does.
     """
 
-    def __init__(self, bridge: Bridge, host: str, port: int, *, token: str | None = None,
+    def __init__(self, bridge: BridgeView, host: str, port: int, *, token: str | None = None,
                  extra: dict[str, Handler] | None = None) -> None:
         self.bridge = bridge
         routes: dict[str, Handler] = dict(extra or {})
         routes.update({"/": self._page, "/api/overview": self._overview, "/api/ca/": self._ca})
-        self.server = HttpServer(host, port, routes, token=token, public=frozenset({"/"}))
+        self.server = HttpServer(host, port, routes, token=token, public=frozenset({"/"}),
+                                 metrics=bridge.runtime.metrics)
         self._page_body = PAGE.encode()
         self._sampler: asyncio.Task[None] | None = None
 
@@ -117,7 +182,7 @@ class Dashboard:
 # -- the API's documents ------------------------------------------------------------------------------------------
 
 
-def overview(bridge: Bridge, query: str = "") -> dict[str, Any]:
+def overview(bridge: BridgeView, query: str = "") -> dict[str, Any]:
     """What ``/api/overview`` returns."""
     rt = bridge.runtime
     m = rt.metrics
@@ -134,11 +199,13 @@ def overview(bridge: Bridge, query: str = "") -> dict[str, Any]:
         "uptime": now - m.started,
         "store": _store_facts(bridge),
         "broker": _broker_facts(bridge),
-        "cluster": _cluster_facts(bridge),
+        "cluster": _cluster_facts(bridge, m),
         "totals": {
             "calls": calls, "errors": errors, "rejected": sum(m.rejected.values()),
             "notes_published": m.notes_published, "notes_acked": m.notes_acked, "dedup_hits": m.dedup_hits,
-            "commit_failures": m.commit_failures,
+            "commits": m.commit_batch.count, "commit_failures": m.commit_failures,
+            "presence_changes": m.presence_changes, "mqtt_connects": m.mqtt_connects, "mqtt_dropped": m.mqtt_dropped,
+            "mqtt_oversized": m.mqtt_oversized, "dropped_topics": m.dropped_topics, "http_requests": m.http_requests,
         },
         "gauges": rt.snapshot_counts(),
         "rejected": dict(sorted(m.rejected.items())),
@@ -152,7 +219,7 @@ def overview(bridge: Bridge, query: str = "") -> dict[str, Any]:
     }
 
 
-def ca_detail(bridge: Bridge, actor: Actor) -> dict[str, Any]:
+def ca_detail(bridge: BridgeView, actor: Actor) -> dict[str, Any]:
     """What ``/api/ca/<name>`` returns for one loaded CA."""
     state, truncated = _state(actor.state_blob)
     sessions = list(actor.sessions.items())
@@ -219,26 +286,26 @@ def _methods(calls: dict[tuple[str, str], int], latency: dict[str, Any]) -> list
     return top
 
 
-def _store_facts(bridge: Bridge) -> dict[str, str]:
+def _store_facts(bridge: BridgeView) -> dict[str, str]:
     db = bridge.settings.db
     if is_postgres_url(db):
         return {"kind": "postgresql", "where": redact_url(str(db))}
     return {"kind": "sqlite", "where": str(Path(db))}
 
 
-def _broker_facts(bridge: Bridge) -> dict[str, Any]:
+def _broker_facts(bridge: BridgeView) -> dict[str, Any]:
     url = bridge.broker_url  # host and port only: never the credentials
     link = bridge.link
     return {"connected": link is not None and link.connected.is_set(), "host": url.host, "port": url.port,
             "tls": url.tls, "embedded": bridge.settings.broker is None}
 
 
-def _cluster_facts(bridge: Bridge) -> dict[str, Any] | None:
+def _cluster_facts(bridge: BridgeView, m: Metrics) -> dict[str, Any] | None:
     cluster = bridge.cluster
     if cluster is None:
         return None
-    return {"node": cluster.node, "live": sorted(set(cluster.live.values())), "forwarded": cluster.forwarded,
-            "healthy": cluster.healthy}
+    return {"node": cluster.node, "live": sorted(set(cluster.live.values())), "forwarded": m.forwarded,
+            "claims": m.claims, "healthy": cluster.healthy}
 
 
 # -- making stored values JSON-safe and small -----------------------------------------------------------------

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from bridge.metrics import Metrics
+
 __all__ = ["Handler", "HttpServer", "Request", "Response"]
 
 log = logging.getLogger("bridge.http")
@@ -55,14 +57,14 @@ class HttpServer:
     """
 
     def __init__(self, host: str, port: int, routes: dict[str, Handler], *, token: str | None = None,
-                 public: frozenset[str] = frozenset()) -> None:
+                 public: frozenset[str] = frozenset(), metrics: Metrics | None = None) -> None:
         self.host = host
         self.port = port
         self.routes = routes
         self.token = token
         self.public = public
         self._server: asyncio.Server | None = None
-        self.requests = 0
+        self.metrics = metrics if metrics is not None else Metrics()  # counts http_requests
 
     async def __aenter__(self) -> HttpServer:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD)
@@ -82,7 +84,7 @@ class HttpServer:
                 head = await reader.readuntil(b"\r\n\r\n")
             request = _parse(head)
             response = await self._dispatch(request) if request is not None else Response(b"bad request\n", status=400)
-            self.requests += 1
+            self.metrics.http_requests += 1
             head_only = request is not None and request.method == "HEAD"
             writer.write(_encode(response, head_only))
             await writer.drain()

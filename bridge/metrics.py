@@ -2,8 +2,13 @@
 
 The hot path only touches plain ints and lists on the event loop thread (an increment, or a bisect for a
 histogram): no locks, no label lookups in prometheus_client per call. A custom collector turns them into
-Prometheus families when scraped, and computes the gauges (queues, mailboxes, online sessions) from the runtime
-at that moment, so they cost nothing between scrapes.
+Prometheus families when scraped, and asks its owner for the gauges (queues, mailboxes, online sessions) at that
+moment, so they cost nothing between scrapes.
+
+One :class:`Metrics` object per process, made by whoever owns the process (the service; a Runtime made without
+one, as in the Harness, makes its own) and handed down to every part that counts: runtime, committer, cluster,
+MQTT link, HTTP servers. Each counter lives here and nowhere else. This module imports nothing of the bridge: the
+collector gets plain callables, never the runtime.
 """
 
 from __future__ import annotations
@@ -12,18 +17,25 @@ import bisect
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-if TYPE_CHECKING:
-    from bridge.runtime import Runtime
-
-__all__ = ["OUTCOMES", "Collector", "Histogram", "Metrics", "exposition"]
+__all__ = ["GAUGES", "OUTCOMES", "Collector", "Histogram", "Metrics", "exposition"]
 
 OUTCOMES = ("ok", "app", "internal", "bad_request", "busy", "unavailable", "not_found")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+GAUGES = (  # (key in the gauges mapping, metric name, help): the runtime's snapshot_counts() keys
+    ("cas", "ca_bridge_cas_loaded", "CAs in memory"),
+    ("sessions", "ca_bridge_sessions", "Sessions of the loaded CAs"),
+    ("online", "ca_bridge_sessions_online", "Sessions whose device is connected (presence)"),
+    ("queued", "ca_bridge_queued_notifications", "Unacknowledged notifications in all session queues"),
+    ("queue_max", "ca_bridge_queue_depth_max", "The deepest session queue"),
+    ("mailbox", "ca_bridge_mailbox_depth", "Requests waiting in CA mailboxes"),
+    ("mailbox_max", "ca_bridge_mailbox_depth_max", "The fullest CA mailbox"),
+    ("busy", "ca_bridge_busy_cas", "CAs with a call running or queued"),
+)
 
 
 class Histogram:
@@ -69,7 +81,8 @@ def _fmt(bound: float) -> str:
 
 
 class Metrics:
-    """Counters of one bridge. Owned by the runtime; read by the exporter and the dashboard."""
+    """Counters of one bridge process. Made by the process's owner and handed down; read by the exporter and the
+    dashboard."""
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -83,6 +96,13 @@ class Metrics:
         self.commit_seconds = Histogram(COMMIT_BUCKETS)
         self.commit_failures = 0
         self.presence_changes = 0
+        self.mqtt_connects = 0  # MQTT link: connections made (the first one and every reconnect)
+        self.mqtt_dropped = 0  # MQTT link: QoS 1 publishes refused because its outbound queue was full
+        self.mqtt_oversized = 0  # MQTT link: inbound packets over its size limit, acknowledged and skipped
+        self.dropped_topics = 0  # ingress: messages on a topic that names no CA, dropped unanswered
+        self.http_requests = 0  # requests answered by the metrics and dashboard HTTP servers
+        self.forwarded = 0  # cluster: requests forwarded to the owning bridge
+        self.claims = 0  # cluster: ownership lookups and claims in the database
         self.history: deque[tuple[float, int, int]] = deque(maxlen=600)  # (time, calls, errors): the rate charts
         self.recent_errors: deque[tuple[float, str, str, str, str]] = deque(maxlen=50)  # (time, ca, method, kind, name)
 
@@ -133,11 +153,20 @@ class Metrics:
 
 
 class Collector:
-    """A prometheus_client collector over one runtime's Metrics and live state."""
+    """A prometheus_client collector over one Metrics object and a few live values read at scrape time.
 
-    def __init__(self, runtime: Runtime, connected: Any = None) -> None:
-        self.runtime = runtime
-        self.connected = connected  # callable -> bool: is the MQTT link up
+    ``gauges`` returns the :data:`GAUGES` values by key (missing keys are not exported), ``connected`` whether the
+    MQTT link is up, ``cluster_nodes`` the live bridges of a cluster (given only in a cluster: the cluster
+    families are exported only then).
+    """
+
+    def __init__(self, metrics: Metrics, *, gauges: Callable[[], Mapping[str, int]] | None = None,
+                 connected: Callable[[], bool] | None = None,
+                 cluster_nodes: Callable[[], int] | None = None) -> None:
+        self.metrics = metrics
+        self.gauges = gauges
+        self.connected = connected
+        self.cluster_nodes = cluster_nodes
 
     def describe(self) -> list[Any]:
         return []  # unchecked collector: families are produced at scrape time
@@ -145,8 +174,7 @@ class Collector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        rt = self.runtime
-        m = rt.metrics
+        m = self.metrics
         calls = CounterMetricFamily("ca_bridge_calls", "Calls run, by method and outcome (ok, app, internal)",
                                     labels=["method", "outcome"])
         for (method, outcome), n in sorted(m.calls.items()):
@@ -178,36 +206,38 @@ class Collector:
         yield seconds
         yield CounterMetricFamily("ca_bridge_commit_failures", "Group commits that failed (calls answered "
                                   "unavailable, CAs reloaded)", value=m.commit_failures)
-        view = rt.snapshot_counts()
-        for name, doc, value in (
-            ("ca_bridge_cas_loaded", "CAs in memory", view["cas"]),
-            ("ca_bridge_sessions", "Sessions of the loaded CAs", view["sessions"]),
-            ("ca_bridge_sessions_online", "Sessions whose device is connected (presence)", view["online"]),
-            ("ca_bridge_queued_notifications", "Unacknowledged notifications in all session queues",
-             view["queued"]),
-            ("ca_bridge_queue_depth_max", "The deepest session queue", view["queue_max"]),
-            ("ca_bridge_mailbox_depth", "Requests waiting in CA mailboxes", view["mailbox"]),
-            ("ca_bridge_mailbox_depth_max", "The fullest CA mailbox", view["mailbox_max"]),
-            ("ca_bridge_busy_cas", "CAs with a call running or queued", view["busy"]),
-        ):
-            yield GaugeMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily("ca_bridge_mqtt_connects", "Connections to the broker made (the first and every "
+                                  "reconnect)", value=m.mqtt_connects)
+        yield CounterMetricFamily("ca_bridge_mqtt_dropped", "Outbound QoS 1 publishes dropped because the MQTT "
+                                  "link's queue was full (devices recover by retry or sync)", value=m.mqtt_dropped)
+        yield CounterMetricFamily("ca_bridge_mqtt_oversized", "Inbound MQTT packets over the size limit, "
+                                  "acknowledged and skipped", value=m.mqtt_oversized)
+        yield CounterMetricFamily("ca_bridge_dropped_topics", "Inbound messages on a topic that names no CA, "
+                                  "dropped unanswered", value=m.dropped_topics)
+        yield CounterMetricFamily("ca_bridge_http_requests", "Requests answered by the metrics and dashboard "
+                                  "HTTP servers", value=m.http_requests)
+        view = self.gauges() if self.gauges is not None else {}
+        for key, name, doc in GAUGES:
+            if key in view:
+                yield GaugeMetricFamily(name, doc, value=view[key])
         if self.connected is not None:
             yield GaugeMetricFamily("ca_bridge_broker_connected", "1 while connected to the broker",
                                     value=1.0 if self.connected() else 0.0)
         yield GaugeMetricFamily("ca_bridge_start_time_seconds", "Unix time the bridge started", value=m.started)
-        cluster = rt.cluster
-        if cluster is not None:
+        if self.cluster_nodes is not None:
             yield CounterMetricFamily("ca_bridge_cluster_forwarded", "Requests forwarded to the owning bridge",
-                                      value=cluster.forwarded)
+                                      value=m.forwarded)
             yield CounterMetricFamily("ca_bridge_cluster_claims", "Ownership lookups and claims in the database",
-                                      value=cluster.claims)
-            yield GaugeMetricFamily("ca_bridge_cluster_nodes", "Live bridges in the cluster", value=len(cluster.live))
+                                      value=m.claims)
+            yield GaugeMetricFamily("ca_bridge_cluster_nodes", "Live bridges in the cluster",
+                                    value=self.cluster_nodes())
 
 
-def exposition(runtime: Runtime, connected: Any = None) -> bytes:
-    """The Prometheus text format for one scrape."""
+def exposition(metrics: Metrics, *, gauges: Callable[[], Mapping[str, int]] | None = None,
+               connected: Callable[[], bool] | None = None, cluster_nodes: Callable[[], int] | None = None) -> bytes:
+    """The Prometheus text format for one scrape (the arguments as for :class:`Collector`)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(runtime, connected))
+    registry.register(Collector(metrics, gauges=gauges, connected=connected, cluster_nodes=cluster_nodes))
     return bytes(generate_latest(registry))

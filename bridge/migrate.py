@@ -2,7 +2,8 @@
 
 Each CA moves whole (state, sessions with their queued notifications, dedup records) inside one transaction, so an
 interrupted migration leaves whole CAs behind, never half of one; running it again with ``--replace`` finishes the
-job. The copied CAs have no owner: whichever bridge is asked for one first claims it.
+job. The copied CAs have no owner: whichever bridge is asked for one first claims it. The app the SQLite store
+belongs to becomes the database's (a database of another app is refused).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge.errors import ConfigError
-from bridge.postgres import PostgresStore, is_postgres_url
+from bridge.postgres import PostgresStore, is_postgres_url, redact_url
 from bridge.sqlite import SQLiteStore
 from bridge.store import CARecord, Change, SessionWrite
 
@@ -51,6 +52,11 @@ async def migrate(
             if clash and not replace:
                 raise ConfigError(f"{len(clash)} of these CAs exist in the target already (e.g. {min(clash)}); "
                                   "use --replace to overwrite them")
+            app = await src.app()
+            other = None if app is None else await dst.bind_app(app)
+            if other is not None:
+                raise ConfigError(f"{source} is the store of app {app}, {redact_url(target)} the store of app {other}: "
+                                  "migrate into a database of its own")
             copied = 0
             for start in range(0, len(names), max(1, batch)):
                 chunk = names[start : start + max(1, batch)]

@@ -20,14 +20,15 @@ import random
 import socket
 import ssl
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
 
 from bridge.errors import ConfigError
+from bridge.metrics import Metrics
 
-__all__ = ["BrokerURL", "MqttLink"]
+__all__ = ["BrokerURL", "MqttLink", "backoff_delays"]
 
 log = logging.getLogger("bridge.mqtt")
 
@@ -87,6 +88,17 @@ def _publish(topic: bytes, payload: bytes, qos: int, pid: int, dup: bool = False
     head = 0x30 | (0x08 if dup else 0) | (qos << 1)
     body = _string(topic) + (pid.to_bytes(2, "big") if qos else b"") + payload
     return bytes((head,)) + _length(len(body)) + body
+
+
+def backoff_delays(first: float, cap: float,
+                   uniform: Callable[[float, float], float] | None = None) -> Iterator[float]:
+    """The waits before each reconnect attempt: ``first``, doubling up to ``cap``, each times a random factor in
+    [0.5, 1.5] so that bridges that lost the same broker do not all come back at the same moment.
+    ``uniform`` defaults to :func:`random.uniform` (looked up at each step)."""
+    delay = first
+    while True:
+        yield delay * (uniform or random.uniform)(0.5, 1.5)
+        delay = min(delay * 2, cap)
 
 
 class _Wire(asyncio.Protocol):
@@ -184,6 +196,7 @@ class MqttLink:
         backoff: tuple[float, float] = (0.25, 30.0),
         connect_timeout: float = 10.0,
         clean_session: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.url = url
         self.clean_session = clean_session
@@ -198,9 +211,7 @@ class MqttLink:
         self._connect_timeout = connect_timeout
         self._loop = asyncio.get_running_loop()
         self.connected = asyncio.Event()
-        self.dropped = 0  # QoS 1 publishes refused because max_queued were already waiting
-        self.oversized = 0  # inbound packets over MAX_INBOUND, acknowledged and skipped
-        self.connects = 0
+        self.metrics = metrics if metrics is not None else Metrics()  # counts mqtt_connects, _dropped, _oversized
         self._wire: _Wire | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -277,10 +288,10 @@ class MqttLink:
             self._waiting.append((t, payload))
             self._all_acked.clear()
         else:
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
+            self.metrics.mqtt_dropped += 1
+            if self.metrics.mqtt_dropped % 1000 == 1:
                 log.warning("outbound queue full: dropped %d publishes so far (devices recover by retry/sync)",
-                            self.dropped)
+                            self.metrics.mqtt_dropped)
 
     def _send_qos1(self, topic: bytes, payload: bytes) -> None:
         pid = self._next_pid()
@@ -350,10 +361,10 @@ class MqttLink:
         # SUBACK, PINGRESP: nothing to do beyond having heard from the broker
 
     def _oversized(self, pid: int | None) -> None:
-        self.oversized += 1
+        self.metrics.mqtt_oversized += 1
         if pid is not None:
             self._send(b"\x40\x02" + pid.to_bytes(2, "big"))
-        log.warning("skipped an inbound message over %d bytes (%d so far)", MAX_INBOUND, self.oversized)
+        log.warning("skipped an inbound message over %d bytes (%d so far)", MAX_INBOUND, self.metrics.mqtt_oversized)
 
     def _lost(self, wire: _Wire) -> None:
         if self._connack is not None and not self._connack.done():
@@ -398,31 +409,32 @@ class MqttLink:
         self._send(_packet((SUBSCRIBE << 4) | 2, self._next_pid().to_bytes(2, "big") + topics))
         for pid, (topic, payload) in self._inflight.items():  # unacknowledged: resend with DUP, same id
             self._send(_publish(topic, payload, 1, pid, dup=True))
-        self.connects += 1
+        self.metrics.mqtt_connects += 1
         self.connected.set()
         self._drain_waiting()
         log.info("connected to broker %s:%d", url.host, url.port)
         return wire
 
     async def _connect_loop(self) -> None:
-        delay = self._backoff[0]
+        waits = backoff_delays(*self._backoff)
         while not self._closing:
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     wire = await self._connect_once()
-                delay = self._backoff[0]
+                waits = backoff_delays(*self._backoff)  # a connection that worked starts the sequence again
                 await wire.closed
+                wait = next(waits)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
+                wait = next(waits)
                 log.warning("broker %s:%d unreachable (%s); retrying in %.2fs",
-                            self.url.host, self.url.port, exc or type(exc).__name__, delay)
+                            self.url.host, self.url.port, exc or type(exc).__name__, wait)
                 if self._wire is not None and self._wire.transport is not None:
                     self._wire.transport.abort()
                 self._wire = None
             self.connected.clear()
             if self._closing:
                 return
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, self._backoff[1])
+            await asyncio.sleep(wait)
 
     async def _keepalive_loop(self) -> None:
         """PINGREQ when idle; drop a connection that has been silent for 1.5 keepalive periods."""

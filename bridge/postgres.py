@@ -12,6 +12,7 @@ bridge, renewed by heartbeat). A CA whose owner's row has expired may be claimed
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ __all__ = ["SCHEMA_VERSION", "Claim", "PostgresStore", "is_postgres_url", "redac
 
 log = logging.getLogger("bridge.postgres")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ca_bridge_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS ca (
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS dedup (
 CREATE TABLE IF NOT EXISTS node (
     token text PRIMARY KEY, name text NOT NULL, started timestamptz NOT NULL DEFAULT now(),
     expires timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS ca_bridge_meta (key text PRIMARY KEY, value text NOT NULL);
 """
 # version N -> SQL that upgrades it to N + 1 (run under the schema lock, in the same transaction)
 MIGRATIONS: dict[int, str] = {
@@ -55,6 +57,11 @@ MIGRATIONS: dict[int, str] = {
     3: "DROP FUNCTION IF EXISTS ca_bridge_commit(text, text[], text[], bytea[], text[], text[], text[], text[], "
        "bytea[], text[], text[], bigint[], bytea[], text[], bigint[], text[], bytea[], bytea[], text[], text[], "
        "bigint[], text[], bigint[]);",
+    # Version 5 keeps the dedup records per session (the floors name a session: the function changes again) and
+    # records the app the database belongs to (ca_bridge_meta, in SCHEMA).
+    4: "DROP FUNCTION IF EXISTS ca_bridge_commit(text, text[], bigint[], text[], bytea[], text[], text[], text[], "
+       "text[], bytea[], text[], text[], bigint[], bytea[], text[], bigint[], text[], bytea[], bytea[], text[], "
+       "text[], bigint[], text[], bigint[]);",
 }
 # One batch, one statement: the fence (lock the batch's CA rows in name order, keep those this bridge owns) and
 # every table's writes for the owned CAs, from column arrays. Returns the refused CA names.
@@ -67,7 +74,7 @@ CREATE OR REPLACE FUNCTION ca_bridge_commit(
     no_ca text[], no_sid text[], no_seq bigint[], no_args bytea[],
     de_ca text[], de_pos bigint[], de_sid text[], de_rid bytea[], de_reply bytea[],
     nf_ca text[], nf_sid text[], nf_seq bigint[],
-    df_ca text[], df_pos bigint[]
+    df_ca text[], df_sid text[], df_pos bigint[]
 ) RETURNS text[] LANGUAGE plpgsql AS $fn$
 DECLARE
     owned text[] := names;
@@ -110,8 +117,8 @@ BEGIN
             WHERE n.ca = u.ca AND n.sid = u.sid AND n.seq < u.seq AND u.ca = ANY(owned);
     END IF;
     IF cardinality(df_ca) > 0 THEN
-        DELETE FROM dedup d USING unnest(df_ca, df_pos) AS u(ca, pos)
-            WHERE d.ca = u.ca AND d.pos < u.pos AND u.ca = ANY(owned);
+        DELETE FROM dedup d USING unnest(df_ca, df_sid, df_pos) AS u(ca, sid, pos)
+            WHERE d.ca = u.ca AND d.sid = u.sid AND d.pos < u.pos AND u.ca = ANY(owned);
     END IF;
     RETURN ARRAY(SELECT unnest(names) EXCEPT SELECT unnest(owned));
 END
@@ -142,8 +149,9 @@ class PostgresStore:
     """A :class:`bridge.store.Store` in PostgreSQL, through a psycopg 3 async connection pool."""
 
     def __init__(self, url: str, *, pool_size: int = 4, application_name: str = "ca-bridge",
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, read_only: bool = False) -> None:
         self.url = url
+        self.read_only = read_only  # for tools (`ca-bridge inspect`): no schema, no migration, every write refused
         self.pool_size = pool_size
         self.application_name = application_name
         self.connect_timeout = connect_timeout
@@ -174,6 +182,8 @@ class PostgresStore:
             # everything else still runs in explicit transactions (_Transaction)
             "autocommit": True,
         }
+        if self.read_only:  # the server refuses any write, whatever a bug here might try
+            kwargs["options"] = "-c default_transaction_read_only=on"
         limit = max(2.0, self.connect_timeout) + 1.0  # psycopg applies connect_timeout (2 s at least) per attempt
         try:  # ... and this bounds the name resolution too
             conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(self.url, **kwargs), limit)
@@ -183,7 +193,7 @@ class PostgresStore:
             raise StoreError(f"cannot connect to PostgreSQL at {where}: {_scrub(_reason(exc), self.url)}") from None
         try:
             async with conn.transaction():
-                await _migrate(conn.cursor())
+                await (_check_schema(conn.cursor(), where) if self.read_only else _migrate(conn.cursor()))
         except Exception as exc:
             raise _store_error(exc) from None
         finally:
@@ -234,6 +244,27 @@ class PostgresStore:
         async with self._tx() as cur:
             await cur.execute("INSERT INTO ca (name, state) VALUES (%s, '') ON CONFLICT DO NOTHING", (name,))
             return bool(cur.rowcount == 1)
+
+    async def bind_app(self, app: str) -> str | None:
+        """Record the app this database belongs to, or say which other app it belongs to (bridges starting
+        together: the first insert wins, the others read it)."""
+        async with self._tx() as cur:
+            await cur.execute(
+                "INSERT INTO ca_bridge_meta (key, value) VALUES ('app', %s) ON CONFLICT (key) DO NOTHING", (app,))
+            await cur.execute("SELECT value FROM ca_bridge_meta WHERE key = 'app'")
+            row = await cur.fetchone()
+        return None if row is None or row[0] == app else str(row[0])
+
+    async def app(self) -> str | None:
+        """The app recorded as this database's owner (None: not recorded yet)."""
+        async with self._tx() as cur:
+            await cur.execute("SELECT to_regclass('ca_bridge_meta') IS NOT NULL")
+            row = await cur.fetchone()
+            if not (row and row[0]):
+                return None
+            await cur.execute("SELECT value FROM ca_bridge_meta WHERE key = 'app'")
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
 
     async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
         """One transaction for the batch; returns the CAs refused because this bridge no longer owns them."""
@@ -345,18 +376,34 @@ class PostgresStore:
             return {r[0]: int(r[1]) for r in await cur.fetchall()}
 
 
+async def _schema_version(cur: Any) -> int | None:
+    """The schema version of the database, None if it has no ca-bridge schema (reads only)."""
+    await cur.execute("SELECT to_regclass('ca_bridge_schema') IS NOT NULL")
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        return None
+    await cur.execute("SELECT max(version) FROM ca_bridge_schema")
+    found = await cur.fetchone()
+    return int(found[0]) if found and found[0] is not None else 0
+
+
+async def _check_schema(cur: Any, where: str) -> None:
+    """For a read-only store: the schema must be there already, in a version this code reads."""
+    version = await _schema_version(cur)
+    if version is None:
+        raise StoreError(f"no ca-bridge schema in {where} (no bridge has run on it)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"database has schema {version}, newer than this bridge ({SCHEMA_VERSION})")
+    if version < 2:  # request ids were text then
+        raise StoreError(f"database has schema {version}: run a bridge on it once to upgrade it")
+
+
 async def _migrate(cur: Any) -> None:
     """Bring the schema to SCHEMA_VERSION, inside the caller's transaction. At the current version nothing is
     written: no DDL runs, so opening a store (a bridge starting, `ca-bridge inspect`) takes no lock on the tables
     and never waits for, nor holds up, the commits of running bridges."""
     await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-    await cur.execute("SELECT to_regclass('ca_bridge_schema') IS NOT NULL")
-    row = await cur.fetchone()
-    version = 0
-    if row and row[0]:
-        await cur.execute("SELECT max(version) FROM ca_bridge_schema")
-        found = await cur.fetchone()
-        version = int(found[0]) if found and found[0] is not None else 0
+    version = await _schema_version(cur) or 0
     if version > SCHEMA_VERSION:
         raise StoreError(f"database has schema {version}, newer than this bridge ({SCHEMA_VERSION})")
     if version == SCHEMA_VERSION:
@@ -487,8 +534,19 @@ def _scrub(text: str, url: str) -> str:
     if sep and "@" in tail:  # the user part ends at the first '@' for libpq, at the last one for redact_url
         secrets += [part.partition(":")[2] for part in (tail.partition("@")[0], tail.rpartition("@")[0])]
     for secret in sorted({v for s in secrets for v in (s, unquote(s)) if v}, key=len, reverse=True):
-        text = text.replace(secret, "***")
+        # only where libpq shows it: quoted alone, or in a quoted piece of the URL; never inside other words
+        text = re.sub(r'"[^"\n]*?' + re.escape(secret) + r'[^"\n]*"', functools.partial(_hide_quoted, secret), text)
+        if len(secret) >= 6:  # a real password shown unquoted: hide it too, as a whole token (never a word's part)
+            text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])", "***", text)
     return text
+
+
+def _hide_quoted(secret: str, match: re.Match[str]) -> str:
+    """A double-quoted piece of a libpq message that contains ``secret``: the password alone, or a URL's part."""
+    quoted = match.group(0)
+    if quoted == f'"{secret}"':
+        return '"***"'
+    return re.sub(r"(?<=[:=])" + re.escape(secret) + r"(?=[@&#\s\"]|$)", "***", quoted)
 
 
 def _rid_bytes(rid: str) -> bytes:
@@ -521,7 +579,7 @@ async def _load(cur: Any, names: list[str] | None) -> list[CARecord]:
 _COMMIT_TYPES = (  # the parameters of ca_bridge_commit, in order (empty arrays need their type spelled out)
     "text", "text[]", "bigint[]", "text[]", "bytea[]", "text[]", "text[]", "text[]", "text[]", "bytea[]",
     "text[]", "text[]", "bigint[]", "bytea[]", "text[]", "bigint[]", "text[]", "bytea[]", "bytea[]",
-    "text[]", "text[]", "bigint[]", "text[]", "bigint[]",
+    "text[]", "text[]", "bigint[]", "text[]", "text[]", "bigint[]",
 )
 _COMMIT = "SELECT ca_bridge_commit(" + ", ".join(f"%b::{t}" for t in _COMMIT_TYPES) + ")"
 
@@ -536,7 +594,7 @@ async def _write(cur: Any, merged: dict[str, Change], owner: str | None) -> froz
     note: tuple[list[Any], ...] = ([], [], [], [])
     dedup: tuple[list[Any], ...] = ([], [], [], [], [])
     note_floor: tuple[list[Any], ...] = ([], [], [])
-    dedup_floor: tuple[list[Any], ...] = ([], [])
+    dedup_floor: tuple[list[Any], ...] = ([], [], [])
 
     def add(columns: tuple[list[Any], ...], *values: Any) -> None:
         for column, value in zip(columns, values, strict=True):
@@ -547,8 +605,8 @@ async def _write(cur: Any, merged: dict[str, Change], owner: str | None) -> froz
             add(state, ca, change.state)
         for pos, sid, rid, reply in change.dedup:
             add(dedup, ca, pos, sid, _rid_bytes(rid), reply)
-        if change.dedup_floor:
-            add(dedup_floor, ca, change.dedup_floor)
+        for sid, floor in change.dedup_floors.items():
+            add(dedup_floor, ca, sid, floor)
         for sid, w in change.sessions.items():
             if w.purge:
                 add(purge, ca, sid)

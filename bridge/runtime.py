@@ -7,15 +7,17 @@ device goes out through a :class:`Sink` once it is durable. The service wires it
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import codec
 from bridge.actor import PULSE, RESUME, Actor
 from bridge.app import CA
-from bridge.errors import AppError
+from bridge.errors import AppError, ConfigError
 from bridge.committer import Committer, Pending
 from bridge.metrics import Metrics
 from bridge.protocol import Request, error_body, reply_err, sync_answer
@@ -25,11 +27,33 @@ from bridge.store import CARecord, Store
 if TYPE_CHECKING:
     from bridge.cluster import Cluster
 
-__all__ = ["MAX_HOPS", "Runtime", "Sink"]
+__all__ = ["MAX_HOPS", "Runtime", "Sink", "app_identity"]
 
 MAX_HOPS = 2  # a request is passed on between the bridges of a cluster at most this many times
 
 log = logging.getLogger("bridge.runtime")
+
+
+def app_identity(app: type[CA]) -> str:
+    """The name a store records for the app it belongs to: ``file:Class`` (the module's file name without ``.py``
+    and the class's qualified name), the same however the app was named on the command line (a path or a module)
+    and wherever the checkout lives, so that moving or renaming the directory keeps the store usable."""
+    try:
+        stem = Path(inspect.getfile(app)).stem
+    except (TypeError, OSError):  # a class without a source file
+        stem = app.__module__.rpartition(".")[2]
+    return f"{stem}:{app.__qualname__}"
+
+
+def _where(store: Store) -> str:
+    from bridge.postgres import PostgresStore, redact_url
+    from bridge.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        return str(store.path)
+    if isinstance(store, PostgresStore):
+        return redact_url(store.url)
+    return "the store"
 
 
 class Sink(Protocol):
@@ -59,6 +83,7 @@ class Runtime:
         rate: float = 0.0,
         burst: int = 0,
         cluster: Cluster | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not (isinstance(app, type) and issubclass(app, CA)):
             raise TypeError("app must be a subclass of bridge.CA")
@@ -76,17 +101,33 @@ class Runtime:
         self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None, int]]] = {}
         self._unknown: dict[str, float] = {}  # recent store misses, so hostile names cost one lookup a while
         self.actors: dict[str, Actor] = {}
-        self.metrics = Metrics()
+        self.metrics = metrics if metrics is not None else Metrics()  # the process owner's, handed down
         self.committer = Committer(store, self._deliver, metrics=self.metrics)
         self.closing = False
+        self._bound = False  # bind_app done
+        self.presence_dropped = 0  # presence messages for new sessions beyond the bound (Actor.offer_presence)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy_workers = 0
         self._workers_idle = asyncio.Event()
         self._workers_idle.set()
         self._service: list[asyncio.Task[Any]] = []
 
+    async def bind_app(self) -> None:
+        """Check that the (open) store belongs to this app, recording it as the owner of a store that has none;
+        ConfigError naming both apps otherwise. Runs on entering; a service calls it earlier to fail before
+        starting anything else."""
+        if self._bound:
+            return
+        identity = app_identity(self.app)
+        owner = await self.store.bind_app(identity)
+        if owner is not None:
+            raise ConfigError(f"{_where(self.store)} is the store of app {owner}, not {identity}: give {identity} its "
+                              f"own store with --db")
+        self._bound = True
+
     async def __aenter__(self) -> Runtime:
         started = time.perf_counter()
+        await self.bind_app()
         if self.cluster is None:
             for record in await self.store.load_all():
                 self._install(record, resume=True)
@@ -148,7 +189,8 @@ class Runtime:
         if req.kind == "call":
             spec = self.app.methods.get(req.method)
             if spec is None:
-                self.reply_now(ca, req, future, error_body("bad_request", "NoSuchMethod", "no such method"))
+                self.reply_now(ca, req, future, error_body(
+                    "bad_request", "NoSuchMethod", f"{self.app.__name__} CA {ca!r} has no method {req.method[:100]!r}"))
                 return
             if not spec.accepts(len(req.args)):
                 self.reply_now(ca, req, future, error_body(
@@ -168,6 +210,13 @@ class Runtime:
                 self._lookup_then_submit(ca, req, future)
                 return
             actor = self.actors[ca] = Actor(self, ca, None)
+        if req.kind == "presence":  # never takes a mailbox slot, so a full mailbox does not lose it
+            if not actor.offer_presence(req, self.mailbox_limit):
+                self.presence_dropped += 1
+                if self.presence_dropped % 1000 == 1:
+                    log.warning("CA %s: dropped a presence message for a new session: %d new sessions' presence "
+                                "waiting already (%d dropped so far)", ca, self.mailbox_limit, self.presence_dropped)
+            return
         if self.rate and req.kind == "call" and not self._take_token(actor):
             self.reply_now(ca, req, future, error_body("busy", "RateLimited", "too many calls to this CA; retry later"))
             return
@@ -297,6 +346,7 @@ class Runtime:
             del self.actors[actor.name]
         items = [item, *actor.mailbox]
         actor.mailbox.clear()
+        actor.presence.clear()
         for queued in items:
             if isinstance(queued, tuple):
                 self.submit(actor.name, *queued)

@@ -19,7 +19,7 @@ from bridge.errors import BadRequest, ConfigError
 from bridge.http import Handler, HttpServer
 from bridge.http import Request as HttpRequest
 from bridge.http import Response as HttpResponse
-from bridge.metrics import exposition
+from bridge.metrics import Metrics, exposition
 from bridge.mqtt import BrokerURL, MqttLink
 from bridge.postgres import PostgresStore, is_postgres_url
 from bridge.protocol import Topics, error_body, parse_request, reply_err, valid_name
@@ -73,6 +73,7 @@ class Bridge:
         self.app = app
         self.settings = s = settings or Settings()
         self.topics = Topics(s.prefix)
+        self.metrics = Metrics()  # this process's counters, handed to every part that counts
         self.cluster: Cluster | None = None
         self.store: Store
         if is_postgres_url(s.db):
@@ -80,16 +81,16 @@ class Bridge:
                 raise ConfigError(f"invalid node name {s.node!r}: use letters, digits, '_', '.', '-'")
             pg = PostgresStore(str(s.db), pool_size=s.db_pool, application_name=f"ca-bridge {s.node or ''}".strip())
             self.store = pg
-            self.cluster = Cluster(pg, s.node, ttl=s.node_ttl, heartbeat=min(1.0, s.node_ttl / 4))
+            self.cluster = Cluster(pg, s.node, ttl=s.node_ttl, heartbeat=min(1.0, s.node_ttl / 4),
+                                   metrics=self.metrics)
         else:
             self.store = SQLiteStore(Path(s.db), synchronous=s.synchronous)
         self.runtime = Runtime(
             app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout,
-            autocreate=s.autocreate, rate=s.rate, burst=s.burst, cluster=self.cluster,
+            autocreate=s.autocreate, rate=s.rate, burst=s.burst, cluster=self.cluster, metrics=self.metrics,
         )
         self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)
         self.link: MqttLink | None = None
-        self.dropped_topics = 0
         self.metrics_server: HttpServer | None = None
         self.dashboard: Any = None
         self._stack = AsyncExitStack()
@@ -99,6 +100,7 @@ class Bridge:
         try:
             await self.store.open()
             self._stack.push_async_callback(self.store.close)
+            await self.runtime.bind_app()  # another app's store: refused before anything starts
             if s.auth is not None and self.broker_url.username is None:
                 from bridge.auth import AuthStore
 
@@ -121,6 +123,7 @@ class Bridge:
             self.link = MqttLink(
                 self.broker_url, client_id=client_id, on_message=self._on_message,
                 subscriptions=subscriptions, tls_context=self._tls_context(), clean_session=self.cluster is not None,
+                metrics=self.metrics,
             )
             await self._stack.enter_async_context(self.link)
             self._stack.push_async_callback(self.runtime.aclose)  # drain before the link goes
@@ -142,7 +145,7 @@ class Bridge:
         s = self.settings
         if s.metrics is not None and s.metrics != s.http:
             self.metrics_server = await self._stack.enter_async_context(
-                HttpServer(*s.metrics, {"/metrics": self._metrics_page}))
+                HttpServer(*s.metrics, {"/metrics": self._metrics_page}, metrics=self.metrics))
         if s.http is not None:
             from bridge.dashboard import Dashboard
 
@@ -155,7 +158,10 @@ class Bridge:
             self.dashboard = await self._stack.enter_async_context(Dashboard(self, *s.http, token=token, extra=routes))
 
     def _metrics_page(self, _request: HttpRequest) -> HttpResponse:
-        body = exposition(self.runtime, lambda: self.link is not None and self.link.connected.is_set())
+        cluster = self.cluster
+        body = exposition(self.metrics, gauges=self.runtime.snapshot_counts,
+                          connected=lambda: self.link is not None and self.link.connected.is_set(),
+                          cluster_nodes=(lambda: len(cluster.live)) if cluster is not None else None)
         return HttpResponse(body, "text/plain; version=0.0.4; charset=utf-8")
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -178,7 +184,7 @@ class Bridge:
     def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         """Hand a raw request to the bridge that owns its CA."""
         assert self.link is not None and self.cluster is not None
-        self.cluster.forwarded += 1
+        self.metrics.forwarded += 1
         self.link.publish(self.topics.forward(node, ca, hops), payload)
 
     # -- inbound -----------------------------------------------------------------------------------------------
@@ -189,9 +195,10 @@ class Bridge:
         if ca is None and self.cluster is not None and (fwd := self.topics.ca_of_forward(topic)) is not None:
             ca, hops = fwd
         if ca is None:
-            self.dropped_topics += 1
-            if self.dropped_topics % 1000 == 1:
-                log.warning("dropped a message on an invalid topic %r (%d so far)", topic[:80], self.dropped_topics)
+            self.metrics.dropped_topics += 1
+            if self.metrics.dropped_topics % 1000 == 1:
+                log.warning("dropped a message on an invalid topic %r (%d so far)", topic[:80],
+                            self.metrics.dropped_topics)
             return
         cluster = self.cluster
         if cluster is not None and not hops and ca not in self.runtime.actors \

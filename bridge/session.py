@@ -23,12 +23,14 @@ Customizer = Callable[[str, list[Any]], list[Any]]
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     """Per-CA settings: Caf.js's session defaults, a hard cap no queue may pass, and the dedup window (the
-    replies of the last ``dedup_window`` requests of each CA are remembered)."""
+    replies of the last ``dedup_window`` calls of each session are remembered, whatever its CA's other sessions
+    do, so a device that waits for each reply before its next call can always retry its last one; and those of
+    the CA's last 8 x ``dedup_window`` calls)."""
 
     max_sessions: int = 10
     default_queue: int = 5
     hard_queue_cap: int = 10_000
-    dedup_window: int = 64
+    dedup_window: int = 8
 
 
 @dataclass(slots=True)

@@ -33,22 +33,24 @@ CREATE TABLE IF NOT EXISTS note (
 CREATE TABLE IF NOT EXISTS dedup (
     ca TEXT NOT NULL, pos INTEGER NOT NULL, sid TEXT NOT NULL, rid TEXT NOT NULL, reply BLOB NOT NULL,
     PRIMARY KEY (ca, pos)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
-SCHEMA_VERSION = 2
-# Version 1 kept dedup records per session (PRIMARY KEY (ca, sid, pos)); version 2 keeps them per CA so that a
-# collected session does not take them along. Upgrading drops the old records (at worst a retry in flight
-# during the upgrade runs again).
+SCHEMA_VERSION = 3
+# Version 1 kept dedup records per session (PRIMARY KEY (ca, sid, pos)); version 2 numbers them per CA so that a
+# collected session does not take them along. Upgrading from 1 drops the old records (at worst a retry in flight
+# during the upgrade runs again). Version 3 adds the meta table (the app the store belongs to): nothing to convert.
 MIGRATIONS = {1: "DROP TABLE dedup;"}
 
 
 class SQLiteStore:
     """A :class:`bridge.store.Store` in one SQLite file."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", read_only: bool = False) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
+        self.read_only = read_only  # for tools (`ca-bridge inspect`): no schema, no migration, writes fail
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -58,9 +60,32 @@ class SQLiteStore:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
-        """Open the file (creating it and the schema) on the writer thread."""
+        """Open the file on the writer thread: creating it and the schema, or upgrading it (read-only: as it is)."""
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
-        await self._run(self._open)
+        try:
+            await self._run(self._open_read_only if self.read_only else self._open)
+        except BaseException:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            raise
+
+    def _open_read_only(self) -> None:
+        """Open an existing store as it is: no schema is created or upgraded, and SQLite refuses any write."""
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        if not {"ca", "session", "note", "dedup"} <= tables:
+            db.close()
+            raise StoreError(f"no ca-bridge store in {self.path}")
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise StoreError(f"store {self.path} has schema {version}, newer than this bridge ({SCHEMA_VERSION})")
+        self._db = db
 
     def _open(self) -> None:
         try:
@@ -114,6 +139,39 @@ class SQLiteStore:
 
         return await self._run(insert)
 
+    async def bind_app(self, app: str) -> str | None:
+        """Record the app this store belongs to, or say which other app it belongs to."""
+
+        def bind() -> str | None:
+            db = self._conn()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = db.execute("SELECT value FROM meta WHERE key = 'app'").fetchone()
+                    if row is None:
+                        db.execute("INSERT INTO meta (key, value) VALUES ('app', ?)", (app,))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot record the app in store {self.path}: {exc}") from None
+            return None if row is None or row[0] == app else str(row[0])
+
+        return await self._run(bind)
+
+    async def app(self) -> str | None:
+        """The app recorded as this store's owner (None: not recorded yet)."""
+
+        def read() -> str | None:
+            db = self._conn()
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+                return None
+            row = db.execute("SELECT value FROM meta WHERE key = 'app'").fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(read)
+
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreError("store is closed")
@@ -157,13 +215,12 @@ class SQLiteStore:
         notes: list[tuple[str, str, int, bytes]] = []
         dedups: list[tuple[str, int, str, str, bytes]] = []
         note_floors: list[tuple[str, str, int]] = []
-        dedup_floors: list[tuple[str, int]] = []
+        dedup_floors: list[tuple[str, str, int]] = []
         for ca, change in merged.items():
             if change.state is not None:
                 states.append((ca, change.state))
             dedups.extend((ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup)
-            if change.dedup_floor:
-                dedup_floors.append((ca, change.dedup_floor))
+            dedup_floors.extend((ca, sid, floor) for sid, floor in change.dedup_floors.items())
             for sid, w in change.sessions.items():
                 key = (ca, sid)
                 if w.purge:
@@ -192,7 +249,7 @@ class SQLiteStore:
                 db.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
                 db.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
                 db.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
-                db.executemany("DELETE FROM dedup WHERE ca = ? AND pos < ?", dedup_floors)
+                db.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?", dedup_floors)
                 faults.hit("in_commit")
                 db.execute("COMMIT")
             except BaseException:

@@ -1,9 +1,10 @@
 """The durable store interface, its records, and an in-memory store for tests.
 
 A store keeps, per CA: the state (CBOR), the dedup records of its recent requests, and per session the metadata
-row and the queued notifications. The runtime hands it batches of :class:`Change` (one per call, many CAs) and
-needs each batch committed atomically: all of it durable, or none of it. Anything transactional can implement
-this: SQLite (bridge.sqlite) and PostgreSQL (bridge.postgres).
+row and the queued notifications; and for the whole store, which app (bridge.runtime.app_identity) it belongs to.
+The runtime hands it batches of :class:`Change` (one per call, many CAs) and needs each batch committed atomically:
+all of it durable, or none of it. Anything transactional can implement this: SQLite (bridge.sqlite) and
+PostgreSQL (bridge.postgres).
 """
 
 from __future__ import annotations
@@ -63,14 +64,16 @@ class SessionWrite:
 class Change:
     """Everything one committed call changes in one CA.
 
-    Dedup records belong to the CA, not to a session, so collecting a session never forgets which requests ran.
+    Dedup records are numbered per CA (``pos``) and kept per session: ``dedup_floors`` maps a session id to the
+    position below which that session's records are deleted. They are not in the session's rows, so purging (or
+    collecting) a session never forgets which of its requests ran.
     """
 
     ca: str
     state: bytes | None = None  # None: unchanged
     sessions: dict[str, SessionWrite] = field(default_factory=dict)
     dedup: list[tuple[int, str, str, bytes]] = field(default_factory=list)
-    dedup_floor: int = 0  # delete records with a smaller position
+    dedup_floors: dict[str, int] = field(default_factory=dict)  # session -> delete its records below this position
     epoch: int = 0  # clusters: commit only if the CA's ownership epoch is still this one (0: don't check)
 
     def empty(self) -> bool:
@@ -89,7 +92,8 @@ def merge(changes: Iterable[Change]) -> dict[str, Change]:
             into.state = change.state
         into.epoch = change.epoch
         into.dedup.extend(change.dedup)
-        into.dedup_floor = max(into.dedup_floor, change.dedup_floor)
+        for sid, floor in change.dedup_floors.items():
+            into.dedup_floors[sid] = max(into.dedup_floors.get(sid, 0), floor)
         for sid, write in change.sessions.items():
             have = into.sessions.get(sid)
             if have is None:
@@ -103,6 +107,11 @@ class Store(Protocol):
 
     async def open(self) -> None:
         """Create or open the store (and its schema)."""
+
+    async def bind_app(self, app: str) -> str | None:
+        """Record ``app`` as the app this store belongs to, unless one is recorded already (a store from before
+        the record existed is adopted by the first app that opens it). Returns the recorded app when it is another
+        one (nothing is changed then), else None."""
 
     async def close(self) -> None:
         """Release everything; further calls fail."""
@@ -132,6 +141,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._cas: dict[str, CARecord] = {}
+        self.app: str | None = None
         self.commits = 0
         self.fail_next: Exception | None = None  # test hook: the next commit raises this
 
@@ -140,6 +150,12 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to close."""
+
+    async def bind_app(self, app: str) -> str | None:
+        """The first app to ask owns the store."""
+        if self.app is None:
+            self.app = app
+        return None if self.app == app else self.app
 
     async def load_all(self) -> list[CARecord]:
         """Copies of every CA."""
@@ -175,7 +191,8 @@ class MemoryStore:
             for sid, write in change.sessions.items():
                 _apply(rec, sid, write)
             rec.dedup.extend(change.dedup)
-            rec.dedup[:] = [d for d in rec.dedup if d[0] >= change.dedup_floor]
+            floors = change.dedup_floors
+            rec.dedup[:] = [d for d in rec.dedup if d[0] >= floors.get(d[1], 0)]
         self.commits += 1
         return frozenset()
 

@@ -5,7 +5,9 @@
 
 ARGS are parsed as JSON when possible, else taken as strings. Results and notifications are
 printed as JSON (bytes as {"$bytes": base64}). Host, port, user and password come from flags or
-CA_HOST, CA_PORT, CA_USER, CA_PASSWORD.
+CA_HOST, CA_PORT, CA_USER, CA_PASSWORD. --timeout: call waits that long to connect and again for
+the reply (default 10 s); listen stops after that long (default 0: never). A broker that refuses
+the connection is reported at once with its host:port, not retried.
 """
 
 import argparse
@@ -13,6 +15,7 @@ import base64
 import json
 import os
 import sys
+import time
 
 from firmware_client import CAError, Client
 
@@ -42,7 +45,9 @@ def _parser():
     p.add_argument("--prefix", default="ca")
     p.add_argument("--codec", choices=["cbor", "json"], default="cbor")
     p.add_argument("--tls-ca", help="CA certificate file: connect with TLS")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds (call: per call; listen: 0 = forever)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds: call: to connect, then for the reply (default 10); listen: stop after this long "
+                   "(default 0 = never)")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("call", help="call METHOD with ARGS, print the result as JSON")
     c.add_argument("--ca", required=True)
@@ -56,45 +61,71 @@ def _parser():
     return p
 
 
-def _client(a, session, clean):
+class _NoConnection(Exception):
+    """The broker could not be reached or refused us; the message names host:port and why."""
+
+
+def _client(a, session, clean, timeout):
     ssl = {"cafile": a.tls_ca} if a.tls_ca else None
     kw = {}
     if clean:  # a one-shot CLI call must not kick a device using the stable client id
         kw["client_id"] = "cli-%s" % os.urandom(6).hex()
         kw["clean"] = True
         kw["presence"] = False  # nor announce its session online/offline
-    c = Client(a.ca, session, a.host, a.port, a.user, a.password, codec=a.codec, ssl=ssl, prefix=a.prefix, **kw)
-    c.connect(timeout=a.timeout)
+    c = Client(a.ca, session, host=a.host, port=a.port, user=a.user, password=a.password, codec=a.codec, ssl=ssl,
+               prefix=a.prefix, **kw)
+    try:
+        c.connect(timeout=timeout, retry=False)  # a person is waiting: say what is wrong at once
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__  # Timeout and OSError: strerror; MQTTError: the text
+        raise _NoConnection("cannot connect to %s:%d: %s" % (a.host, c.mqtt.port, why)) from None
     return c
+
+
+def _listen(a):
+    limit = a.timeout or 0
+    end = time.monotonic() + limit if limit > 0 else None
+    c = _client(a, a.session, False, limit if limit > 0 else None)
+    seen = [0]
+
+    def show(args):
+        print(_json(args), flush=True)
+        seen[0] += 1
+
+    c.on_notify = show
+    try:
+        while not a.count or seen[0] < a.count:
+            left = 0.5 if end is None else min(0.5, end - time.monotonic())
+            if left <= 0:
+                break
+            c.poll(left)
+    finally:
+        c.close()
+    if a.count and seen[0] < a.count:
+        print("error: %d of %d notifications within %g s" % (seen[0], a.count, limit), file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv=None):
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "call":
-            c = _client(a, a.session, True)
+            t = 10.0 if a.timeout is None else a.timeout
+            c = _client(a, a.session, True, t)
             try:
-                result = c.call(a.method, *[_arg(x) for x in a.args], timeout=a.timeout)
+                result = c.call(a.method, *[_arg(x) for x in a.args], timeout=t)
             finally:
                 c.close()
             print(_json(result))
             return 0
-        c = _client(a, a.session, False)
-        seen = [0]
-
-        def show(args):
-            print(_json(args), flush=True)
-            seen[0] += 1
-
-        c.on_notify = show
-        try:
-            while not a.count or seen[0] < a.count:
-                c.poll(0.5)
-        finally:
-            c.close()
-        return 0
+        return _listen(a)
+    except _NoConnection as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
     except CAError as e:
-        print("error: %s %s: %s %s" % (e.kind, e.name, e.message, _json(e.data)), file=sys.stderr)
+        data = (" " + _json(e.data)) if e.data else ""
+        print("error: %s %s: %s%s" % (e.kind, e.name, e.message, data), file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:
         print("error: %s: %s" % (type(e).__name__, e), file=sys.stderr)

@@ -1,18 +1,23 @@
 """Minimal CBOR (RFC 8949) codec for the wire subset.
 
-Subset: int (-2**64 .. 2**64-1), float, str, bytes, list (and tuple), dict, bool, None.
+Subset: int (-2**1024 .. 2**1024-1), float, str, bytes, list (and tuple), dict, bool, None.
 ``dumps`` is byte-identical to CPython ``cbor2.dumps`` (non-canonical) on that subset:
 shortest-form integer and length heads, float64 for finite floats, and the 3-byte float16
 forms cbor2 uses for NaN and +/-Infinity; definite lengths; dict keys in insertion order.
+Integers beyond 64 bits are bignums (tag 2, or tag 3 for negatives, around the big-endian
+magnitude without leading zeros), as cbor2 writes them.
 
-``loads`` is defensive: it rejects truncated input, trailing bytes, indefinite lengths, tags,
-unknown simple values and nesting deeper than ``MAX_DEPTH``; it never allocates from a claimed
-length before checking that many bytes are actually present. It also reads float16/float32.
+``loads`` is defensive: it rejects truncated input, trailing bytes, indefinite lengths, tags
+other than a bignum's, bignums over ``MAX_BIGNUM`` bytes, unknown simple values and nesting
+deeper than ``MAX_DEPTH``; it never allocates from a claimed length before checking that many
+bytes are actually present. It also reads float16/float32.
 """
 
 import struct
 
 MAX_DEPTH = 32  # containers nested deeper than this are rejected (device C stack is small)
+MAX_BIGNUM = 128  # bytes of a bignum's magnitude: integers up to 1024 bits (PROTOCOL.md, Encoding)
+_BIG = 0x10000000000000000  # 2**64: from here on an integer is a bignum
 
 
 class CBORError(ValueError):
@@ -38,11 +43,22 @@ def _head(out, major, n):
     elif n < 0x100000000:
         out.append(mt | 26)
         out.extend(struct.pack(">I", n))
-    elif n < 0x10000000000000000:
+    else:
         out.append(mt | 27)
         out.extend(struct.pack(">II", n >> 32, n & 0xFFFFFFFF))
-    else:
-        raise CBORError("integer out of range")
+
+
+def _bignum(out, tag, n):
+    """Tag 2 (or 3) around the big-endian bytes of ``n`` (>= 2**64), without leading zeros."""
+    size = 8
+    while n >> (size * 8):
+        size += 1
+        if size > MAX_BIGNUM:
+            raise CBORError("integer out of range (more than %d bits)" % (MAX_BIGNUM * 8))
+    out.append(0xC0 | tag)
+    _head(out, 2, size)
+    for i in range(size - 1, -1, -1):
+        out.append((n >> (i * 8)) & 0xFF)
 
 
 def _enc(out, obj, depth):
@@ -54,9 +70,14 @@ def _enc(out, obj, depth):
         out.append(0xF4)
     elif isinstance(obj, int):
         if obj >= 0:
-            _head(out, 0, obj)
-        else:
+            if obj < _BIG:
+                _head(out, 0, obj)
+            else:
+                _bignum(out, 2, obj)
+        elif obj >= -_BIG:
             _head(out, 1, -1 - obj)
+        else:
+            _bignum(out, 3, -1 - obj)
     elif isinstance(obj, str):
         b = obj.encode("utf-8")
         _head(out, 3, len(b))
@@ -163,7 +184,7 @@ class _Reader:
             except Exception:  # UnicodeError on MicroPython, UnicodeDecodeError on CPython
                 raise CBORError("invalid utf-8")
         if major == 6:
-            raise CBORError("tags are not supported")
+            return self.bignum(n)
         if depth >= MAX_DEPTH:
             raise CBORError("nesting too deep")
         if major == 4:
@@ -179,6 +200,25 @@ class _Reader:
             except TypeError:
                 raise CBORError("unhashable map key")
         return out
+
+    def bignum(self, tag):
+        if tag != 2 and tag != 3:
+            raise CBORError("tags other than bignums (2, 3) are not supported")
+        ib = self.data[self.take(1)]
+        if ib >> 5 != 2:
+            raise CBORError("a bignum must be a byte string")
+        size = self.arg(ib & 31)
+        if size > MAX_BIGNUM:
+            raise CBORError("bignum longer than %d bytes" % MAX_BIGNUM)
+        p = self.take(size)
+        d = self.data
+        n = 0
+        try:
+            for i in range(p, p + size):
+                n = (n << 8) | d[i]
+        except OverflowError:  # a port built without arbitrary-precision ints
+            raise CBORError("integer too large for this port")
+        return n if tag == 2 else -1 - n
 
     def simple(self, ai):
         d = self.data

@@ -13,6 +13,7 @@ from firmware_client.compat import Timeout, deadline_in, hexlify, rand_below, re
 from firmware_client.mqtt import MQTT
 
 _RETRY_KINDS = ("busy", "unavailable")
+_RESEND_MAX = 30000  # ms: the silence before a re-send doubles up to this
 _MICRO = sys.implementation.name == "micropython"
 _PUNCT = "_.-"
 
@@ -63,6 +64,7 @@ class Client:
         self,
         ca,
         session="default",
+        *,  # everything else by keyword: Client("shop1", "s1", host="10.0.0.5", port=1883)
         host="127.0.0.1",
         port=None,
         user=None,
@@ -81,6 +83,7 @@ class Client:
         reconnect_max=30.0,
         resync=5.0,
         presence=True,
+        resend=3.0,
     ):
         if not valid_name(ca) or not valid_name(session):
             raise ValueError("invalid CA name or session id")
@@ -95,6 +98,8 @@ class Client:
         self.ca = ca
         self.session = session
         self.timeout = timeout
+        self.resend = resend  # seconds of silence before a call is re-sent (same id, same bytes); 0: never
+        self.resent = 0  # calls re-sent after a silence
         self.in_topic = "%s/%s/in" % (prefix, ca)
         self.topic = "%s/%s/session/%s" % (prefix, ca, session)
         self.on_notify = None  # fn(args), called once per notification, in sequence order
@@ -129,17 +134,15 @@ class Client:
             host,
             port,
             client_id,
-            keepalive,
-            user,
-            password,
-            ssl,
-            will,
-            clean,
-            connect_timeout,
-            bufsize,
-            16,
-            0.5,
-            reconnect_max,
+            keepalive=keepalive,
+            user=user,
+            password=password,
+            ssl=ssl,
+            will=will,
+            clean=clean,
+            connect_timeout=connect_timeout,
+            bufsize=bufsize,
+            reconnect_max=reconnect_max,
         )
         self.mqtt.subs = [(self.topic, 1)]
         self.mqtt.on_message = self._on_message
@@ -147,10 +150,11 @@ class Client:
 
     # ------------------------------------------------------------------ public API
 
-    def connect(self, timeout=None):
-        """Connect (retrying with backoff within ``timeout`` seconds), subscribe and sync."""
+    def connect(self, timeout=None, retry=True):
+        """Connect (retrying with backoff within ``timeout`` seconds; ``retry=False``: one attempt, its
+        error raised at once), subscribe and sync."""
         t = self.mqtt.connect_ms / 1000 if timeout is None else timeout
-        self.mqtt.connect(deadline_in(t * 1000))
+        self.mqtt.connect(deadline_in(t * 1000), retry)
 
     def close(self):
         """Flush the pending ack and announce offline (best effort), send DISCONNECT and close the socket."""
@@ -171,7 +175,12 @@ class Client:
         self._run(deadline_in(timeout * 1000), None)
 
     def call(self, method, *args, timeout=None):
-        """Call ``method(*args)`` on the CA; return its result or raise CAError / Timeout / OSError."""
+        """Call ``method(*args)`` on the CA; return its result or raise CAError / Timeout / OSError.
+
+        Until the reply arrives, the identical request (same id, same bytes) is sent again after a
+        reconnect, after a busy/unavailable answer and after ``resend`` seconds of silence, all
+        within ``timeout``: the bridge runs one id once, so retries never repeat an effect.
+        """
         t = self.timeout if timeout is None else timeout
         deadline = deadline_in(t * 1000)
         self._count += 1
@@ -180,11 +189,11 @@ class Client:
         entry = [self._dumps(msg), None]
         self._calls[rid] = entry
         pause = 50
+        silence = int(self.resend * 1000) if self.resend else 0
         try:
             while True:
                 self.mqtt.publish(self.in_topic, entry[0], 1, rid)
-                self._run(deadline, lambda: entry[1] is not None)
-                reply = entry[1]
+                reply = self._await(rid, entry, deadline, silence)
                 if reply is None:
                     raise Timeout("no reply to %s within %s s" % (method, t))
                 err = reply.get("err")
@@ -202,6 +211,26 @@ class Client:
             del self._calls[rid]
 
     # ------------------------------------------------------------------ internals
+
+    def _await(self, rid, entry, deadline, silence):
+        """Wait for ``entry``'s reply until ``deadline``; re-send the request after each silence.
+
+        A request or its reply can vanish without a trace (a bridge killed with the request in
+        flight: its clean MQTT session drops what it had not acknowledged). The silence is jittered
+        (0.75-1.25 x) and doubles after each re-send, up to 30 s; returns the reply or None.
+        """
+        while True:
+            until = deadline
+            if silence > 0:
+                nxt = deadline_in(silence * 3 // 4 + rand_below(silence // 2 + 1))
+                if ticks_diff(nxt, deadline) < 0:
+                    until = nxt
+            self._run(until, lambda: entry[1] is not None)
+            if entry[1] is not None or remaining(deadline) <= 0:
+                return entry[1]
+            self.resent += 1
+            self.mqtt.publish(self.in_topic, entry[0], 1, rid)  # replaces an unacknowledged copy
+            silence = min(silence * 2, _RESEND_MAX)
 
     def _run(self, deadline, done):
         first = True

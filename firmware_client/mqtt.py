@@ -34,6 +34,9 @@ _POLLOUT = 4
 _POLLERR = 8
 _POLLHUP = 16
 _OBUF = 512  # control packets and PUBLISH headers; small payloads are copied in too
+# CONNACK return codes 1-5 (MQTT 3.1.1, 3.2.2.3)
+_REFUSED = ("", "unacceptable protocol version", "client id rejected", "server unavailable",
+            "bad user name or password", "not authorized")
 
 
 def _der(data):
@@ -81,6 +84,7 @@ class MQTT:
         host,
         port,
         client_id,
+        *,
         keepalive=30,
         user=None,
         password=None,
@@ -267,7 +271,8 @@ class MQTT:
             sp, rc = self._ibuf[body], self._ibuf[body + 1]
             self._istart = end
             if rc:
-                raise packet.MQTTError("connection refused, code %d" % rc, rc)
+                why = _REFUSED[rc] if rc < len(_REFUSED) else "unknown reason"
+                raise packet.MQTTError("connection refused: %s (CONNACK code %d)" % (why, rc), rc)
             self.connected = True
             self._ping_at = None
             if self.subs:
@@ -323,13 +328,13 @@ class MQTT:
         self._backoff = b
         self._next_try = deadline_in(b // 2 + rand_below(b // 2 + 1))
 
-    def connect(self, deadline):
-        """Connect, retrying with backoff until ``deadline``. Raises the last error."""
+    def connect(self, deadline, retry=True):
+        """Connect, retrying with backoff until ``deadline`` (``retry=False``: one attempt). Raises the last error."""
         while True:
             err = self._try_connect(deadline)
             if err is None:
                 return
-            if isinstance(err, packet.MQTTError) and err.code in (2, 4, 5):
+            if not retry or (isinstance(err, packet.MQTTError) and err.code in (2, 4, 5)):
                 raise err  # bad client id / credentials: retrying cannot help
             wait = ticks_diff(self._next_try, ticks_ms())
             if wait >= remaining(deadline):

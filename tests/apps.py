@@ -1,6 +1,7 @@
 """CA classes used by the tests (loaded as tests/apps.py:Name by bridge processes)."""
 
 import asyncio
+import os
 import re
 import time
 
@@ -184,3 +185,35 @@ class Presence(CA):
     @method
     async def online(self, session_id):
         return self.session.is_online(session_id)
+
+
+class Gated(CA):
+    """Calls the test holds at a gate (a file), to produce work at a chosen moment: during a broker outage, or
+    while the bridge is stopping. Every call records its token in ``done`` and notifies the caller with it."""
+
+    async def on_init(self):
+        self.state["done"] = []
+
+    def _finish(self, token):
+        self.state["done"].append(token)
+        self.session.notify([token])
+        return token
+
+    @method
+    async def hold(self, gate, token):
+        """Create ``gate + ".started"``, wait (up to 60 s) until the file ``gate`` exists, then finish."""
+        open(gate + ".started", "w").close()  # noqa: ASYNC230 - a test gate: tiny local files
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate):  # noqa: ASYNC240
+            if time.monotonic() > deadline:
+                raise AppError("the gate never opened", gate=gate)
+            await asyncio.sleep(0.02)
+        return self._finish(token)
+
+    @method
+    async def record(self, token):
+        return self._finish(token)
+
+    @method
+    async def done(self):
+        return self.state["done"]

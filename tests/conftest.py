@@ -2,10 +2,55 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from tests import skips
 from tests.procs import PYTHON, ROOT, BridgeProcess, Mosquitto, free_port, stop, wait_port  # noqa: F401
 # (the tests import these from here)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    skips.IN_PYTEST = True  # a missing dependency skips (or fails under CI) instead of exiting
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Always say how many tests were skipped (pytest's own line omits 0; -ra lists the reasons after it), and write
+    the count to $CA_BRIDGE_SKIPPED_FILE when set (.ci/run checks it is 0)."""
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    terminalreporter.write_line(f"skipped: {skipped}" + (" (why: the SKIPPED lines below)" if skipped else ""))
+    out = os.environ.get("CA_BRIDGE_SKIPPED_FILE")
+    if out:
+        Path(out).write_text(f"{skipped}\n")
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
+    """Poll ``condition`` until it is true; TimeoutError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def committed_state(db: Path, ca: str) -> dict[str, Any]:
+    """A CA's state as committed in a bridge's SQLite file, read beside the bridge ({} before its first commit)."""
+    from bridge import codec
+
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT state FROM ca WHERE name = ?", (ca,)).fetchone()
+    finally:
+        conn.close()
+    return codec.loads(row[0]) if row and row[0] else {}
 
 
 @pytest.fixture

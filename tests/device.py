@@ -24,8 +24,10 @@ class CallFailed(Exception):
 class Device:
     def __init__(self, port: int, ca: str, session: str = "default", *, codec: str = "cbor", prefix: str = "ca",
                  client_id: str | None = None, username: str | None = None, password: str | None = None,
-                 tls: str | None = None) -> None:
-        """``username``/``password`` authenticate; ``tls`` is a CA certificate file: connect over TLS verifying it."""
+                 tls: str | None = None, clean_session: bool = True) -> None:
+        """``username``/``password`` authenticate; ``tls`` is a CA certificate file: connect over TLS verifying it.
+        ``clean_session=False`` (with a fixed ``client_id``): the broker keeps this device's subscription and queues
+        its messages while it is away."""
         self.ca, self.session, self.codec, self.prefix = ca, session, codec, prefix
         self.replies: dict[str, dict[str, Any]] = {}
         self.notes: list[dict[str, Any]] = []
@@ -35,7 +37,8 @@ class Device:
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._tag = os.urandom(4).hex()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"dev-{self._tag}")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"dev-{self._tag}",
+                                  clean_session=clean_session)
         self.client.reconnect_delay_set(0.1, 1)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect

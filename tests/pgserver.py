@@ -34,13 +34,9 @@ def available() -> bool:
 
 def require() -> None:
     """In a test: skip when PostgreSQL is not installed, or fail under CI (where .ci/run installs it)."""
-    if available():
-        return
-    import pytest
+    from tests.skips import require as need
 
-    if os.environ.get("CI"):
-        pytest.fail("PostgreSQL is not installed (.ci/run should have installed it)")
-    pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    need(available(), "PostgreSQL is not installed", "apt-get install postgresql")
 
 
 def _free_port() -> int:

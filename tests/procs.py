@@ -3,13 +3,14 @@ free ports, mosquitto on a free port, a bridge (embedded amqtt broker or an exte
 
 Shared by tests/conftest.py (which re-exports the names the tests import from it), tests/chaos, tests/load and
 benchmarks/ (which put the project's root on sys.path and import ``tests.procs``). It imports nothing from the
-bridge, and pytest only when mosquitto is missing inside a test run.
+bridge; a missing mosquitto goes through tests/skips.py (a skip or a CI failure in pytest, an error in a script).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import getpass
 import os
 import shutil
 import signal
@@ -122,21 +123,25 @@ def _tail(log: Path | None) -> str:
 
 
 class Mosquitto:
-    """A real mosquitto on a free loopback port, restartable on the same port. ``conf``: more config lines."""
+    """A real mosquitto on a free loopback port, restartable on the same port. ``conf``: more config lines;
+    ``persistence``: sessions, subscriptions and queued messages survive a restart (saved on SIGTERM in workdir);
+    ``log``: its errors and warnings go to mosquitto-PORT.log in workdir."""
 
-    def __init__(self, workdir: Path, conf: str = "max_queued_messages 10000\n", log: bool = False) -> None:
+    def __init__(self, workdir: Path, conf: str = "max_queued_messages 10000\n", *, persistence: bool = False,
+                 log: bool = False) -> None:
         if MOSQUITTO is None:
-            import pytest
+            from tests.skips import missing
 
-            if os.environ.get("CI"):
-                pytest.fail("mosquitto is not installed (.ci/run should have installed it)")
-            pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+            missing("mosquitto is not installed", "apt-get install mosquitto")
         self.binary = MOSQUITTO
         self.port = free_port()
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log" if log else None
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                             f"set_tcp_nodelay true\n{conf}" + ("log_dest stderr\n" if log else ""))
+        # as root, mosquitto drops to the user "mosquitto" unless told otherwise, and could not write workdir
+        keep = f"persistence true\npersistence_location {workdir}/\nuser {getpass.getuser()}\n" if persistence \
+            else "persistence false\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{keep}set_tcp_nodelay true\n"
+                             f"{conf}" + ("log_dest stderr\n" if log else ""))
         self.proc: subprocess.Popen[Any] | None = None
 
     def start(self) -> Mosquitto:

@@ -1,4 +1,8 @@
-"""hellopersistent: exactly-once purchases from a device that crashes at random (the seed README's example)."""
+"""hellopersistent: exactly-once purchases from a device that crashes at random (the seed README's example).
+
+    .venv/bin/ca-bridge run examples/hellopersistent/ca.py:HelloPersistent --db hellopersistent.db
+    CA_NAME=cart1 .venv/bin/python examples/hellopersistent/forever.py    # its device, rerun until it succeeds
+"""
 
 from bridge import CA, AppError, method
 

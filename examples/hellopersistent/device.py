@@ -1,14 +1,24 @@
 # hellopersistent device: buy every item exactly once although the device crashes at random.
-# Runs unchanged under CPython and MicroPython; rerun it until it exits 0 (see forever.py).
+# Runs unchanged under CPython and MicroPython; rerun it until it exits 0 (see forever.py):
+#     micropython examples/hellopersistent/device.py      (or python; no MICROPYPATH/PYTHONPATH needed)
 #
-# env: CA_HOST CA_PORT CA_NAME (foo-ca1) ITEMS (count; default: a fixed fruit list)
+# env: CA_HOST CA_PORT CA_NAME (cart1) ITEMS (count; default: a fixed fruit list)
 #      CRASH (per-256 chance to die before each buy, default 47)
 #      CRASH_MID (per-256 chance to die while a buy is in flight, default 0)
 #      SEED, RUN (seed the crash dice; forever.py sets RUN to the attempt number)
+# exit status: 0 done; 3 crashed (by the dice, or a transient error such as a lost connection or a call
+# without an answer): run it again; 1 an error that a rerun cannot fix (a bug, a refused login): stop.
+# ruff: noqa: UP031, SIM105 (MicroPython: no f-strings, no contextlib)
 import os
 import sys
 
-from firmware_client import Client, PersistentSession
+# Find firmware_client in this checkout (two folders up from this script) when it is not installed:
+# MicroPython has no PYTHONPATH, and MICROPYPATH replaces its whole module path.
+sys.path.append(sys.path[0] + "/../..")
+
+from firmware_client import CAError, Client, MQTTError, PersistentSession
+
+CRASHED = 3
 
 getenv = getattr(os, "getenv", lambda k, d=None: d)
 FRUIT = ["apple", "banana", "cherry", "date", "elderberry", "fig", "grape", "honeydew", "kiwi", "lemon"]
@@ -37,11 +47,20 @@ except ImportError:
 
 def crash(why):
     print("crash:", why)
-    sys.exit(1)
+    sys.exit(CRASHED)
+
+
+def transient(e):
+    """Errors a rerun can get past: the bridge or the network away for a while."""
+    if isinstance(e, CAError):
+        return e.kind in ("busy", "unavailable")
+    if isinstance(e, MQTTError):
+        return e.code not in (1, 2, 4, 5)  # refused for good: protocol version, client id, login, authorization
+    return isinstance(e, OSError)  # Timeout, refused or reset connections
 
 
 def main():
-    c = Client(getenv("CA_NAME", "foo-ca1"), "default", host=getenv("CA_HOST", "127.0.0.1"),
+    c = Client(getenv("CA_NAME", "cart1"), "default", host=getenv("CA_HOST", "127.0.0.1"),
                port=int(getenv("CA_PORT", "1883")), timeout=10)
     c.connect()
     ps = PersistentSession(c)
@@ -69,7 +88,11 @@ try:
     code = main()
 except SystemExit:
     raise
-except Exception as e:  # any error: crash and let the next run resume from the memento
-    print("error:", repr(e))
-    code = 1
+except Exception as e:
+    if transient(e):  # a crash: the next run resumes from the memento
+        print("crash:", repr(e))
+        code = CRASHED
+    else:
+        print("error:", repr(e))
+        code = 1
 sys.exit(code)

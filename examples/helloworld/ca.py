@@ -1,4 +1,8 @@
-"""helloworld: a pulse that notifies two logical sessions, and session introspection (the seed README's example)."""
+"""helloworld: a pulse that notifies two logical sessions, and session introspection (the seed README's example).
+
+    scripts/run          # runs it: ca-bridge run examples/helloworld/ca.py:HelloWorld --db helloworld.db, and
+                         # examples/helloworld/client1.py on its CA foo-ca1
+"""
 
 from bridge import CA, method
 

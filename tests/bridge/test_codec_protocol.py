@@ -60,13 +60,22 @@ def test_truncated_cbor_is_a_codec_error(tail):
     b"\x9b\xff\xff\xff\xff\xff\xff\xff\xff",  # CBOR array claiming 2**64-1 items
     b"\x5b\x00\x00\x00\x10\x00\x00\x00\x00",  # byte string claiming 64 GiB
     cbor2.dumps(cbor2.CBORTag(1, 0)),  # tags are outside the subset
-    cbor2.dumps(2**70),  # bignum
+    cbor2.dumps(2**1024),  # a bignum beyond 1024 bits
+    cbor2.dumps(-(2**1024) - 1),
     cbor2.dumps({1, 2}),
     b'{"a": NaN}',
 ])
 def test_hostile_payloads_are_codec_errors(payload):
     with pytest.raises(CodecError):
         codec.decode(payload, codec.detect(payload))
+
+
+@pytest.mark.parametrize("value", [2**64, 2**70, -(2**64) - 1, 2**1024 - 1, -(2**1024)])
+def test_bignums_up_to_1024_bits_are_in_the_subset(value):
+    """Integers beyond 64 bits arrive as CBOR bignums (tags 2, 3) or JSON digits; the firmware client reads both."""
+    assert codec.decode(cbor2.dumps({"args": [value]}), "cbor") == {"args": [value]}
+    assert codec.decode(json.dumps({"args": [value]}).encode(), "json") == {"args": [value]}
+    assert codec.encode(value, "cbor") == cbor2.dumps(value)
 
 
 def test_depth_limit():

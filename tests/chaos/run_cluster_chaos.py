@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from bridge import codec  # noqa: E402
 from bridge.postgres import PostgresStore  # noqa: E402
-from tests.chaos.run_chaos import MICROPYTHON, Device, _read_lines, _tend  # noqa: E402
+from tests.chaos.run_chaos import MICROPYTHON, Device, _read_lines, _tend, use_micropython  # noqa: E402
 from tests.procs import BridgeProcess, Mosquitto, stop  # noqa: E402
 from tests.pgserver import PostgresServer  # noqa: E402
 
@@ -260,7 +260,7 @@ def run(seed: int, duration: float, devices: int, items: int, workdir: Path, *, 
     try:
         for node in nodes.values():  # the first one creates the schema; then they start together
             _start(node, wait=True)
-        use_mp = micropython and MICROPYTHON.exists()
+        use_mp = use_micropython(micropython)
         for i in range(devices):
             ca = f"cluster-{seed}-{i}"
             env = {**os.environ, "CA_NAME": ca, "CA_PORT": str(mosq.port), "ITEMS": str(items), "CRASH": "20",

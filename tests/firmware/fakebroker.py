@@ -98,6 +98,10 @@ class FakeBroker:
         self.trickle_replies = False  # send replies one byte at a time
         self.silent_methods = ()  # calls to these methods get no reply at all
         self.busy_first = 0  # answer this many calls with a busy error first
+        self.drop_calls = 0  # lose this many call messages (no run, no reply): a bridge killed with them in flight
+        self.drop_replies = 0  # run this many calls but lose their replies: killed after the commit
+        self.note_on_drop = False  # each lost call or reply queues and pushes a notification
+        self.raw_calls = []  # the payload bytes of every call message, in arrival order
         self.ping_reply = True
         # bridge model
         self.replies = {}  # request id -> reply map
@@ -174,6 +178,8 @@ class FakeBroker:
         t = msg.get("t")
         self.log(t, msg)
         if t == "call":
+            self.raw_calls.append(bytes(payload))
+        if t == "call":
             self._on_call(conn, msg)
         elif t in ("ack", "sync"):
             with self.lock:
@@ -189,6 +195,11 @@ class FakeBroker:
         rid = msg["id"]
         if msg["method"] in self.silent_methods:
             return
+        if self.drop_calls > 0:
+            self.drop_calls -= 1
+            if self.note_on_drop:
+                self.notify(["lost call"])
+            return
         if rid not in self.replies:
             if self.busy_first > 0:
                 self.busy_first -= 1
@@ -197,6 +208,11 @@ class FakeBroker:
                 return
             self.runs[rid] = self.runs.get(rid, 0) + 1
             self.replies[rid] = self._execute(msg)
+        if self.drop_replies > 0:  # ran (or ran before: a dedup hit), but the reply is lost
+            self.drop_replies -= 1
+            if self.note_on_drop:
+                self.notify(["lost reply"])
+            return
         payload = self.encode(self.replies[rid])
         if self.close_mid_reply:
             self.close_mid_reply = False

@@ -11,7 +11,8 @@ from firmware_client import cbor
 from firmware_client.cbor import CBORError
 
 # The wire subset. NaN is excluded from equality checks (nan != nan) and tested on its own.
-ints = st.integers(min_value=-(2**64), max_value=2**64 - 1)
+# Integers reach 1024 bits: beyond 64 bits they are bignums (tags 2 and 3).
+ints = st.integers(min_value=-(2**64), max_value=2**64 - 1) | st.integers(min_value=-(2**1024), max_value=2**1024 - 1)
 floats = st.floats(allow_nan=False)
 scalars = st.none() | st.booleans() | ints | floats | st.text() | st.binary()
 keys = st.text() | st.integers(min_value=-(2**64), max_value=2**64 - 1) | st.binary()
@@ -86,6 +87,11 @@ def test_cbor_tuple_and_bytearray_encode_like_list_and_bytes():
         "5f4101ff",  # indefinite bytes
         "9f01ff",  # indefinite array
         "c11a514b67b0",  # tag 1
+        "c201",  # a bignum tag around an integer, not a byte string
+        "c2c24100",  # a bignum tag around a tag
+        "c25f4101ff",  # a bignum of indefinite length
+        "c24a0102",  # a bignum claiming 10 bytes, 2 present
+        "c25881" + "01" * 129,  # a bignum of 129 bytes: more than 1024 bits
         "f7",  # undefined
         "f820",  # simple(32)
         "1c",  # reserved additional info
@@ -120,10 +126,19 @@ def test_cbor_nesting_depth_bounded():
 
 
 def test_cbor_rejects_unsupported_types_and_huge_ints():
-    """Sets, objects and ints outside 64 bits are not part of the wire subset."""
-    for v in ({1}, object(), 2**64, -(2**64) - 1):
+    """Sets, objects and ints beyond 1024 bits are not part of the wire subset."""
+    for v in ({1}, object(), 2**1024, -(2**1024) - 1):
         with pytest.raises(CBORError):
             cbor.dumps(v)
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**64) - 1, 2**70, -(2**70), 2**1024 - 1, -(2**1024), [1, {"n": 3**200}]])
+def test_cbor_bignums_round_trip_like_cbor2(value):
+    """Integers beyond 64 bits travel as bignums (tags 2 and 3), byte-identical to cbor2, and decode back."""
+    assert cbor.dumps(value) == cbor2.dumps(value)
+    assert cbor.loads(cbor2.dumps(value)) == value
+    assert cbor.loads(bytes.fromhex("c249000000000000000001")) == 1  # not the shortest form: still read
+    assert cbor.loads(bytes.fromhex("c340")) == -1
 
 
 def test_cbor_decode_error_is_value_error():

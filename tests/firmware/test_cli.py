@@ -58,3 +58,44 @@ def test_cli_listen_prints_notifications(broker):
         p.stop()
     assert p.p.returncode == 0, err
     assert [json.loads(line) for line in out.splitlines()] == [["x", 1], [{"b": 2}]]
+
+
+def test_cli_listen_stops_after_timeout(broker):
+    """Issue 14 item 6: `--timeout 1 listen` stops after a second (exit 0: nothing was expected); it used to run on."""
+    broker.notify(["queued"], send=False)  # sent on the listener's sync
+    p = cli("--port", str(broker.port), "--timeout", "1", "listen", "--ca", "dev", "--session", "s1", timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(line) for line in p.stdout.splitlines()] == [["queued"]]
+
+
+def test_cli_listen_count_not_reached_within_timeout(broker):
+    """With --count, running out of --timeout first is an error (exit 2) that says how many arrived."""
+    broker.notify(["only one"], send=False)
+    p = cli("--port", str(broker.port), "--timeout", "1.5", "listen", "--ca", "dev", "--session", "s1", "--count",
+            "3", timeout=20)
+    assert p.returncode == 2
+    assert [json.loads(line) for line in p.stdout.splitlines()] == [["only one"]]
+    assert "1 of 3 notifications within 1.5 s" in p.stderr
+
+
+def test_cli_refused_connection_is_reported_at_once_with_host_and_port(broker):
+    """Issue 14 item 9: nothing listening is said at once, with host:port (not a bare ConnectionRefusedError after
+    retrying until --timeout: with --timeout 60 the CLI would still be retrying when this test gives up)."""
+    port = broker.port
+    broker.stop()
+    p = cli("--port", str(port), "--timeout", "60", "call", "--ca", "dev", "echo", timeout=20)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: cannot connect to 127.0.0.1:%d: Connection refused" % port
+
+
+def test_cli_refused_login_says_why(broker):
+    """CONNACK refusals are named: code 5 is "not authorized", code 4 "bad user name or password"."""
+    broker.connack_code = 5
+    p = cli("--port", str(broker.port), "call", "--ca", "dev", "echo")
+    assert p.returncode == 2
+    assert p.stderr.strip() == (
+        "error: cannot connect to 127.0.0.1:%d: connection refused: not authorized (CONNACK code 5)" % broker.port)
+    broker.connack_code = 4
+    p = cli("--port", str(broker.port), "--user", "u", "--password", "wrong", "listen", "--ca", "dev", "--session", "s1")
+    assert p.returncode == 2
+    assert "bad user name or password" in p.stderr and "127.0.0.1:%d" % broker.port in p.stderr

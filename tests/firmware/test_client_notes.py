@@ -28,3 +28,12 @@ def test_a_resent_gap_gets_in_although_the_hold_buffer_is_full_of_later_ones():
         c._on_note(seq, [seq])
     assert got == [[s] for s in range(1, 30)]
     assert c.last_seq == 29
+
+
+def test_options_beyond_the_session_are_keyword_only():
+    import pytest
+
+    with pytest.raises(TypeError):
+        Client("c1", "s", "127.0.0.1")  # the host must be named
+    c = Client("c1", "s", host="10.0.0.5", port=1884, keepalive=7)
+    assert (c.mqtt.host, c.mqtt.port, c.mqtt.keepalive) == ("10.0.0.5", 1884, 7)

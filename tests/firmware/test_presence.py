@@ -14,8 +14,12 @@ import pytest
 
 from conftest import HERE, device_env
 from tests.conftest import BridgeProcess, Mosquitto
+from tests.skips import missing
 
-Device = pytest.importorskip("tests.device").Device  # paho
+try:
+    from tests.device import Device
+except ImportError:
+    missing("paho-mqtt is not installed", "pip install -e '.[test]'")
 
 SCRIPT = HERE / "scenarios" / "bridge_device.py"
 APP = "tests/apps.py:Presence"
@@ -26,7 +30,7 @@ def _need_bridge():
     try:
         import bridge  # noqa: F401
     except ImportError:
-        pytest.skip("bridge not available")
+        missing("the bridge package is not importable", "pip install -e .")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
@@ -37,18 +38,15 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
         for _ in range(7):
             dev.call("incr")
         for _ in range(2):
-            try:
+            with pytest.raises(CallFailed) as failed:
                 dev.call("fail_after_write", "app")
-            except CallFailed as exc:
-                assert exc.err["kind"] == "app"
-        try:
+            assert failed.value.err["kind"] == "app"
+        with pytest.raises(CallFailed) as failed:
             dev.call("fail_after_write", "internal")
-        except CallFailed as exc:
-            assert exc.err["kind"] == "internal"
-        try:
+        assert failed.value.err["kind"] == "internal"
+        with pytest.raises(CallFailed) as failed:
             dev.call("no_such_method")
-        except CallFailed as exc:
-            assert exc.err["name"] == "NoSuchMethod"
+        assert failed.value.err["name"] == "NoSuchMethod"
         rid = dev.send_call("incr")
         dev.wait_reply(rid)
         dev.send_call("incr", rid=rid)  # a retry: answered from the dedup record
@@ -60,6 +58,11 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
             dev.call("notify_to", "w", i)
         notes = watcher.wait_notes(3)
         watcher.ack(notes[-1]["seq"])
+        # the ack commits asynchronously: wait for it before the flood below, which would refuse it (mailbox full)
+        deadline = time.monotonic() + 15
+        while value(scrape(mport), "ca_bridge_notifications_acked_total") < 3:
+            assert time.monotonic() < deadline, "the ack was never counted"
+            time.sleep(0.1)
         # flood a slow CA past its mailbox of 2: some calls are answered busy without running
         rids = [dev.send_call("sleep", 0.3) for _ in range(8)]
         busy = 0
@@ -67,12 +70,7 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
             reply = dev.wait_reply(r, 15)
             busy += "err" in reply and reply["err"]["name"] == "Busy"
         assert busy >= 1
-        deadline = time.monotonic() + 5
-        while True:  # the ack commits asynchronously
-            samples = scrape(mport)
-            if value(samples, "ca_bridge_notifications_acked_total") >= 3 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        samples = scrape(mport)
         assert value(samples, "ca_bridge_calls_total", method="incr", outcome="ok") == 8  # 7 + 1 (the retry: no)
         assert value(samples, "ca_bridge_calls_total", method="fail_after_write", outcome="app") == 2
         assert value(samples, "ca_bridge_calls_total", method="fail_after_write", outcome="internal") == 1
@@ -93,11 +91,9 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
         assert value(samples, "ca_bridge_queued_notifications") == 0
         assert value(samples, "ca_bridge_broker_connected") == 1
         # only /metrics is served there, and read-only
-        try:
+        with pytest.raises(urllib.error.HTTPError) as not_found:
             urllib.request.urlopen(f"http://127.0.0.1:{mport}/", timeout=5)
-            raise AssertionError("expected 404")
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 404
+        assert not_found.value.code == 404
         watcher.close()
     finally:
         dev.close()

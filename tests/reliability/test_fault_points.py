@@ -14,11 +14,18 @@ from tests.device import Device
 TOKENS = 12
 
 
-def collect_distinct(notes: list[dict]) -> dict[int, list]:
-    by_seq: dict[int, list] = {}
-    for note in notes:
-        assert by_seq.setdefault(note["seq"], note["args"]) == note["args"], "one seq carried two payloads"
-    return by_seq
+def note_stream(dev: Device) -> list[dict]:
+    """What the device received on its session topic, in arrival order (notifications and sync answers)."""
+    with dev._cond:
+        return [dev.decode(payload) for _topic, payload in dev.raw]
+
+
+def check_live_notes(notes: list[dict]) -> None:
+    """The notifications pushed as calls commit: never one twice, never out of order, each with its call's token
+    (a crash may leave a gap: the resync below fills it)."""
+    seqs = [n["seq"] for n in notes]
+    assert seqs == sorted(set(seqs)), f"duplicate or out-of-order notifications: {seqs}"
+    assert all(n["args"] == [f"t{n['seq'] - 1}"] for n in notes), notes
 
 
 @pytest.mark.parametrize("point,count", [("in_commit", 4), ("after_commit", 4), ("after_publish", 4)])
@@ -37,7 +44,7 @@ def test_kill_at_point(point, count, tmp_path, bridge_factory):
             try:
                 for i in range(TOKENS):
                     assert dev.call("record_notify", f"t{i}", retry=0.5, timeout=40) == 1
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 errors.append(exc)
 
         worker = threading.Thread(target=calls)
@@ -53,13 +60,17 @@ def test_kill_at_point(point, count, tmp_path, bridge_factory):
         state = dev.call("get", retry=0.5)
         assert state["seen"] == {f"t{i}": 1 for i in range(TOKENS)}
         watch.sync(0)
-        watch.wait_sync()
+        assert watch.wait_sync() == {"t": "sync", "first": 1, "next": TOKENS + 1}
+        # the resync replays the whole queue after its answer: every notification exactly once, in order
         deadline = time.monotonic() + 10
-        while len(collect_distinct(watch.notes)) < TOKENS and time.monotonic() < deadline:
+        while True:
+            stream = note_stream(watch)
+            answer = stream.index({"t": "sync", "first": 1, "next": TOKENS + 1})
+            if len(stream) - answer - 1 >= TOKENS or time.monotonic() > deadline:
+                break
             time.sleep(0.05)
-        by_seq = collect_distinct(watch.notes)
-        assert sorted(by_seq) == list(range(1, TOKENS + 1))
-        assert [by_seq[s] for s in sorted(by_seq)] == [[f"t{i}"] for i in range(TOKENS)]
+        check_live_notes(stream[:answer])
+        assert stream[answer + 1:] == [{"t": "note", "seq": i + 1, "args": [f"t{i}"]} for i in range(TOKENS)]
         dev.close()
         watch.close()
     finally:
@@ -77,6 +88,7 @@ def test_kill_in_ack_then_resync(tmp_path, bridge_factory):
         for i in range(5):
             dev.call("record_notify", f"t{i}")
         notes = watch.wait_notes(5)
+        assert [(n["seq"], n["args"]) for n in notes] == [(i + 1, [f"t{i}"]) for i in range(5)]  # once, in order
         for note in notes:
             watch.ack(note["seq"])
         bridge.proc.wait(30)

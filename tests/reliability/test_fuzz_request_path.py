@@ -8,6 +8,7 @@ call still works afterwards.
 
 from __future__ import annotations
 
+import collections
 import random
 import tracemalloc
 
@@ -55,14 +56,15 @@ def mutate(rng: random.Random) -> tuple[str, bytes]:
         depth = rng.choice([10, 33, 1000, 20000])
         return topic, (b"\x81" * depth + b"\x00") if rng.random() < 0.5 else (b"[" * depth)
     if kind == 4:
-        return topic, cbor2.dumps({"t": "call", "id": "big", "method": "incr", "args": ["x" * rng.choice([10, 70_000])]})
+        big = "x" * rng.choice([10, 70_000])
+        return topic, cbor2.dumps({"t": "call", "id": "big", "method": "incr", "args": [big]})
     return topic, data
 
 
 def _jsonable(msg: dict) -> bool:
     try:
         codec.encode(msg, "json")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     return True
 
@@ -86,18 +88,27 @@ async def test_fuzzed_messages_change_nothing_and_never_escape(bridge):
     bridge._on_message("ca/victim/in", cbor2.dumps({"t": "call", "id": "seed", "method": "incr"}))
     await bridge.runtime.wait_idle()
     baseline = codec.loads(bridge.runtime.actors["victim"].state_blob)
+    link.published.clear()
     tracemalloc.start()
     peaks = []
     inputs = 0
+    seen: collections.Counter[str] = collections.Counter()
     for _round in range(4):
         for _ in range(5000):
             topic, payload = mutate(rng)
             if topic == "ca/victim/in" and _is_valid_call(payload):
                 continue  # a well-formed call would legitimately change state
+            before = len(link.published)
             bridge._on_message(topic, payload)
             inputs += 1
+            seen[_check_answer(topic, payload, link.published[before:])] += 1
+        answered_at_once = len(link.published)  # the loop above never yields: no worker has run yet
         await bridge.runtime.wait_idle()
         peaks.append(tracemalloc.get_traced_memory()[0])
+        # what the CA's worker answered afterwards: the admitted syncs' answers, and nothing else
+        late = [(t, _decode(p)) for t, p in link.published[answered_at_once:]]
+        assert all(t.startswith("ca/victim/session/") and m["t"] == "sync" for t, m in late), late[:3]
+        seen["sync answers"] += len(late)
         link.published.clear()
     tracemalloc.stop()
     victim = bridge.runtime.actors["victim"]
@@ -110,6 +121,50 @@ async def test_fuzzed_messages_change_nothing_and_never_escape(bridge):
     await bridge.runtime.wait_idle()
     assert codec.loads(victim.state_blob)["n"] == baseline["n"] + 1
     assert inputs > 15_000
+    # every kind of outcome checked above occurred many times
+    kinds = ("dropped", "unparsed-reply", "unparsed-error", "refused-call", "admitted", "sync answers")
+    assert min(seen[k] for k in kinds) > 10, seen
+
+
+def _decode(payload: bytes):
+    return codec.decode(payload, codec.detect(payload))
+
+
+def _check_answer(topic: str, payload: bytes, answered: list[tuple[str, bytes]]) -> str:
+    """Check what the bridge published at once for one input; return which kind of input it was.
+
+    Only ``ca/victim/in`` is a valid request topic here (TOPICS): a message on any other topic has no reply path
+    and is dropped silently. On the valid topic, a payload that does not parse, or a call the CA cannot run, is
+    rejected at once with exactly one bad_request: a reply on the caller's session topic when its session and id
+    could be read, else an error on the CA's errors topic. A valid sync or ack is admitted and answers nothing now.
+    """
+    from bridge.errors import BadRequest
+    from bridge.protocol import parse_request
+
+    if topic != "ca/victim/in":
+        assert answered == [], (topic, answered)
+        return "dropped"
+    try:
+        req = parse_request(payload, 65536)
+    except BadRequest as exc:
+        assert len(answered) == 1, (payload[:80], answered)
+        (where, body), = answered
+        msg = _decode(body)
+        assert msg["err"]["kind"] == "bad_request", msg
+        if exc.session is not None and exc.request_id is not None:
+            assert (where, msg["t"], msg.get("id")) == (f"ca/victim/session/{exc.session}", "reply", exc.request_id)
+            return "unparsed-reply"
+        assert (where, msg["t"]) == ("ca/victim/errors", "error"), (where, msg)
+        return "unparsed-error"
+    if req.kind != "call":
+        assert answered == [], (req, answered)
+        return "admitted"
+    assert len(answered) == 1, (req, answered)  # not a valid call (those were skipped): refused, not run
+    (where, body), = answered
+    msg = _decode(body)
+    assert (where, msg["t"], msg.get("id")) == (f"ca/victim/session/{req.session}", "reply", req.id), msg
+    assert msg["err"]["kind"] == "bad_request", msg
+    return "refused-call"
 
 
 def _is_valid_call(payload: bytes) -> bool:

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import PYTHON, ROOT, Mosquitto, free_port, wait_port
+from tests.skips import missing
 
 APP = "tests/apps.py:Counter"
 
@@ -34,7 +35,7 @@ def make_certs(d: Path) -> dict[str, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it (openssl CLI)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed")
+        missing("openssl is not installed", "apt-get install openssl")
     d.mkdir(parents=True, exist_ok=True)
 
     def run(*args: str) -> None:
@@ -58,12 +59,35 @@ def certs(tmp_path_factory):
     return make_certs(tmp_path_factory.mktemp("certs"))
 
 
-def mosquitto_auth_conf(template: Path, *, port: int, tls_port: int, passwd: Path, acl: Path, certs: dict) -> str:
+def build_clientid_plugin(out: Path) -> Path:
+    """broker_config/ca_bridge_clientids.c built with cc into ``out`` (needs the mosquitto-dev headers)."""
+    import os
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    missing = "a C compiler" if cc is None else (
+        "the mosquitto-dev headers" if not Path("/usr/include/mosquitto_broker.h").exists() else None)
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} missing: cannot build mosquitto's client-id plugin (apt-get install gcc "
+                        "mosquitto-dev)")
+        pytest.skip(f"{missing} missing: cannot build mosquitto's client-id plugin")
+    subprocess.run([str(cc), "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(out),
+                    str(ROOT / "broker_config" / "ca_bridge_clientids.c")],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
+def mosquitto_auth_conf(template: Path, *, port: int, tls_port: int, passwd: Path, acl: Path, certs: dict,
+                        plugin: Path) -> str:
     """broker_config/mosquitto-auth.conf with the test's ports and paths (every other line as shipped)."""
     out = []
     for line in template.read_text().splitlines():
         key = line.split(" ", 1)[0]
-        if key == "listener":
+        if key == "plugin":
+            line = f"plugin {plugin}"
+        elif key == "plugin_opt_clientid_file":
+            line = f"plugin_opt_clientid_file {passwd.parent / 'mosquitto.clientids'}"
+        elif key == "listener":
             line = f"listener {port} 127.0.0.1" if " 1883" in line else f"listener {tls_port} 127.0.0.1"
         elif key == "password_file":
             line = f"password_file {passwd}"
@@ -89,7 +113,8 @@ class SecureMosquitto(Mosquitto):
         self.tls_port = free_port()
         self.conf.write_text(mosquitto_auth_conf(
             ROOT / "broker_config" / "mosquitto-auth.conf", port=self.port, tls_port=self.tls_port,
-            passwd=auth / "mosquitto.passwd", acl=ROOT / "broker_config" / "mosquitto.acl", certs=certs))
+            passwd=auth / "mosquitto.passwd", acl=ROOT / "broker_config" / "mosquitto.acl", certs=certs,
+            plugin=build_clientid_plugin(workdir / "ca_bridge_clientids.so")))
 
     def start(self) -> None:
         self.log = self.conf.with_suffix(".log")
@@ -129,7 +154,7 @@ def secure(request, tmp_path, certs, bridge_factory):
     broker = None
     if request.param == "mosquitto":
         if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-            pytest.skip("mosquitto is not installed")
+            missing("mosquitto is not installed", "apt-get install mosquitto")
         broker = SecureMosquitto(tmp_path, auth, certs)
         broker.start()
         bridge = bridge_factory(APP, broker_port=broker.port, extra=[

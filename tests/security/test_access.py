@@ -49,6 +49,36 @@ def call_msg(rid: str, method: str, *args, session: str = "default") -> bytes:
     return cbor2.dumps({"t": "call", "id": rid, "session": session, "method": method, "args": list(args)})
 
 
+def _reply(payload: bytes, rid: str) -> dict | None:
+    try:
+        msg = cbor2.loads(payload)
+    except Exception:  # not CBOR: not the reply looked for
+        return None
+    return msg if isinstance(msg, dict) and msg.get("t") == "reply" and msg.get("id") == rid else None
+
+
+def fence(probe: Probe, own_ca: str, rid: str, timeout: float = 15.0) -> dict:
+    """Publish a call to the probe's own CA (an allowed path) and wait for its reply (the probe must be subscribed
+    to its own session topics). Whatever the broker delivers to this probe before that reply has been delivered."""
+    probe.publish(f"ca/{own_ca}/in", call_msg(rid, "get"))
+    return wait_reply(probe, rid, timeout)
+
+
+def wait_reply(probe: Probe, rid: str, timeout: float = 15.0) -> dict:
+    with probe._cond:
+        assert probe._cond.wait_for(
+            lambda: any(_reply(p, rid) for _t, p, _r in probe.messages), timeout), f"no reply to {rid}"
+        return next(r for _t, p, _r in probe.messages if (r := _reply(p, rid)))
+
+
+def eventually(check, what: str, timeout: float = 10.0) -> None:
+    """Retry ``check`` until it holds (a reloaded password file takes effect when the broker rereads it)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 def test_devices_work_and_the_bridge_serves_them(devices):
     alice = devices("alice")
     assert alice.call("incr") == 1
@@ -70,13 +100,18 @@ def test_a_device_cannot_publish_to_another_ca(secure, devices, probes):
     assert bob.call("incr") == 1
     alice = probes("alice")
     assert alice.connect()
+    assert alice.subscribe("ca/alice/session/+") == [1]
     for topic in ("ca/bob/in", "ca/bob/session/default", "ca/bob/errors", "ca/ca-bridge/in", "other/topic"):
         alice.publish(topic, call_msg(f"evil-{topic}", "incr"))  # acknowledged (amqtt) or dropped: never delivered
-    alice.publish("ca/alice/in", call_msg("own-1", "incr"))  # her own CA still works, and orders after the above
-    time.sleep(1.0)
+    # the fence: her own CA still works, and her call there is handled after the above (same connection, in order)
+    alice.publish("ca/alice/in", call_msg("own-1", "incr"))
+    assert wait_reply(alice, "own-1")["ok"] == 1
+    # had the bridge taken any of them, bob's get would queue behind that incr; bob's session would have got the
+    # publishes on his topics before the reply to the get
     assert bob.call("get")["n"] == 1  # bob's method never ran for alice
     assert bob.call("incr") == 2
     assert not any(rid.startswith("evil") for rid in bob.replies)
+    assert bob.errors.empty()
 
 
 def test_a_device_cannot_read_another_cas_topics(secure, devices, probes):
@@ -94,7 +129,9 @@ def test_a_device_cannot_read_another_cas_topics(secure, devices, probes):
     bob.wait_notes(1)
     bob.publish(b"\xff garbage")  # and an error on bob's errors topic
     bob.errors.get(timeout=10)
-    time.sleep(0.5)
+    # fence: the bridge answers alice after it published all of the above, so anything of bob's routed to her
+    # would have reached her before this reply
+    fence(alice, "alice", "fence-read")
     assert not any(b"secret-token" in payload for _t, payload, _r in alice.messages)
     assert [t for t, _p, _r in alice.messages if "/bob/" in t] == []
 
@@ -105,22 +142,25 @@ def test_no_retained_data_reaches_another_device(secure, devices, probes):
     # bob (or a buggy bob firmware) publishes retained to its own request topic: only the bridge may read it
     bob.client.publish("ca/bob/in", call_msg("retained-1", "record", "retained-private"), qos=1,
                        retain=True).wait_for_publish(10)
-    time.sleep(0.3)
+    assert bob.wait_reply("retained-1")["ok"] == 1  # the broker has taken (and retained) it: the bridge ran it
     alice = probes("alice")
     assert alice.connect()
     alice.subscribe("ca/alice/session/+")
     for topic in ("ca/bob/in", "ca/#", "#", "ca/+/in"):
         alice.subscribe(topic)
-    time.sleep(1.0)
+    # fence: retained messages are sent for a subscription before anything published after it
+    fence(alice, "alice", "fence-retained")
     assert not any(b"private" in payload for _t, payload, _r in alice.messages)
     assert all(not retained for _t, _p, retained in alice.messages)
-    # and the bridge itself never publishes retained messages
-    watcher = probes("bob")
-    assert watcher.connect()
-    watcher.subscribe("ca/bob/session/+")
-    bob.call("incr")
-    time.sleep(0.3)
-    assert all(not retained for _t, _p, retained in watcher.messages)
+    # and the bridge itself never publishes retained messages: one subscribing after its replies gets none of them
+    assert bob.call("incr") == 1
+    late = probes("bob")
+    assert late.connect()
+    assert late.subscribe("ca/bob/session/+") == [1]
+    bob.send_call("get", rid="fence-late")
+    wait_reply(late, "fence-late")
+    assert [_reply(p, "fence-late") is not None for _t, p, _r in late.messages] == [True]
+    assert all(not retained for _t, _p, retained in late.messages)
     cleared = probes("bob")
     assert cleared.connect()
     cleared.publish("ca/bob/in", b"", retain=True)  # clear it (an empty retained publish)
@@ -132,13 +172,12 @@ def test_a_removed_device_is_refused_on_its_next_connect(secure, devices, probes
     out = cli("device", "remove", "alice", "--auth", str(secure.auth))
     assert "removed" in out.stdout
     secure.reload()
-    time.sleep(0.2)
-    assert not probes("alice").connect()
+    eventually(lambda: not probes("alice").connect(), "alice to be refused")
     assert probes("bob").connect()  # the others are untouched
     # a new device is accepted without a restart
     secure.creds["carol"] = add_device(secure.auth, "carol")
     secure.reload()
-    time.sleep(0.2)
+    eventually(lambda: probes("carol").connect(), "carol to be accepted")
     assert devices("carol").call("incr") == 1
 
 
@@ -147,8 +186,7 @@ def test_rotation_invalidates_the_old_password(secure, probes):
     new = add_device(secure.auth, "bob", "--rotate")["password"]
     assert new != old
     secure.reload()
-    time.sleep(0.2)
-    assert not probes("bob", old).connect()
+    eventually(lambda: not probes("bob", old).connect(), "the old password to be refused")
     assert probes("bob", new).connect()
 
 
@@ -170,11 +208,14 @@ def test_a_device_cannot_take_over_another_devices_session(secure, probes):
     bob.close()
     other = probes("bob")
     assert other.connect()
+    assert other.subscribe("ca/bob/session/s1") == [1]
     other.publish("ca/bob/in", call_msg("queued-1", "record_notify", "queued-secret", session="s1"))
-    time.sleep(0.5)  # the reply for session s1 is now queued in bob-phone's offline session
+    wait_reply(other, "queued-1")  # routed to every subscriber: it is now queued in bob-phone's offline session
     thief = probes("alice", client_id="bob-phone", clean_session=False)
-    thief.connect()
-    time.sleep(1.0)
+    if thief.connect():
+        # fence: a resumed session's queued messages are sent at once, before the reply to a later call
+        assert thief.subscribe("ca/alice/session/+") == [1]
+        fence(thief, "alice", "fence-thief")
     assert not any(b"queued-secret" in p for _t, p, _r in thief.messages)
     assert [t for t, _p, _r in thief.messages if "/bob/" in t] == []
 
@@ -249,5 +290,13 @@ def test_a_refused_connect_cannot_plant_a_will_in_another_devices_session(secure
                                          call_msg("planted", "incr"), client_id="alice-board")
     intruder.close()
     board.close()  # alice's own connection dies without DISCONNECT (if the intruder has not replaced it already)
-    time.sleep(1.0)
+    # fence: a will of alice's own on her own request topic, from a connection that dies after the two above
+    sock, code = _connect_with_will(secure.port, alice["username"], alice["password"], "ca/alice/in",
+                                    call_msg("fence-will", "record", "fence"))
+    assert code == 0
+    sock.close()
+    deadline = time.monotonic() + 15
+    while "fence" not in alice_dev.call("get")["seen"]:
+        assert time.monotonic() < deadline, "the fence will never ran"
+        time.sleep(0.1)
     assert alice_dev.call("get")["n"] == 1

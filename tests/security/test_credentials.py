@@ -12,6 +12,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 
 from bridge.auth import AuthStore, argon2_verify, mosquitto_hash, mosquitto_verify, read_passwd
 from tests.security.conftest import add_device, cli
+from tests.skips import missing
 
 
 def test_add_prints_settings_once_and_list_never_shows_secrets(tmp_path):
@@ -78,7 +79,7 @@ def test_hash_formats_match_what_the_brokers_read(tmp_path):
     # $7$: byte-for-byte what mosquitto_passwd derives for the same salt
     tool = Path("/usr/bin/mosquitto_passwd")
     if not tool.exists():
-        pytest.skip("mosquitto_passwd is not installed")
+        missing("mosquitto_passwd is not installed", "apt-get install mosquitto")
     f = tmp_path / "pw"
     subprocess.run([str(tool), "-c", "-b", str(f), "u", "s3cret"], check=True, capture_output=True)
     theirs = read_passwd(f)["u"]

@@ -82,6 +82,24 @@ def sc_tls():  # argv: PORT tls CAFILE [BADCAFILE]
             out("bad_ca", "refused " + type(e).__name__)
 
 
+def sc_bignums():  # argv: PORT bignums CODEC; integers beyond 64 bits both ways
+    c = Client("numbers", "default", port=PORT, codec=sys.argv[3])
+    c.connect()
+    got = []
+    c.on_notify = got.append
+    out("power", c.call("power", 2, 70))
+    out("negative", c.call("power", -3, 101))
+    big = [(1 << 1024) - 1, -(1 << 1024), 18446744073709551616, -18446744073709551617, [{"k": 3 ** 99}]]
+    out("echo", c.call("echo", *big) == big)
+    t0 = ticks_ms()
+    while not got and ticks_diff(ticks_ms(), t0) < 10000:
+        c.poll(0.1)
+    out("note", got == [big])
+    out("too_big", attempt(lambda: c.call("power", 2, 1024)))
+    out("undecodable", c.undecodable)
+    c.close()
+
+
 def sc_presence():  # argv: PORT presence CA SESSION STOPFILE [json]; poll until STOPFILE exists, then close
     ca, session, stopfile = sys.argv[3], sys.argv[4], sys.argv[5]
     codec = sys.argv[6] if len(sys.argv) > 6 else "cbor"

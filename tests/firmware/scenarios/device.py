@@ -70,6 +70,27 @@ def sc_call():  # one call; the broker misbehaves around it
     c.close()
 
 
+def sc_resend():  # argv: PORT resend SECONDS_OF_SILENCE; the broker loses requests or replies
+    c = client(resend=float(sys.argv[3]))
+    c.connect()
+    got = []
+    c.on_notify = got.append
+    res, ms = timed(lambda: c.call("echo", "once", timeout=20))
+    out("result", res)
+    out("resent", c.resent)
+    t0 = ticks_ms()
+    while len(got) < 2 and ticks_diff(ticks_ms(), t0) < 5000:
+        c.poll(0.05)
+    c.poll(0.2)  # the ack goes out
+    out("notes", got)
+    before = c.resent
+    res, ms = timed(lambda: c.call("silent", timeout=1.5))
+    out("silent", res[0])
+    out("silent_resent", c.resent - before)
+    out("silent_ms", ms)
+    c.close()
+
+
 def sc_no_connack():
     c = client()
     res, ms = timed(lambda: c.connect(timeout=1.5))

@@ -26,7 +26,8 @@ with open(sys.argv[1]) as f:
         except cbor.CBORError as e:
             out("RE", "error " + str(e))
 
-for h in ["18", "450102", "9f01ff", "c11a514b67b0", "0102", "62c328", "5bffffffffffffffff", "81" * 200 + "01"]:
+for h in ["18", "450102", "9f01ff", "c11a514b67b0", "0102", "62c328", "5bffffffffffffffff", "81" * 200 + "01",
+          "c201", "c24a0102", "c25881" + "01" * 129]:
     try:
         cbor.loads(unhexlify(h))
         out("BAD", "accepted " + h[:20])
