@@ -420,6 +420,8 @@ def session(args: argparse.Namespace, body: Callable[[Path], tuple[str, dict[str
         print("\ninterrupted: stopping everything", file=sys.stderr, flush=True)
         return 130
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not stop the cleanup
+            signal.signal(sig, signal.SIG_IGN)
         stop_all()
         if not os.environ.get("BENCH_KEEP_TMP"):
             shutil.rmtree(tmp, ignore_errors=True)
