@@ -149,7 +149,8 @@ class BridgeProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         cmd = [PYTHON, "-m", "bridge", "--log-level", "INFO", *self.options, "run", self.app, "--db", self.store]
-        cmd += ["--broker", f"mqtt://127.0.0.1:{self.port}"] if self.external else ["--listen", f"127.0.0.1:{self.port}"]
+        where = f"127.0.0.1:{self.port}"
+        cmd += ["--broker", f"mqtt://{where}"] if self.external else ["--listen", where]
         cmd += self.extra
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         logf = open(self.log, "ab")  # noqa: SIM115 - closed with the process
