@@ -57,7 +57,8 @@ class Device:
         sock = client.socket()
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # paho never sets it; Nagle adds ~40 ms
-        client.subscribe([(f"{self.prefix}/{self.ca}/session/{self.session}", 1), (f"{self.prefix}/{self.ca}/errors", 1)])
+        head = f"{self.prefix}/{self.ca}"
+        client.subscribe([(f"{head}/session/{self.session}", 1), (f"{head}/errors", 1)])
 
     def decode(self, payload: bytes) -> Any:
         return json.loads(payload) if payload[:1] == b"{" else cbor2.loads(payload)
@@ -87,7 +88,8 @@ class Device:
 
     def send_call(self, method: str, *args: Any, rid: str | None = None) -> str:
         rid = rid or self.new_id()
-        self.publish(self.encode({"t": "call", "id": rid, "session": self.session, "method": method, "args": list(args)}))
+        msg = {"t": "call", "id": rid, "session": self.session, "method": method, "args": list(args)}
+        self.publish(self.encode(msg))
         return rid
 
     def wait_reply(self, rid: str, timeout: float = 10.0) -> dict[str, Any]:

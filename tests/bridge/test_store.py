@@ -85,7 +85,7 @@ async def test_failed_batch_changes_nothing(tmp_path):
     await s.open()
     await s.commit([Change("a", b"\xa0")])
     bad = Change("b", b"\xa0", {"s": write(notes=[(1, "not bytes but a str is fine"), (2, object())])})
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever the store raises, it must change nothing
         await s.commit([Change("a", b"\xa1"), bad])
     assert (await s.load("a")).state == b"\xa0"
     assert await s.names() == ["a"]

@@ -80,7 +80,8 @@ class Report:
     anomalies: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"chaos seed={self.seed}: {self.duration:.0f}s, {self.devices} devices x {self.items_per_device} items, "
+        return (f"chaos seed={self.seed}: {self.duration:.0f}s, {self.devices} devices x {self.items_per_device} "
+                "items, "
                 f"{self.device_runs} device runs, {self.device_self_crashes} device self-crashes, "
                 f"{self.device_kills} device kills, {self.bridge_kills} bridge kills, "
                 f"{self.bridge_fault_points} bridge deaths at fault points, {self.broker_restarts} broker restarts, "
@@ -113,10 +114,13 @@ def run(seed: int, duration: float, devices: int, items: int, broker: str, workd
         else:
             interp = [sys.executable]
         devs.append(Device(ca, interp, env))
-    watchers = {d.ca: subprocess.Popen([sys.executable, str(ROOT / "tests/chaos/watcher.py"), d.ca, "watch", str(port)],
-                                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                       stdout=subprocess.PIPE, stderr=open(workdir / f"{d.ca}.watcher.log", "wb"))
-                for d in devs}
+    def watcher(ca: str) -> subprocess.Popen[bytes]:
+        with open(workdir / f"{ca}.watcher.log", "wb") as log:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen([sys.executable, str(ROOT / "tests/chaos/watcher.py"), ca, "watch", str(port)],
+                                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                    stdout=subprocess.PIPE, stderr=log)
+
+    watchers = {d.ca: watcher(d.ca) for d in devs}
     started = time.monotonic()
     deadline = started + duration
     next_chaos = started + rng.uniform(0.5, 2.0)
@@ -223,8 +227,10 @@ def _verify(devs: list[Device], watchers: dict[str, subprocess.Popen], bridge: B
         report.notifications += len(lines)
         if got != want:
             dup = len(got) - len(set(got))
+            first = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+                         min(len(got), len(want)))
             report.anomalies.append(f"{ca}: watcher saw {len(got)} notifications ({dup} duplicates), "
-                                    f"first difference at {next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}")
+                                    f"first difference at {first}")
         elif seqs != list(range(1, items + 1)):
             report.anomalies.append(f"{ca}: sequence numbers not 1..{items}")
     problems = SQLiteStore(bridge.db).integrity_check()

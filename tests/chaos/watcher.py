@@ -17,13 +17,12 @@ last_report = time.time()
 while True:
     if time.time() - last_report > 2:
         last_report = time.time()
-        print("watcher %s: last_seq=%d lost=%d recreated=%d held_dropped=%d connected=%s" % (
-            ca, client.last_seq, client.lost, client.recreated, client.held_dropped, client.connected),
-            file=sys.stderr, flush=True)
+        print(f"watcher {ca}: last_seq={client.last_seq} lost={client.lost} recreated={client.recreated} "
+              f"held_dropped={client.held_dropped} connected={client.connected}", file=sys.stderr, flush=True)
     try:
         if not client.connected:
             client.connect(timeout=2)
         client.poll(0.2)  # reconnects, re-subscribes and re-syncs by itself
     except OSError as exc:
-        print("watcher %s: %r" % (ca, exc), file=sys.stderr, flush=True)
+        print(f"watcher {ca}: {exc!r}", file=sys.stderr, flush=True)
         time.sleep(0.2)

@@ -58,8 +58,8 @@ class Proc:
     """A started subprocess that the fixture always stops."""
 
     def __init__(self, cmd, env=None, cwd=None):
-        self.out = tempfile.TemporaryFile()
-        self.err = tempfile.TemporaryFile()
+        self.out = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the process's life, closed in stop()
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115
         self.p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL)
 
     def output(self):
@@ -141,9 +141,9 @@ def start_mosquitto(procs, tmp_path, extra="", port=None):
     if MOSQUITTO is None:
         missing("mosquitto is not installed", "apt-get install mosquitto")
     port = port or free_port()
-    conf = tmp_path / ("mosquitto-%d.conf" % port)
+    conf = tmp_path / f"mosquitto-{port}.conf"
     conf.write_text(
-        "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n%s" % (port, extra)
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n{extra}"
     )
     p = procs([MOSQUITTO, "-c", str(conf), "-v"])
     end = time.monotonic() + 10
@@ -154,4 +154,4 @@ def start_mosquitto(procs, tmp_path, extra="", port=None):
         except OSError:
             time.sleep(0.05)
     out, err = p.output()
-    raise RuntimeError("mosquitto did not start: %s %s" % (out, err))
+    raise RuntimeError(f"mosquitto did not start: {out} {err}")

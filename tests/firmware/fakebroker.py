@@ -13,6 +13,7 @@ import threading
 import time
 
 import cbor2
+import contextlib
 
 
 def _enc_len(n):
@@ -52,10 +53,8 @@ class Conn:
 
     def close(self):
         self.alive = False
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
 
     def publish(self, topic, payload):
@@ -85,8 +84,8 @@ class Conn:
 
 class FakeBroker:
     def __init__(self, ca="dev", session="s1", prefix="ca"):
-        self.topic_in = "%s/%s/in" % (prefix, ca)
-        self.topic_session = "%s/%s/session/%s" % (prefix, ca, session)
+        self.topic_in = f"{prefix}/{ca}/in"
+        self.topic_session = f"{prefix}/{ca}/session/{session}"
         self.lock = threading.RLock()
         self.events = []
         self.conns = []

@@ -20,7 +20,8 @@ def cli(*args, env=None, timeout=30):
 
 def test_cli_call_prints_json_result(broker):
     """Args are parsed as JSON when they can be, else strings; the result is printed as JSON."""
-    p = cli("call", "--ca", "dev", "--session", "s1", "echo", "1", '{"a": [true]}', "hello", env={"CA_PORT": broker.port})
+    p = cli("call", "--ca", "dev", "--session", "s1", "echo", "1", '{"a": [true]}', "hello",
+            env={"CA_PORT": broker.port})
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == [1, {"a": [True]}, "hello"]
     connects = [e for e in broker.events if e[0] == "connect"]
@@ -85,7 +86,7 @@ def test_cli_refused_connection_is_reported_at_once_with_host_and_port(broker):
     broker.stop()
     p = cli("--port", str(port), "--timeout", "60", "call", "--ca", "dev", "echo", timeout=20)
     assert p.returncode == 2
-    assert p.stderr.strip() == "error: cannot connect to 127.0.0.1:%d: Connection refused" % port
+    assert p.stderr.strip() == f"error: cannot connect to 127.0.0.1:{port}: Connection refused"
 
 
 def test_cli_refused_login_says_why(broker):
@@ -94,8 +95,9 @@ def test_cli_refused_login_says_why(broker):
     p = cli("--port", str(broker.port), "call", "--ca", "dev", "echo")
     assert p.returncode == 2
     assert p.stderr.strip() == (
-        "error: cannot connect to 127.0.0.1:%d: connection refused: not authorized (CONNACK code 5)" % broker.port)
+        f"error: cannot connect to 127.0.0.1:{broker.port}: connection refused: not authorized (CONNACK code 5)")
     broker.connack_code = 4
-    p = cli("--port", str(broker.port), "--user", "u", "--password", "wrong", "listen", "--ca", "dev", "--session", "s1")
+    p = cli("--port", str(broker.port), "--user", "u", "--password", "wrong", "listen", "--ca", "dev",
+            "--session", "s1")
     assert p.returncode == 2
-    assert "bad user name or password" in p.stderr and "127.0.0.1:%d" % broker.port in p.stderr
+    assert "bad user name or password" in p.stderr and f"127.0.0.1:{broker.port}" in p.stderr

@@ -293,7 +293,7 @@ def test_client_resends_the_identical_request_after_a_silence(broker, interp, lo
     setattr(broker, lose, 2)
     broker.note_on_drop = True
     broker.silent_methods = ("silent",)
-    rc, res, out, err = run_device(interp, SCRIPT, [broker.port, "resend", "0.3"])
+    rc, res, _out, err = run_device(interp, SCRIPT, [broker.port, "resend", "0.3"])
     assert rc == 0, err
     assert res["result"] == ["ok", ["once"]]
     assert res["resent"] == 2

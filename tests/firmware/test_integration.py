@@ -13,6 +13,7 @@ import pytest
 
 from conftest import HERE, ROOT, device_env, free_port, run_device, start_mosquitto
 from tests.skips import missing
+import itertools
 
 SCRIPT = HERE / "scenarios" / "bridge_device.py"
 HELLOWORLD = "examples/helloworld/ca.py:HelloWorld"
@@ -30,11 +31,11 @@ def _need_bridge():
 def start_bridge(procs, tmp_path, app, port=None, broker_port=None, pulse=0.2):
     cmd = [sys.executable, "-m", "bridge", "run", app, "--db", str(tmp_path / "bridge.db"), "--pulse", str(pulse)]
     if broker_port:
-        cmd += ["--broker", "mqtt://127.0.0.1:%d" % broker_port]
+        cmd += ["--broker", f"mqtt://127.0.0.1:{broker_port}"]
         port = broker_port
     else:
         port = port or free_port()
-        cmd += ["--listen", "127.0.0.1:%d" % port]
+        cmd += ["--listen", f"127.0.0.1:{port}"]
     p = procs(cmd, env=device_env(), cwd=str(ROOT))
     assert p.wait_output("listening", 20), p.output()
     return port, p
@@ -57,7 +58,7 @@ def test_bridge_helloworld_client1_example(procs, tmp_path, interp):
     """examples/helloworld/client1.py: session_info, notify_all, then pulse notifications in order."""
     port, _ = start_bridge(procs, tmp_path, HELLOWORLD)
     p = __import__("subprocess").run(
-        interp + [str(ROOT / "examples/helloworld/client1.py")],
+        [*interp, str(ROOT / "examples/helloworld/client1.py")],
         env=device_env({"CA_PORT": port, "NOTES": 6, "CA_NAME": "hw1"}),
         capture_output=True,
         timeout=60,
@@ -81,7 +82,7 @@ def test_bridge_notifications_survive_broker_restart_and_reconnect(procs, tmp_pa
     and a device-initiated reconnect: consecutive counters differ by exactly 2."""
     mport, mosq = start_mosquitto(procs, tmp_path)
     start_bridge(procs, tmp_path, HELLOWORLD, broker_port=mport)
-    dev = procs(interp + [str(SCRIPT), str(mport), "listen", "hw2", "8"], env=device_env())
+    dev = procs([*interp, str(SCRIPT), str(mport), "listen", "hw2", "8"], env=device_env())
     assert dev.wait_output("READY", 20), dev.output()
     time.sleep(1.5)
     mosq.stop()
@@ -93,7 +94,7 @@ def test_bridge_notifications_survive_broker_restart_and_reconnect(procs, tmp_pa
     res = {json.loads(x[2:])[0]: json.loads(x[2:])[1] for x in out.splitlines() if x.startswith("R ")}
     counters = [n[0] for n in res["notes"]]
     assert len(counters) >= 20
-    assert all(b - a == 2 for a, b in zip(counters, counters[1:])), counters
+    assert all(b - a == 2 for a, b in itertools.pairwise(counters)), counters
     assert res["connects"] >= 3  # initial, after the broker restart, after the device's own reconnect
     assert res["lost"] == 0
 
@@ -121,7 +122,7 @@ def test_bridge_persistent_session_exactly_once_with_crashes(procs, tmp_path, in
     assert "Crash detected" in out
     rc, res, o2, e2 = run_device([sys.executable], SCRIPT, [port, "counters", "shop"])
     assert rc == 0, o2 + e2
-    assert res["counters"] == {"item%03d" % i: 1 for i in range(items)}
+    assert res["counters"] == {f"item{i:03d}": 1 for i in range(items)}
 
 
 @pytest.mark.parametrize("codec", ["cbor", "json"])

@@ -11,8 +11,10 @@ from firmware_client import jsoncodec
 from firmware_client.cbor import MAX_DEPTH, CBORError
 
 values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text() | st.binary() | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text().filter(lambda k: k != "$bytes"), inner, max_size=5),
+    st.none() | st.booleans() | st.integers() | st.text() | st.binary()
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=5)
+    | st.dictionaries(st.text().filter(lambda k: k != "$bytes"), inner, max_size=5),
     max_leaves=25,
 )
 

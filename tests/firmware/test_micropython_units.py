@@ -9,7 +9,7 @@ import cbor2
 from conftest import HERE, device_env, interp_cmd
 
 sys.path.insert(0, str(HERE / "scenarios"))
-from wire_values import VALUES  # noqa: E402
+from wire_values import VALUES
 
 SCRIPT = HERE / "scenarios" / "units.py"
 
@@ -23,7 +23,8 @@ def _random_value(rng, depth=0):
     if kind == 2:
         return rng.uniform(-1e6, 1e6)
     if kind == 3:
-        return "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(160, 0x2FFF)])) for _ in range(rng.randrange(30)))
+        return "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(160, 0x2FFF)]))
+                       for _ in range(rng.randrange(30)))
     if kind == 4:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
     if kind == 5:
@@ -39,8 +40,8 @@ def _run(tmp_path, name):
     vec = tmp_path / "vectors.txt"
     vec.write_text("\n".join(g.hex() for g in golden))
     p = subprocess.run(
-        interp_cmd(name) + [str(SCRIPT), str(vec)],
-        env=device_env(path="%s:%s" % (HERE.parent.parent, HERE / "scenarios")),
+        [*interp_cmd(name), str(SCRIPT), str(vec)],
+        env=device_env(path="{}:{}".format(HERE.parent.parent, HERE / "scenarios")),
         capture_output=True,
         timeout=60,
     )
@@ -63,7 +64,7 @@ def test_micropython_cbor_decodes_cbor2_golden_vectors(tmp_path):
     """MicroPython decodes cbor2 output (incl. random nested maps) and re-encodes the same value."""
     golden, lines = _run(tmp_path, "micropython")
     assert len(lines["RE"]) == len(golden)
-    for want, got in zip(golden, lines["RE"]):
+    for want, got in zip(golden, lines["RE"], strict=False):
         assert not got.startswith("error"), (want.hex(), got)
         assert cbor2.loads(bytes.fromhex(got)) == cbor2.loads(want)
     # byte-identical wherever no map has more than one key

@@ -58,7 +58,7 @@ def test_tls_calls_through_mosquitto_tls_listener(procs, tmp_path, certdir, inte
 
     ca, other, crt, key = make_certs(certdir)
     tls_port = free_port()
-    extra = "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n" % (tls_port, ca, crt, key)
+    extra = f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n"
     mport, _ = start_mosquitto(procs, tmp_path, extra=extra)
     start_bridge(procs, tmp_path, HELLOWORLD, broker_port=mport)
     rc, res, out, err = run_device(interp, SCRIPT, [tls_port, "tls", ca, other], timeout=60)
@@ -75,9 +75,9 @@ def test_tls_cpython_accepts_sslcontext(procs, tmp_path, certdir):
     from firmware_client.mqtt import MQTT
     from firmware_client.compat import deadline_in, remaining
 
-    ca, other, crt, key = make_certs(certdir)
+    ca, _other, crt, key = make_certs(certdir)
     tls_port = free_port()
-    extra = "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n" % (tls_port, ca, crt, key)
+    extra = f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n"
     start_mosquitto(procs, tmp_path, extra=extra)
     ctx = ssl.create_default_context(cafile=str(ca))
     m = MQTT("localhost", tls_port, "ctx-test", ssl=ctx)

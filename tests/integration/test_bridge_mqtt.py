@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import cbor2
 import pytest
@@ -33,7 +32,8 @@ def test_calls_in_cbor_and_json(device):
     assert cb.raw[-1][1][:1] != b"{" and js.raw[-1][1][:1] == b"{"  # each answered in its own encoding
     with pytest.raises(CallFailed) as err:
         js.call("fail_after_write", "app")
-    assert err.value.err == {"kind": "app", "name": "AppError", "message": "refused", "data": {"reason": "test", "n": 1}}
+    assert err.value.err == {"kind": "app", "name": "AppError", "message": "refused",
+                             "data": {"reason": "test", "n": 1}}
     with pytest.raises(CallFailed) as err:
         cb.call("fail_after_write", "boom")
     assert err.value.err["kind"] == "internal" and "secret" not in str(err.value.err)
@@ -108,7 +108,7 @@ def test_json_session_gets_json_notifications(device):
     d = device("c2", "js", codec="json")
     d.call("notify_to", "js", {"b": "bytes"})
     d.wait_notes(1)
-    note = [p for _t, p in d.raw if b'"note"' in p][0]
+    note = next(p for _t, p in d.raw if b'"note"' in p)
     assert json.loads(note) == {"t": "note", "seq": 1, "args": [{"b": "bytes"}]}
 
 

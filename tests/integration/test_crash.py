@@ -28,7 +28,7 @@ def test_sigkill_mid_stream_loses_and_repeats_nothing(live_factory):
                 if i % 5 == 0:  # never retried, never waited for: must end up applied once or not at all
                     dev.send_call("record", f"f{i}")
                     fire_and_forget[dev.ca].add(f"f{i}")
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=work, args=(d,)) for d in devices]
