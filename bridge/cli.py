@@ -197,14 +197,14 @@ async def _run(args: argparse.Namespace) -> None:
         raise ConfigError("--tls-cert and --tls-key go together")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    log.info("event loop: %s (--loop %s)", type(loop).__module__.split(".")[0], args.loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if args.auth is not None and args.broker is None:
         from bridge.amqtt_plugins import reload_all
 
         loop.add_signal_handler(signal.SIGHUP, reload_all)  # reread the password file now (it is also watched)
-    async with Bridge(app, settings) as bridge:
+    async with Bridge(app, settings) as bridge:  # a failure to start is one line of stderr, nothing before it
+        log.info("event loop: %s (--loop %s)", type(loop).__module__.split(".")[0], args.loop)
         where = f"embedded broker listening on {args.listen[0]}:{args.listen[1]}" if args.broker is None \
             else f"broker {bridge.broker_url.host}:{bridge.broker_url.port}"
         assert bridge.link is not None

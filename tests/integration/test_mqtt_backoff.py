@@ -85,7 +85,7 @@ async def test_the_link_waits_out_its_backoff_then_reconnects_resubscribes_and_d
             assert logged[:5] == [round(w, 2) for w in expected[:5]], (logged, expected)
             gaps = [b - a for a, b in itertools.pairwise(attempts[:6])]
             assert all(gap >= wait * 0.9 for gap, wait in zip(gaps, expected, strict=False)), (gaps, expected)
-            assert not link.connected.is_set() and link.connects == 0
+            assert not link.connected.is_set() and link.metrics.mqtt_connects == 0
             # a real broker appears on that port: the link connects within its (capped) backoff, re-subscribes,
             # and sends what was published while it was away
             await asyncio.to_thread(broker.start)
@@ -98,7 +98,7 @@ async def test_the_link_waits_out_its_backoff_then_reconnects_resubscribes_and_d
             await asyncio.to_thread(broker.start)
             assert await link.wait_connected(cap * 1.5 + connect_timeout + 10)
             await _wait(lambda: ("t/again", b"after the restart") in got, "the publish after the restart", 15)
-            assert link.connects == 2
+            assert link.metrics.mqtt_connects == 2
             assert "lost the broker connection; reconnecting" in caplog.text
     finally:
         dropping.close()
