@@ -7,7 +7,6 @@ gap-free notifications, takeover after a crash, fencing of a presumed-dead bridg
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import time
@@ -237,8 +236,11 @@ def test_pulses_run_once_per_interval_cluster_wide_even_across_a_takeover(cluste
     for d in devs:
         times = call(d, "times", timeout=30)
         assert len([t for t in times if t > killed_at]) >= 3, f"{d.ca} stopped pulsing at the kill: {times}"
-        gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert min(gaps) >= interval * 0.8, f"{d.ca}: two pulses {min(gaps):.3f}s apart"
+        # once per interval cluster-wide: two bridges pulsing one CA would double the count. (Not a minimum gap: a
+        # tick delayed by a busy machine may be followed closely by the next, on time, tick of the same bridge.)
+        span = times[-1] - times[0]
+        assert len(times) <= span / interval + 2, f"{d.ca}: {len(times)} pulses in {span:.2f}s: {times}"
+        assert len(set(times)) == len(times), f"{d.ca}: one pulse committed twice: {times}"
 
 
 def test_orphaned_cas_with_pulses_are_adopted_without_any_request(cluster_factory, pg_url):
