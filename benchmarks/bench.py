@@ -85,7 +85,7 @@ def populate(db: Path, count: int, sessions: list[str] | tuple[str, ...] = ()) -
     """Write ``count`` CAs k0..k<count-1> (state {"n": 0}) and the given sessions of each, in the store's schema."""
     import cbor2
 
-    from bridge.sqlite import SCHEMA
+    from bridge.store.sqlite import SCHEMA
 
     con = sqlite3.connect(db, isolation_level=None)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.postgres import PostgresStore
+from bridge.store.postgres import PostgresStore
 from bridge.store import Change, SessionWrite
 from tests.pgserver import PostgresServer
 

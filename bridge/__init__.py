@@ -8,8 +8,13 @@ Module map (each one concept; arrows are imports):
     errors, codec, protocol      pure, no I/O
     app                          CA base class, @method
     session                      session data and the per-call transactional session view
-    store -> sqlite, postgres    durable store interface, MemoryStore; SQLite and PostgreSQL implementations
-    cluster                      several bridges on one PostgreSQL: membership, CA ownership, routing
+    store/                       durable storage and cluster ownership, each behind one interface:
+      base, memory                 the Store protocol, its records, merge; MemoryStore (tests, Harness)
+      sqlite, postgres             SQLite and PostgreSQL stores (pgconn: pooled transactions; urls: --db URLs)
+      membership                   the Membership protocol (claims, liveness, the commit fence) and Claim
+      postgres_membership          Membership on the PostgreSQL store's database and pool
+      factory                      open_store(--db) -> Store, membership_for(store): the one place a store is chosen
+    cluster                      several bridges on one shared store: this node's membership policy, routing cache
     metrics                      counters and histograms of the hot path; the Prometheus collector
     committer                    group commit, release after durability
     actor                        one CA: mailbox, transactions, presence

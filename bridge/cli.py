@@ -231,22 +231,20 @@ async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
 
 
 def _redact(db: str) -> str:
-    from bridge.postgres import redact_url as redact
+    from bridge.store import redact_url
 
-    return redact(db)
+    return redact_url(db)
 
 
 def _store(db: str, *, must_exist: bool, read_only: bool = False) -> Store:
     """The store ``--db`` names: PostgreSQL for a postgresql:// URL, else a SQLite file (``read_only``: opened
     as it is, no schema created or upgraded, and any write refused)."""
-    from bridge.postgres import PostgresStore, is_postgres_url
-    from bridge.sqlite import SQLiteStore
+    from bridge.store import is_postgres_url, open_store
 
-    if is_postgres_url(db):
-        return PostgresStore(db, application_name="ca-bridge-tool", read_only=read_only)
-    if must_exist and not Path(db).exists():
+    store = open_store(db, application_name="ca-bridge-tool", read_only=read_only)
+    if must_exist and not is_postgres_url(db) and not Path(db).exists():
         raise ConfigError(f"no store at {db}")
-    return SQLiteStore(Path(db), read_only=read_only)
+    return store
 
 
 async def _inspect(args: argparse.Namespace) -> int:

@@ -1,13 +1,16 @@
-"""Several bridges on one PostgreSQL database: membership, CA ownership and request routing.
+"""Several bridges on one shared store: this node's membership, CA ownership and request routing (the policy).
+
+The coordination itself (who is alive, who owns which CA, the commit fence) stands behind
+bridge.store.membership.Membership; on PostgreSQL that is bridge.store.postgres_membership.
 
 The design, in short (docs/SCALING.md has the long form):
 
 - Each running bridge is a *node* with a unique *token* (node name + a random part, new at every start), kept
-  alive by a heartbeat row in the database. A node whose row has expired is presumed dead.
-- Every CA has at most one owner: the ``owner`` column of its row. A bridge runs a CA's calls only after claiming
-  it (an UPDATE under the row lock, allowed when the CA is unowned or its owner is dead), and every commit is
-  fenced on ownership (bridge.postgres). So one call at a time per CA holds cluster-wide even when a presumed-dead
-  bridge is still running: its commits are refused and nothing it computed leaves.
+  alive by heartbeats (on PostgreSQL: a row in the database). A node whose membership has expired is presumed dead.
+- Every CA has at most one owner (on PostgreSQL: the ``owner`` column of its row). A bridge runs a CA's calls only
+  after claiming it (allowed when the CA is unowned or its owner is dead), and every commit is fenced on ownership
+  (see Membership). So one call at a time per CA holds cluster-wide even when a presumed-dead bridge is still
+  running: its commits are refused and nothing it computed leaves.
 - Requests reach an arbitrary bridge (a ``$share`` subscription). A bridge that does not own the CA forwards the
   raw payload to the owner's private topic; a bridge that finds the CA unowned claims it. Exactly-once follows
   from the dedup records committed with each call: whichever bridge owns the CA next loads them.
@@ -22,8 +25,8 @@ import socket
 import time
 
 from bridge.metrics import Metrics
-from bridge.postgres import Claim, PostgresStore
-from bridge.store import CARecord
+from bridge.store.base import CARecord
+from bridge.store.membership import Claim, Membership
 
 __all__ = ["Cluster", "default_node_name"]
 
@@ -43,11 +46,11 @@ def default_node_name() -> str:
 class Cluster:
     """This bridge's membership and its view of who owns which CA."""
 
-    def __init__(self, store: PostgresStore, node: str | None = None, *, ttl: float = 5.0,
+    def __init__(self, membership: Membership, node: str | None = None, *, ttl: float = 5.0,
                  heartbeat: float = 1.0, metrics: Metrics | None = None) -> None:
         if heartbeat <= 0 or ttl <= 2 * heartbeat:
             raise ValueError("the membership TTL must exceed two heartbeats")
-        self.store = store
+        self.membership = membership
         self.node = node or default_node_name()
         self.token = f"{self.node}:{secrets.token_hex(6)}"
         self.ttl = ttl
@@ -59,14 +62,14 @@ class Cluster:
 
     async def join(self) -> None:
         """Register (fencing every commit on this incarnation's token)."""
-        self.store.owner = self.token
-        await self.store.join(self.token, self.node, self.ttl)
+        self.membership.fence(self.token)
+        await self.membership.join(self.token, self.node, self.ttl)
         await self.beat()
 
     async def beat(self) -> None:
         """Renew membership and refresh the live nodes. Raises StoreError when the database is unreachable."""
         try:
-            present, live = await self.store.heartbeat(self.token, self.node, self.ttl)
+            present, live = await self.membership.heartbeat(self.token, self.node, self.ttl)
         except Exception:
             self.healthy = False
             raise
@@ -78,7 +81,7 @@ class Cluster:
 
     async def leave(self) -> None:
         """Release every CA and the membership, so the other bridges take over at once."""
-        released = await self.store.leave(self.token)
+        released = await self.membership.leave(self.token)
         log.info("node %s left the cluster, releasing %d CAs", self.node, released)
 
     def route(self, ca: str) -> str | None:
@@ -95,7 +98,7 @@ class Cluster:
 
     async def claim(self, ca: str, *, create: bool) -> Claim:
         """Ask the database for ``ca``: ours (claimed now if it was free), another live bridge's, or missing."""
-        claim = await self.store.claim(ca, self.token, create=create)
+        claim = await self.membership.claim(ca, self.token, create=create)
         self.metrics.claims += 1
         if claim.outcome == "other" and claim.token is not None:
             if len(self._owners) >= _ROUTE_CACHE_MAX:
@@ -107,8 +110,8 @@ class Cluster:
 
     async def adopt(self) -> list[CARecord]:
         """Claim a fair share of the CAs nobody alive owns (so that their pulses keep running)."""
-        orphans = await self.store.orphans()
+        orphans = await self.membership.orphans()
         if not orphans:
             return []
         share = -(-orphans // max(1, len(self.live)))
-        return await self.store.adopt(self.token, limit=min(share, 5000))
+        return await self.membership.adopt(self.token, limit=min(share, 5000))

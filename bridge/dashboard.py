@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bridge import codec
 from bridge.http import Handler, HttpServer, Request, Response
 from bridge.inspect import session_view
-from bridge.postgres import is_postgres_url, redact_url
+from bridge.store import is_postgres_url, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge.errors import ConfigError
-from bridge.postgres import PostgresStore, is_postgres_url, redact_url
-from bridge.sqlite import SQLiteStore
-from bridge.store import CARecord, Change, SessionWrite
+from bridge.store import CARecord, Change, SessionWrite, is_postgres_url, open_store, redact_url
+from bridge.store.postgres import PostgresStore
+from bridge.store.sqlite import SQLiteStore
 
 __all__ = ["migrate", "record_change"]
 
@@ -41,8 +41,9 @@ async def migrate(
         raise ConfigError("the target must be a postgresql:// URL")
     if not await asyncio.to_thread(source.exists):
         raise ConfigError(f"no store at {source}")
-    src = SQLiteStore(source)
-    dst = PostgresStore(target, application_name="ca-bridge-migrate")
+    src = open_store(source)
+    dst = open_store(target, application_name="ca-bridge-migrate")
+    assert isinstance(src, SQLiteStore) and isinstance(dst, PostgresStore)  # a path, a postgresql:// URL (above)
     await src.open()
     try:
         await dst.open()

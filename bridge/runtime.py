@@ -46,8 +46,9 @@ def app_identity(app: type[CA]) -> str:
 
 
 def _where(store: Store) -> str:
-    from bridge.postgres import PostgresStore, redact_url
-    from bridge.sqlite import SQLiteStore
+    from bridge.store import redact_url
+    from bridge.store.postgres import PostgresStore
+    from bridge.store.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
         return str(store.path)

@@ -21,12 +21,10 @@ from bridge.http import Request as HttpRequest
 from bridge.http import Response as HttpResponse
 from bridge.metrics import Metrics, exposition
 from bridge.mqtt import BrokerURL, MqttLink
-from bridge.postgres import PostgresStore, is_postgres_url
 from bridge.protocol import Topics, error_body, parse_request, reply_err, valid_name
 from bridge.runtime import Runtime
 from bridge.session import SessionLimits
-from bridge.sqlite import SQLiteStore
-from bridge.store import Store
+from bridge.store import Store, is_postgres_url, membership_for, open_store
 
 __all__ = ["Bridge", "Settings"]
 
@@ -75,16 +73,14 @@ class Bridge:
         self.topics = Topics(s.prefix)
         self.metrics = Metrics()  # this process's counters, handed to every part that counts
         self.cluster: Cluster | None = None
-        self.store: Store
-        if is_postgres_url(s.db):
-            if s.node is not None and not valid_name(s.node):
-                raise ConfigError(f"invalid node name {s.node!r}: use letters, digits, '_', '.', '-'")
-            pg = PostgresStore(str(s.db), pool_size=s.db_pool, application_name=f"ca-bridge {s.node or ''}".strip())
-            self.store = pg
-            self.cluster = Cluster(pg, s.node, ttl=s.node_ttl, heartbeat=min(1.0, s.node_ttl / 4),
+        if is_postgres_url(s.db) and s.node is not None and not valid_name(s.node):
+            raise ConfigError(f"invalid node name {s.node!r}: use letters, digits, '_', '.', '-'")
+        self.store: Store = open_store(s.db, synchronous=s.synchronous, pool_size=s.db_pool,
+                                       application_name=f"ca-bridge {s.node or ''}".strip())
+        membership = membership_for(self.store)  # a store several bridges share: this one joins their cluster
+        if membership is not None:
+            self.cluster = Cluster(membership, s.node, ttl=s.node_ttl, heartbeat=min(1.0, s.node_ttl / 4),
                                    metrics=self.metrics)
-        else:
-            self.store = SQLiteStore(Path(s.db), synchronous=s.synchronous)
         self.runtime = Runtime(
             app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout,
             autocreate=s.autocreate, rate=s.rate, burst=s.burst, cluster=self.cluster, metrics=self.metrics,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from pathlib import Path
 from typing import Any
 
 from bridge import codec
@@ -19,8 +18,7 @@ from bridge.errors import CallError
 from bridge.protocol import Request, check_name
 from bridge.runtime import Runtime
 from bridge.session import SessionLimits
-from bridge.sqlite import SQLiteStore
-from bridge.store import MemoryStore, Store
+from bridge.store import Store, open_store
 
 __all__ = ["Harness"]
 
@@ -43,7 +41,7 @@ class Harness:
 
     def __init__(self, app: type[CA], db: str | os.PathLike[str] | None = None, **runtime_options: Any) -> None:
         self.app = app
-        self.store: Store = SQLiteStore(Path(db)) if db is not None else MemoryStore()
+        self.store: Store = open_store(db)  # None: in memory
         self.options = runtime_options
         self.options.setdefault("limits", SessionLimits())
         self.sink = _Recorder()

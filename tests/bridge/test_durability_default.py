@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bridge.service import Bridge, Settings
-from bridge.sqlite import SQLiteStore
+from bridge.store.sqlite import SQLiteStore
 from tests.apps import Counter
 from tests.conftest import PYTHON, ROOT, free_port, stop
 
@@ -57,7 +57,7 @@ async def test_the_settings_default_to_full(tmp_path):
 SPY = """
 import sys
 from bridge import cli
-from bridge.sqlite import SQLiteStore
+from bridge.store.sqlite import SQLiteStore
 
 opened = SQLiteStore._open
 

@@ -10,7 +10,7 @@ from bridge import CA, codec, method
 from bridge.errors import BadRequest, CallError
 from bridge.protocol import Request, parse_request
 from bridge.session import SessionData, SessionLimits
-from bridge.sqlite import SQLiteStore
+from bridge.store.sqlite import SQLiteStore
 from bridge.store import Change, SessionWrite
 from bridge.testing import Harness
 

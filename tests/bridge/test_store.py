@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from bridge.errors import StoreError
-from bridge.sqlite import SQLiteStore
+from bridge.store.sqlite import SQLiteStore
 from bridge.store import Change, MemoryStore, SessionWrite, merge
 
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bridge import codec  # noqa: E402
-from bridge.postgres import PostgresStore  # noqa: E402
+from bridge.store.postgres import PostgresStore  # noqa: E402
 from firmware_client import CAError, Client, PersistentSession  # noqa: E402
 from tests.conftest import BridgeProcess, Mosquitto  # noqa: E402
 from tests.pgserver import PostgresServer  # noqa: E402

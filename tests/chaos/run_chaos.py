@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bridge import codec  # noqa: E402
-from bridge.sqlite import SQLiteStore  # noqa: E402
+from bridge.store.sqlite import SQLiteStore  # noqa: E402
 from tests.procs import BridgeProcess, Mosquitto, free_port, stop  # noqa: E402
 from tests.skips import missing  # noqa: E402
 

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bridge import codec  # noqa: E402
-from bridge.postgres import PostgresStore  # noqa: E402
+from bridge.store.postgres import PostgresStore  # noqa: E402
 from tests.chaos.run_chaos import MICROPYTHON, Device, _read_lines, _tend, use_micropython  # noqa: E402
 from tests.procs import BridgeProcess, Mosquitto, stop  # noqa: E402
 from tests.pgserver import PostgresServer  # noqa: E402

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bridge import codec
-from bridge.postgres import PostgresStore
+from bridge.store.postgres import PostgresStore
 from tests.conftest import BridgeProcess, Mosquitto, wait_until
 from tests.device import Device
 

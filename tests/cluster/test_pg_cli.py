@@ -17,9 +17,9 @@ import pytest
 
 from bridge import codec
 from bridge.inspect import describe
-from bridge.postgres import PostgresStore
+from bridge.store.postgres import PostgresStore
 from bridge.session import SessionData
-from bridge.sqlite import SQLiteStore
+from bridge.store.sqlite import SQLiteStore
 from bridge.store import CARecord, Change, SessionWrite
 from bridge.testing import Harness
 from tests.apps import Counter

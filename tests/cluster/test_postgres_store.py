@@ -17,9 +17,10 @@ import pytest
 
 from bridge import faults
 from bridge.errors import StoreError
-from bridge.postgres import SCHEMA_VERSION, PostgresStore, redact_url
-from bridge.sqlite import SQLiteStore
-from bridge.store import CARecord, Change, MemoryStore, SessionRecord, SessionWrite
+from bridge.store import CARecord, Change, MemoryStore, SessionRecord, SessionWrite, redact_url
+from bridge.store.postgres import SCHEMA_VERSION, PostgresStore
+from bridge.store.postgres_membership import PostgresMembership
+from bridge.store.sqlite import SQLiteStore
 from tests import pgserver
 from tests.conftest import ROOT, free_port
 from tests.skips import missing
@@ -245,7 +246,7 @@ async def test_a_bridge_killed_inside_the_transaction_leaves_nothing(pg, pg_empt
     await pg.commit([Change("a", b"old", {"s": SessionWrite(b"m", [(1, b"n1")])})])
     script = textwrap.dedent(f"""
         import asyncio
-        from bridge.postgres import PostgresStore
+        from bridge.store.postgres import PostgresStore
         from bridge.store import Change, SessionWrite
 
         async def main():
@@ -277,12 +278,13 @@ async def test_commits_are_fenced_on_the_owner_token(pg_empty_url, psql):
     a, b, tool = PostgresStore(pg_empty_url), PostgresStore(pg_empty_url), PostgresStore(pg_empty_url)
     for s in (a, b, tool):
         await s.open()
+    ma, mb = PostgresMembership(a), PostgresMembership(b)
     try:
-        await a.join("A", "node-a", 30)
-        await b.join("B", "node-b", 30)
+        await ma.join("A", "node-a", 30)
+        await mb.join("B", "node-b", 30)
         a.owner, b.owner = "A", "B"
-        assert (await a.claim("x", "A", create=True)).outcome == "mine"
-        assert (await b.claim("y", "B", create=True)).outcome == "mine"
+        assert (await ma.claim("x", "A", create=True)).outcome == "mine"
+        assert (await mb.claim("y", "B", create=True)).outcome == "mine"
         assert await a.commit([Change("x", b"a1", {"s": SessionWrite(b"m", [(1, b"n")])}, [(1, "s", "r", b"p")])]) \
             == frozenset()
 
@@ -302,7 +304,7 @@ async def test_commits_are_fenced_on_the_owner_token(pg_empty_url, psql):
 
         # A is presumed dead (its node row expired); B takes x over: A's late commit is refused
         psql("UPDATE node SET expires = now() - interval '1 second' WHERE token = 'A'")
-        took = await b.claim("x", "B", create=False)
+        took = await mb.claim("x", "B", create=False)
         assert took.outcome == "mine" and took.record is not None and took.record.state == b"a2"
         assert await a.commit([Change("x", b"stale")]) == frozenset({"x"})
         assert await b.commit([Change("x", b"b2")]) == frozenset()
@@ -321,25 +323,26 @@ async def test_commits_are_fenced_on_the_owner_token(pg_empty_url, psql):
 
 
 async def test_claim_outcomes(pg, psql):
-    await pg.join("A", "node-a", 30)
-    await pg.join("B", "node-b", 30)
-    assert (await pg.claim("nope", "A", create=False)).outcome == "missing"
+    m = PostgresMembership(pg)
+    await m.join("A", "node-a", 30)
+    await m.join("B", "node-b", 30)
+    assert (await m.claim("nope", "A", create=False)).outcome == "missing"
     assert await pg.names() == []
 
-    made = await pg.claim("x", "A", create=True)
+    made = await m.claim("x", "A", create=True)
     assert made.outcome == "mine" and made.record == CARecord("x", b"")
     assert psql("SELECT owner, epoch FROM ca WHERE name = 'x'") == "A|1"
-    again = await pg.claim("x", "A", create=True)  # ours already: loaded, not re-owned
+    again = await m.claim("x", "A", create=True)  # ours already: loaded, not re-owned
     assert again.outcome == "mine" and again.record == CARecord("x", b"")
     assert psql("SELECT epoch FROM ca WHERE name = 'x'") == "1"
 
-    other = await pg.claim("x", "B", create=True)
+    other = await m.claim("x", "B", create=True)
     assert (other.outcome, other.node, other.token, other.record) == ("other", "node-a", "A", None)
 
     await pg.register("r")  # made by `ca-bridge create`: unowned, claimable, record loaded
     pg.owner = None
     await pg.commit([Change("r", b"state-r", {"s": SessionWrite(b"m", [(5, b"n")])}, [(1, "s", "id", b"p")])])
-    got = await pg.claim("r", "B", create=False)
+    got = await m.claim("r", "B", create=False)
     assert got.outcome == "mine"
     assert got.record == CARecord("r", b"state-r", {"s": SessionRecord(b"m", [(5, b"n")])}, [(1, "s", "id", b"p")])
     assert psql("SELECT owner, epoch FROM ca WHERE name = 'r'") == "B|1"
@@ -351,8 +354,9 @@ async def test_concurrent_creating_claims_make_one_owner(pg_empty_url):
         await s.open()
     try:
         for i, s in enumerate(stores):
-            await s.join(f"T{i}", f"n{i}", 30)
-        claims = await asyncio.gather(*[s.claim("hot", f"T{i}", create=True) for i, s in enumerate(stores)])
+            await PostgresMembership(s).join(f"T{i}", f"n{i}", 30)
+        claims = await asyncio.gather(*[PostgresMembership(s).claim("hot", f"T{i}", create=True)
+                                        for i, s in enumerate(stores)])
         mine = [c for c in claims if c.outcome == "mine"]
         assert len(mine) == 1
         winner = f"T{claims.index(mine[0])}"
@@ -364,89 +368,94 @@ async def test_concurrent_creating_claims_make_one_owner(pg_empty_url):
 
 
 async def test_takeover_once_the_owner_node_expires(pg):
-    await pg.join("A", "node-a", 1.0)
-    await pg.join("B", "node-b", 30)
-    assert (await pg.claim("x", "A", create=True)).outcome == "mine"
+    m = PostgresMembership(pg)
+    await m.join("A", "node-a", 1.0)
+    await m.join("B", "node-b", 30)
+    assert (await m.claim("x", "A", create=True)).outcome == "mine"
     pg.owner = "A"
     await pg.commit([Change("x", b"by-a", {"s": SessionWrite(b"m", [(1, b"n")])})])
-    assert (await pg.claim("x", "B", create=False)).outcome == "other"
+    assert (await m.claim("x", "B", create=False)).outcome == "other"
     await asyncio.sleep(1.2)
-    took = await pg.claim("x", "B", create=False)
+    took = await m.claim("x", "B", create=False)
     assert took.outcome == "mine"
     assert took.record == CARecord("x", b"by-a", {"s": SessionRecord(b"m", [(1, b"n")])})
-    assert await pg.owners() == {"node-b": 1}
-    back = await pg.claim("x", "A", create=False)  # A comes back: x is B's now
+    assert await m.owners() == {"node-b": 1}
+    back = await m.claim("x", "A", create=False)  # A comes back: x is B's now
     assert (back.outcome, back.node) == ("other", "node-b")
 
 
 async def test_heartbeat_keeps_a_node_alive_and_rejoins_a_forgotten_one(pg):
-    await pg.join("A", "node-a", 0.5)
-    await pg.join("B", "node-b", 30)
-    await pg.claim("x", "A", create=True)
-    present, live_nodes = await pg.heartbeat("A", "node-a", 30)
+    m = PostgresMembership(pg)
+    await m.join("A", "node-a", 0.5)
+    await m.join("B", "node-b", 30)
+    await m.claim("x", "A", create=True)
+    present, live_nodes = await m.heartbeat("A", "node-a", 30)
     assert present is True and live_nodes == {"A": "node-a", "B": "node-b"}
     await asyncio.sleep(0.7)
-    assert (await pg.claim("x", "B", create=False)).outcome == "other"  # renewed: still alive
-    assert await pg.leave("A") == 1
-    present, live_nodes = await pg.heartbeat("A", "node-a", 30)  # the row was gone: it is made again
+    assert (await m.claim("x", "B", create=False)).outcome == "other"  # renewed: still alive
+    assert await m.leave("A") == 1
+    present, live_nodes = await m.heartbeat("A", "node-a", 30)  # the row was gone: it is made again
     assert present is False and live_nodes == {"A": "node-a", "B": "node-b"}
 
 
 async def test_joining_again_frees_the_previous_incarnation(pg):
-    await pg.join("A1", "node-a", 30)
-    await pg.join("B", "node-b", 30)
+    m = PostgresMembership(pg)
+    await m.join("A1", "node-a", 30)
+    await m.join("B", "node-b", 30)
     for name in ("x", "y"):
-        assert (await pg.claim(name, "A1", create=True)).outcome == "mine"
-    assert await pg.owners() == {"node-a": 2, "node-b": 0}
-    assert (await pg.claim("x", "B", create=False)).outcome == "other"
-    await pg.join("A2", "node-a", 30)  # node-a restarted after a crash: its old CAs are free at once
-    assert await pg.orphans() == 2
-    assert await pg.owners() == {"node-a": 0, "node-b": 0}
-    assert (await pg.claim("x", "B", create=False)).outcome == "mine"
-    assert (await pg.claim("y", "A2", create=False)).outcome == "mine"
-    assert await pg.owners() == {"node-a": 1, "node-b": 1}
-    assert await pg.orphans() == 0
+        assert (await m.claim(name, "A1", create=True)).outcome == "mine"
+    assert await m.owners() == {"node-a": 2, "node-b": 0}
+    assert (await m.claim("x", "B", create=False)).outcome == "other"
+    await m.join("A2", "node-a", 30)  # node-a restarted after a crash: its old CAs are free at once
+    assert await m.orphans() == 2
+    assert await m.owners() == {"node-a": 0, "node-b": 0}
+    assert (await m.claim("x", "B", create=False)).outcome == "mine"
+    assert (await m.claim("y", "A2", create=False)).outcome == "mine"
+    assert await m.owners() == {"node-a": 1, "node-b": 1}
+    assert await m.orphans() == 0
 
 
 async def test_leave_releases_everything(pg):
-    await pg.join("A", "node-a", 30)
-    await pg.join("B", "node-b", 30)
+    m = PostgresMembership(pg)
+    await m.join("A", "node-a", 30)
+    await m.join("B", "node-b", 30)
     for name in ("x", "y", "z"):
-        await pg.claim(name, "A", create=True)
-    await pg.claim("w", "B", create=True)
-    assert await pg.orphans() == 0
-    assert await pg.leave("A") == 3
-    assert await pg.owners() == {"node-b": 1}
-    assert await pg.orphans() == 3
-    assert (await pg.claim("y", "B", create=False)).outcome == "mine"
-    assert await pg.orphans() == 2
-    assert await pg.leave("nobody") == 0
+        await m.claim(name, "A", create=True)
+    await m.claim("w", "B", create=True)
+    assert await m.orphans() == 0
+    assert await m.leave("A") == 3
+    assert await m.owners() == {"node-b": 1}
+    assert await m.orphans() == 3
+    assert (await m.claim("y", "B", create=False)).outcome == "mine"
+    assert await m.orphans() == 2
+    assert await m.leave("nobody") == 0
 
 
 async def test_adopt_claims_orphans_up_to_the_limit_with_their_records(pg):
-    await pg.join("A", "node-a", 30)
-    await pg.join("B", "node-b", 30)
+    m = PostgresMembership(pg)
+    await m.join("A", "node-a", 30)
+    await m.join("B", "node-b", 30)
     names = [f"o{i}" for i in range(7)]
     for n in names:
         await pg.register(n)
     await pg.commit([Change(n, n.encode(), {"s": SessionWrite(b"m", [(1, n.encode())])}, [(1, "s", "r", b"p")])
                      for n in names[:3]])
-    await pg.claim("owned", "B", create=True)  # alive: never adopted
-    assert await pg.orphans() == 7
+    await m.claim("owned", "B", create=True)  # alive: never adopted
+    assert await m.orphans() == 7
 
-    first = await pg.adopt("A", limit=4)
+    first = await m.adopt("A", limit=4)
     assert sorted(r.name for r in first) == names[:4]  # in name order
     by_name = {r.name: r for r in first}
     assert by_name["o0"] == CARecord("o0", b"o0", {"s": SessionRecord(b"m", [(1, b"o0")])}, [(1, "s", "r", b"p")])
     assert by_name["o3"] == CARecord("o3", b"")
-    assert await pg.orphans() == 3
-    assert await pg.owners() == {"node-a": 4, "node-b": 1}
+    assert await m.orphans() == 3
+    assert await m.owners() == {"node-a": 4, "node-b": 1}
 
-    rest = await pg.adopt("A", limit=10)
+    rest = await m.adopt("A", limit=10)
     assert sorted(r.name for r in rest) == names[4:]
-    assert await pg.adopt("A", limit=10) == []
-    assert await pg.orphans() == 0
-    assert await pg.owners() == {"node-a": 7, "node-b": 1}
+    assert await m.adopt("A", limit=10) == []
+    assert await m.orphans() == 0
+    assert await m.owners() == {"node-a": 7, "node-b": 1}
     pg.owner = "A"
     assert await pg.commit([Change(n, b"adopted") for n in [*names, "owned"]]) == frozenset({"owned"})
 
@@ -726,20 +735,21 @@ async def test_commits_are_fenced_on_the_ownership_epoch_too(pg_empty_url):
     a, b = PostgresStore(pg_empty_url), PostgresStore(pg_empty_url)
     for s in (a, b):
         await s.open()
+    ma, mb = PostgresMembership(a), PostgresMembership(b)
     try:
-        await a.join("A", "node-a", 30)
-        await b.join("B", "node-b", 30)
+        await ma.join("A", "node-a", 30)
+        await mb.join("B", "node-b", 30)
         a.owner, b.owner = "A", "B"
-        first = (await a.claim("x", "A", create=True)).record
+        first = (await ma.claim("x", "A", create=True)).record
         assert first is not None and first.epoch == 1
         assert await a.commit([Change("x", b"a1", epoch=first.epoch)]) == frozenset()
-        await a.leave("A")  # A's membership ends: x is free
-        taken = (await b.claim("x", "B", create=False)).record
+        await ma.leave("A")  # A's membership ends: x is free
+        taken = (await mb.claim("x", "B", create=False)).record
         assert taken is not None and taken.epoch == 2 and taken.state == b"a1"
         assert await b.commit([Change("x", b"b1", epoch=taken.epoch)]) == frozenset()
-        await b.leave("B")
-        await a.join("A", "node-a", 30)
-        again = (await a.claim("x", "A", create=False)).record
+        await mb.leave("B")
+        await ma.join("A", "node-a", 30)
+        again = (await ma.claim("x", "A", create=False)).record
         assert again is not None and again.epoch == 3 and again.state == b"b1"
         assert await a.commit([Change("x", b"stale", epoch=first.epoch)]) == frozenset({"x"})
         assert (await a.load("x")).state == b"b1"

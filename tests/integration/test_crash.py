@@ -53,6 +53,6 @@ def test_sigkill_mid_stream_loses_and_repeats_nothing(live_factory):
             assert seen.get(token, 0) in (0, 1), (dev.ca, token, seen.get(token))
         assert len(acknowledged[dev.ca]) >= 20
         dev.close()
-    from bridge.sqlite import SQLiteStore
+    from bridge.store.sqlite import SQLiteStore
 
     assert SQLiteStore(live.bridge.db).integrity_check() == []

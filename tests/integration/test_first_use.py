@@ -13,7 +13,7 @@ import pytest
 
 from bridge.cli import load_app
 from bridge.errors import CallError
-from bridge.postgres import _scrub
+from bridge.store.urls import scrub as _scrub
 from bridge.testing import Harness
 from tests.conftest import ROOT, Mosquitto, free_port, stop
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from bridge import faults
 from bridge.errors import StoreError
-from bridge.store import CARecord, Change, SessionRecord, merge
+from bridge.store.base import CARecord, Change, SessionRecord, merge
 
 __all__ = ["SQLiteStore"]
 

@@ -1,10 +1,10 @@
-"""The durable store interface, its records, and an in-memory store for tests.
+"""The durable store interface and its records.
 
 A store keeps, per CA: the state (CBOR), the dedup records of its recent requests, and per session the metadata
 row and the queued notifications; and for the whole store, which app (bridge.runtime.app_identity) it belongs to.
 The runtime hands it batches of :class:`Change` (one per call, many CAs) and needs each batch committed atomically:
-all of it durable, or none of it. Anything transactional can implement this: SQLite (bridge.sqlite) and
-PostgreSQL (bridge.postgres).
+all of it durable, or none of it. Anything transactional can implement this: SQLite (bridge.store.sqlite),
+PostgreSQL (bridge.store.postgres), and a dict for tests (bridge.store.memory).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["CARecord", "Change", "MemoryStore", "SessionRecord", "SessionWrite", "Store", "merge"]
+__all__ = ["CARecord", "Change", "SessionRecord", "SessionWrite", "Store", "merge"]
 
 
 @dataclass(slots=True)
@@ -132,89 +132,5 @@ class Store(Protocol):
         """Make a batch durable atomically, or raise StoreError having changed nothing.
 
         Returns the CAs whose changes were refused because this bridge no longer owns them (only a store shared
-        by several bridges refuses anything; see bridge.postgres): none of theirs is written, all else is.
+        by several bridges refuses anything; see bridge.store.membership): none of theirs is written, all else is.
         """
-
-
-class MemoryStore:
-    """A Store in a dict: no durability, same semantics. For unit tests and the Harness."""
-
-    def __init__(self) -> None:
-        self._cas: dict[str, CARecord] = {}
-        self.app: str | None = None
-        self.commits = 0
-        self.fail_next: Exception | None = None  # test hook: the next commit raises this
-
-    async def open(self) -> None:
-        """Nothing to open."""
-
-    async def close(self) -> None:
-        """Nothing to close."""
-
-    async def bind_app(self, app: str) -> str | None:
-        """The first app to ask owns the store."""
-        if self.app is None:
-            self.app = app
-        return None if self.app == app else self.app
-
-    async def load_all(self) -> list[CARecord]:
-        """Copies of every CA."""
-        return [_copy(rec) for rec in self._cas.values()]
-
-    async def load(self, name: str) -> CARecord | None:
-        """A copy of one CA."""
-        rec = self._cas.get(name)
-        return None if rec is None else _copy(rec)
-
-    async def names(self) -> list[str]:
-        """Sorted names."""
-        return sorted(self._cas)
-
-    async def register(self, name: str) -> bool:
-        """An empty row, as `ca-bridge create` makes."""
-        if name in self._cas:
-            return False
-        self._cas[name] = CARecord(name, b"")
-        return True
-
-    async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
-        """Apply a batch (all or nothing: the failure hook fires before anything changes)."""
-        if self.fail_next is not None:
-            exc, self.fail_next = self.fail_next, None
-            raise exc
-        for change in merge(changes).values():
-            rec = self._cas.get(change.ca)
-            if rec is None:
-                rec = self._cas[change.ca] = CARecord(change.ca, b"\xa0")
-            if change.state is not None:
-                rec.state = change.state
-            for sid, write in change.sessions.items():
-                _apply(rec, sid, write)
-            rec.dedup.extend(change.dedup)
-            floors = change.dedup_floors
-            rec.dedup[:] = [d for d in rec.dedup if d[0] >= floors.get(d[1], 0)]
-        self.commits += 1
-        return frozenset()
-
-
-def _apply(rec: CARecord, sid: str, write: SessionWrite) -> None:
-    if write.purge:
-        rec.sessions.pop(sid, None)
-    if write.meta is None and sid not in rec.sessions:
-        return
-    srec = rec.sessions.get(sid)
-    if srec is None:
-        srec = rec.sessions[sid] = SessionRecord(write.meta or b"")
-    elif write.meta is not None:
-        srec.meta = write.meta
-    srec.notes.extend(write.notes)
-    srec.notes[:] = [n for n in srec.notes if n[0] >= write.note_floor]
-
-
-def _copy(rec: CARecord) -> CARecord:
-    return CARecord(
-        rec.name,
-        rec.state,
-        {sid: SessionRecord(s.meta, list(s.notes)) for sid, s in rec.sessions.items()},
-        list(rec.dedup),
-    )

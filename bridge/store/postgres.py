@@ -1,32 +1,29 @@
-"""The PostgreSQL store: the same Store as SQLite, plus what several bridges need to share one database.
+"""The PostgreSQL store: the same Store as SQLite, on a database several bridges may share.
 
-Every batch of calls is one PostgreSQL transaction (group commit). With an ``owner`` token set (see
-bridge.cluster), a commit first locks the rows of its CAs and keeps only the CAs this bridge still owns: a bridge
-that lost a CA to another one (because it was presumed dead) cannot overwrite the new owner's work, whatever its
-clocks or its cache say. The refused CAs are returned, nothing of theirs is written, and the caller reloads.
+Every batch of calls is one PostgreSQL statement (group commit). With an ``owner`` token set (the fence of
+bridge.store.membership; PostgresMembership sets it), a commit first locks the rows of its CAs and keeps only the
+CAs this bridge still owns under the epoch its changes were computed on: a bridge that lost a CA to another one
+(because it was presumed dead) cannot overwrite the new owner's work, whatever its clocks or its cache say. The
+refused CAs are returned, nothing of theirs is written, and the caller reloads.
 
-Ownership lives in the ``ca`` row itself (``owner``, ``epoch``); membership in ``node`` (one row per running
-bridge, renewed by heartbeat). A CA whose owner's row has expired may be claimed by any bridge.
+Ownership lives in the ``ca`` row itself (``owner``, ``epoch``), so that the fence is checked in the commit's own
+statement; membership lives in ``node`` (one row per running bridge, renewed by heartbeat). Both are managed by
+bridge.store.postgres_membership, on this store's pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import unquote
+from typing import Any
 
 from bridge import faults
 from bridge.errors import StoreError
-from bridge.store import CARecord, Change, SessionRecord, merge
+from bridge.store.base import CARecord, Change, SessionRecord, merge
+from bridge.store.pgconn import Transaction, reason, store_error
+from bridge.store.urls import redact_url, scrub
 
-__all__ = ["SCHEMA_VERSION", "Claim", "PostgresStore", "is_postgres_url", "redact_url"]
-
-log = logging.getLogger("bridge.postgres")
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 SCHEMA_VERSION = 5
 SCHEMA = """
@@ -126,23 +123,6 @@ $fn$;
 """
 _SCHEMA_LOCK = 0x63615F62  # pg_advisory_xact_lock key: bridges starting together create the schema once
 
-_LIVE = "EXISTS (SELECT 1 FROM node n WHERE n.token = ca.owner AND n.expires > now())"
-
-
-def is_postgres_url(db: object) -> bool:
-    """True if ``--db`` names a PostgreSQL database rather than a SQLite file."""
-    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
-
-
-@dataclass(slots=True)
-class Claim:
-    """The outcome of asking for a CA: ``mine`` (with its record, None if just created), ``other`` (owned by
-    a live bridge, named by ``node``), or ``missing`` (no such CA)."""
-
-    outcome: Literal["mine", "other", "missing"]
-    record: CARecord | None = None
-    node: str | None = None
-    token: str | None = None
 
 
 class PostgresStore:
@@ -155,7 +135,7 @@ class PostgresStore:
         self.pool_size = pool_size
         self.application_name = application_name
         self.connect_timeout = connect_timeout
-        self.owner: str | None = None  # set by the cluster: commits are fenced on it
+        self.owner: str | None = None  # the fence (PostgresMembership.fence): commits write only its CAs
         self._pool: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -179,7 +159,7 @@ class PostgresStore:
             "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
             "tcp_user_timeout": 10_000,
             # a batch is one statement (ca_bridge_commit), atomic by itself: no BEGIN/COMMIT round trips for it;
-            # everything else still runs in explicit transactions (_Transaction)
+            # everything else still runs in explicit transactions (Transaction)
             "autocommit": True,
         }
         if self.read_only:  # the server refuses any write, whatever a bug here might try
@@ -190,12 +170,12 @@ class PostgresStore:
         except TimeoutError:
             raise StoreError(f"cannot connect to PostgreSQL at {where}: no answer within {limit:g} s") from None
         except Exception as exc:  # psycopg.Error, OSError; a malformed URL's message may quote the password
-            raise StoreError(f"cannot connect to PostgreSQL at {where}: {_scrub(_reason(exc), self.url)}") from None
+            raise StoreError(f"cannot connect to PostgreSQL at {where}: {scrub(reason(exc), self.url)}") from None
         try:
             async with conn.transaction():
                 await (_check_schema(conn.cursor(), where) if self.read_only else _migrate(conn.cursor()))
         except Exception as exc:
-            raise _store_error(exc) from None
+            raise store_error(exc) from None
         finally:
             await conn.close()
         pool = AsyncConnectionPool(
@@ -206,7 +186,7 @@ class PostgresStore:
             await pool.open(wait=True, timeout=self.connect_timeout)
         except Exception as exc:
             await pool.close()
-            raise StoreError(f"cannot connect to PostgreSQL at {where}: {_scrub(_reason(exc), self.url)}") from None
+            raise StoreError(f"cannot connect to PostgreSQL at {where}: {scrub(reason(exc), self.url)}") from None
         self._pool = pool
 
     async def close(self) -> None:
@@ -215,40 +195,42 @@ class PostgresStore:
             pool, self._pool = self._pool, None
             await pool.close(timeout=2.0)
 
-    def _tx(self, *, atomic: bool = True) -> _Transaction:
+    def transaction(self, *, atomic: bool = True) -> Transaction:
+        """``async with store.transaction() as cur``: a pooled connection in one transaction (``atomic``), as a
+        cursor; for this module and the membership sharing the pool."""
         if self._pool is None:
             raise StoreError("store is closed")
-        return _Transaction(self._pool, self.connect_timeout, atomic)
+        return Transaction(self._pool, self.connect_timeout, atomic)
 
     # -- the Store interface ---------------------------------------------------------------------------------
 
     async def load_all(self) -> list[CARecord]:
         """Every CA (for tools: a bridge in a cluster loads the CAs it owns, lazily)."""
-        async with self._tx() as cur:
-            return await _load(cur, None)
+        async with self.transaction() as cur:
+            return await load_records(cur, None)
 
     async def load(self, name: str) -> CARecord | None:
         """One CA, or None."""
-        async with self._tx() as cur:
-            found = await _load(cur, [name])
+        async with self.transaction() as cur:
+            found = await load_records(cur, [name])
         return found[0] if found else None
 
     async def names(self) -> list[str]:
         """Sorted CA names."""
-        async with self._tx() as cur:
+        async with self.transaction() as cur:
             await cur.execute('SELECT name FROM ca ORDER BY name COLLATE "C"')  # as Python sorts, whatever the locale
             return [r[0] for r in await cur.fetchall()]
 
     async def register(self, name: str) -> bool:
         """An empty, unowned CA row: on_init runs when a bridge first claims it."""
-        async with self._tx() as cur:
+        async with self.transaction() as cur:
             await cur.execute("INSERT INTO ca (name, state) VALUES (%s, '') ON CONFLICT DO NOTHING", (name,))
             return bool(cur.rowcount == 1)
 
     async def bind_app(self, app: str) -> str | None:
         """Record the app this database belongs to, or say which other app it belongs to (bridges starting
         together: the first insert wins, the others read it)."""
-        async with self._tx() as cur:
+        async with self.transaction() as cur:
             await cur.execute(
                 "INSERT INTO ca_bridge_meta (key, value) VALUES ('app', %s) ON CONFLICT (key) DO NOTHING", (app,))
             await cur.execute("SELECT value FROM ca_bridge_meta WHERE key = 'app'")
@@ -257,7 +239,7 @@ class PostgresStore:
 
     async def app(self) -> str | None:
         """The app recorded as this database's owner (None: not recorded yet)."""
-        async with self._tx() as cur:
+        async with self.transaction() as cur:
             await cur.execute("SELECT to_regclass('ca_bridge_meta') IS NOT NULL")
             row = await cur.fetchone()
             if not (row and row[0]):
@@ -271,7 +253,7 @@ class PostgresStore:
         merged = merge(changes)
         # one statement is atomic by itself; with the in_commit fault armed (tests), it runs in an explicit
         # transaction so that the process can die after the writes and before COMMIT
-        async with self._tx(atomic=faults.armed("in_commit")) as cur:
+        async with self.transaction(atomic=faults.armed("in_commit")) as cur:
             refused = await _write(cur, merged, self.owner)
             faults.hit("in_commit")
         return refused
@@ -281,100 +263,11 @@ class PostgresStore:
         CAs go first, so no dedup record or notification of an older copy survives."""
         merged = merge(changes)
         names = list(merged)
-        async with self._tx() as cur:
+        async with self.transaction() as cur:
             if replace:
                 for table, column in (("note", "ca"), ("session", "ca"), ("dedup", "ca"), ("ca", "name")):
                     await cur.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (names,))
             await _write(cur, merged, None)
-
-    # -- cluster primitives (bridge.cluster) ---------------------------------------------------------------
-
-    async def join(self, token: str, node: str, ttl: float) -> None:
-        """Register this bridge; earlier incarnations of the same node name are gone, so their CAs are free."""
-        async with self._tx() as cur:
-            await cur.execute("DELETE FROM node WHERE name = %s OR expires < now() - interval '1 hour'", (node,))
-            await cur.execute(
-                "INSERT INTO node (token, name, expires) VALUES (%s, %s, now() + make_interval(secs => %s))",
-                (token, node, ttl),
-            )
-
-    async def heartbeat(self, token: str, node: str, ttl: float) -> tuple[bool, dict[str, str]]:
-        """Renew this bridge's membership; returns (whether the row was still there, live tokens -> names)."""
-        async with self._tx() as cur:
-            await cur.execute(
-                "UPDATE node SET expires = now() + make_interval(secs => %s) WHERE token = %s", (ttl, token))
-            present = cur.rowcount == 1
-            if not present:
-                await cur.execute(
-                    "INSERT INTO node (token, name, expires) VALUES (%s, %s, now() + make_interval(secs => %s))",
-                    (token, node, ttl),
-                )
-            await cur.execute("SELECT token, name FROM node WHERE expires > now()")
-            return present, {t: n for t, n in await cur.fetchall()}
-
-    async def leave(self, token: str) -> int:
-        """Give up every CA and the membership (a clean shutdown): others may claim at once."""
-        async with self._tx() as cur:
-            await cur.execute("UPDATE ca SET owner = NULL WHERE owner = %s", (token,))
-            released = cur.rowcount
-            await cur.execute("DELETE FROM node WHERE token = %s", (token,))
-            return int(released)
-
-    async def claim(self, name: str, token: str, *, create: bool) -> Claim:
-        """Own CA ``name`` if it is free (or ours already), loading it; else say who owns it, or that it is missing."""
-        async with self._tx() as cur:
-            for _ in range(2):
-                await cur.execute(
-                    "SELECT ca.owner, n.name, n.expires > now() FROM ca LEFT JOIN node n ON n.token = ca.owner "
-                    "WHERE ca.name = %s FOR UPDATE OF ca",
-                    (name,),
-                )
-                row = await cur.fetchone()
-                if row is None:
-                    if not create:
-                        return Claim("missing")
-                    await cur.execute(
-                        "INSERT INTO ca (name, state, owner, epoch) VALUES (%s, '', %s, 1) ON CONFLICT DO NOTHING",
-                        (name, token),
-                    )
-                    if cur.rowcount == 1:
-                        return Claim("mine", CARecord(name, b"", epoch=1))
-                    continue  # created by another bridge meanwhile: look again (the row is committed now)
-                owner, owner_node, alive = row
-                if owner is not None and owner != token and alive:
-                    return Claim("other", node=owner_node, token=owner)
-                if owner != token:
-                    await cur.execute("UPDATE ca SET owner = %s, epoch = epoch + 1 WHERE name = %s", (token, name))
-                found = await _load(cur, [name])
-                return Claim("mine", found[0])
-        raise StoreError(f"could not claim CA {name}")
-
-    async def adopt(self, token: str, *, limit: int) -> list[CARecord]:
-        """Claim up to ``limit`` CAs nobody (alive) owns, with their records: for pulses, which need an owner."""
-        async with self._tx() as cur:
-            await cur.execute(
-                f"UPDATE ca SET owner = %s, epoch = epoch + 1 WHERE name IN (SELECT name FROM ca WHERE "
-                f"(owner IS NULL OR NOT {_LIVE}) ORDER BY name LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING name",
-                (token, limit),
-            )
-            names = [r[0] for r in await cur.fetchall()]
-            return await _load(cur, names) if names else []
-
-    async def orphans(self) -> int:
-        """How many CAs have no live owner."""
-        async with self._tx() as cur:
-            await cur.execute(f"SELECT count(*) FROM ca WHERE owner IS NULL OR NOT {_LIVE}")
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
-
-    async def owners(self) -> dict[str, int]:
-        """Live node name -> number of CAs it owns (for tools and tests)."""
-        async with self._tx() as cur:
-            await cur.execute(
-                "SELECT n.name, count(ca.name) FROM node n LEFT JOIN ca ON ca.owner = n.token "
-                "WHERE n.expires > now() GROUP BY n.name ORDER BY n.name")
-            return {r[0]: int(r[1]) for r in await cur.fetchall()}
-
 
 async def _schema_version(cur: Any) -> int | None:
     """The schema version of the database, None if it has no ca-bridge schema (reads only)."""
@@ -417,143 +310,12 @@ async def _migrate(cur: Any) -> None:
     await cur.execute("INSERT INTO ca_bridge_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 
 
-class _Transaction:
-    """``async with``: a pooled connection in one transaction, as a cursor; psycopg errors become StoreError.
-
-    When the connection turns out broken (the server restarted, a failover, connections cut), the pool's idle
-    connections are most likely broken too: they are checked before the error is raised, so that the next
-    transaction gets a working connection instead of failing on the next stale one, pool size times in a row.
-    """
-
-    def __init__(self, pool: Any, recheck_timeout: float, atomic: bool = True) -> None:
-        self._pool = pool
-        self._atomic = atomic
-        self._recheck_timeout = recheck_timeout
-        self._conn: Any = None
-        self._conn_cm: Any = None
-        self._tx_cm: Any = None
-
-    async def __aenter__(self) -> Any:
-        try:
-            self._conn_cm = self._pool.connection()
-            self._conn = await self._conn_cm.__aenter__()
-        except Exception as exc:
-            raise StoreError(f"database unavailable: {_reason(exc)}") from None
-        try:
-            if self._atomic:
-                self._tx_cm = self._conn.transaction()
-                await self._tx_cm.__aenter__()
-            return self._conn.cursor()
-        except BaseException as exc:
-            await self._release(exc)
-            if not isinstance(exc, Exception):  # cancellation: never turned into a StoreError
-                raise
-            raise StoreError(f"database unavailable: {_reason(exc)}") from None
-
-    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
-        failure: BaseException | None = exc
-        try:
-            if self._tx_cm is not None:
-                await self._tx_cm.__aexit__(et, exc, tb)  # COMMIT, or ROLLBACK if the body raised
-        except BaseException as commit_exc:
-            failure = commit_exc
-        finally:
-            await self._release(failure)
-        if failure is not None and failure is not exc:
-            raise _store_error(failure) from None
-        if exc is not None and not isinstance(exc, StoreError) and _is_db_error(exc):
-            raise _store_error(exc) from None
-
-    async def _release(self, failure: BaseException | None) -> None:
-        broken = failure is not None and bool(self._conn.broken)
-        try:
-            await self._conn_cm.__aexit__(type(failure) if failure else None, failure, None)
-        except Exception:  # the pool discards a broken connection; never mask the first error
-            log.debug("returning a connection to the pool failed", exc_info=True)
-        if broken and isinstance(failure, Exception):
-            await _recheck(self._pool, self._recheck_timeout)
-
-
-_rechecks: dict[int, asyncio.Task[None]] = {}  # id(pool) -> its running check (one at a time)
-
-
-async def _recheck(pool: Any, timeout: float) -> None:
-    """Check the idle connections of ``pool``, replacing the broken ones; wait for it at most ``timeout``.
-
-    The check goes on in the background if it takes longer (cancelling it midway would lose connections).
-    """
-    task = _rechecks.get(id(pool))
-    if task is None or task.done():
-        task = _rechecks[id(pool)] = asyncio.ensure_future(pool.check())
-        task.add_done_callback(lambda t: _rechecks.pop(id(pool), None) if _rechecks.get(id(pool)) is t else None)
-    try:
-        await asyncio.wait_for(asyncio.shield(task), timeout)
-    except Exception:  # the database is still down, or slow: the next transaction tells
-        log.debug("checking the pool's connections failed", exc_info=True)
-
-
-def _is_db_error(exc: BaseException) -> bool:
-    import psycopg
-
-    # UnicodeEncodeError: a str psycopg cannot send (a lone surrogate) is bad data, as psycopg's DataError is
-    return isinstance(exc, psycopg.Error | OSError | UnicodeEncodeError)
-
-
-def _store_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, StoreError) or not _is_db_error(exc):
-        return exc
-    return StoreError(f"database error: {_reason(exc)}")
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password (in the user part or a ``password=`` parameter), for messages."""
-    head, sep, tail = url.partition("://")
-    if not sep:
-        return url
-    tail = _PASSWORD_PARAM.sub(r"\1***", tail)
-    if "@" in tail:
-        cred, _, host = tail.rpartition("@")
-        user = cred.split(":", 1)[0]
-        return f"{head}{sep}{user}@{host}"
-    return f"{head}{sep}{tail}"
-
-
-_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` without ``url``'s password: libpq quotes a malformed URL, or a part of it, in its messages."""
-    text = text.replace(url, redact_url(url))
-    _, sep, tail = url.partition("://")
-    secrets = [m.group(0).partition("=")[2] for m in _PASSWORD_PARAM.finditer(tail)] if sep else []
-    if sep and "@" in tail:  # the user part ends at the first '@' for libpq, at the last one for redact_url
-        secrets += [part.partition(":")[2] for part in (tail.partition("@")[0], tail.rpartition("@")[0])]
-    for secret in sorted({v for s in secrets for v in (s, unquote(s)) if v}, key=len, reverse=True):
-        # only where libpq shows it: quoted alone, or in a quoted piece of the URL; never inside other words
-        text = re.sub(r'"[^"\n]*?' + re.escape(secret) + r'[^"\n]*"', functools.partial(_hide_quoted, secret), text)
-        if len(secret) >= 6:  # a real password shown unquoted: hide it too, as a whole token (never a word's part)
-            text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])", "***", text)
-    return text
-
-
-def _hide_quoted(secret: str, match: re.Match[str]) -> str:
-    """A double-quoted piece of a libpq message that contains ``secret``: the password alone, or a URL's part."""
-    quoted = match.group(0)
-    if quoted == f'"{secret}"':
-        return '"***"'
-    return re.sub(r"(?<=[:=])" + re.escape(secret) + r"(?=[@&#\s\"]|$)", "***", quoted)
-
-
 def _rid_bytes(rid: str) -> bytes:
     return rid.encode("utf-8", "surrogatepass")
 
 
-async def _load(cur: Any, names: list[str] | None) -> list[CARecord]:
+async def load_records(cur: Any, names: list[str] | None) -> list[CARecord]:
+    """The CAs named (all of them: None), whole, in the cursor's transaction."""
     args: tuple[Any, ...]
     if names is None:
         where, args = "", ()
