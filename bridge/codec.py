@@ -16,7 +16,7 @@ import cbor2
 
 from bridge.errors import CodecError
 
-__all__ = ["CBOR", "JSON", "Codec", "check_subset", "decode", "detect", "dumps", "encode_note", "loads"]
+__all__ = ["CBOR", "JSON", "Codec", "check_subset", "decode", "detect", "dumps", "encode", "loads"]
 
 Codec = Literal["cbor", "json"]
 CBOR: Final = "cbor"
@@ -114,17 +114,3 @@ def check_subset(value: Any, depth: int = 0) -> None:
             check_subset(item, depth + 1)
         return
     raise CodecError(f"{kind.__name__} is not in the wire subset")
-
-
-_NOTE_HEAD: Final = cbor2.dumps("t") + cbor2.dumps("note") + cbor2.dumps("seq")
-_ARGS_KEY: Final = cbor2.dumps("args")
-
-
-def encode_note(seq: int, args_cbor: bytes, codec: Codec) -> bytes:
-    """Encode ``{"t": "note", "seq": seq, "args": args}`` from the stored CBOR of ``args``.
-
-    For CBOR sessions the stored bytes are spliced in, so a notification is never decoded and re-encoded.
-    """
-    if codec == CBOR:
-        return b"\xa3" + _NOTE_HEAD + cbor2.dumps(seq) + _ARGS_KEY + args_cbor
-    return encode({"t": "note", "seq": seq, "args": cbor2.loads(args_cbor)}, codec)

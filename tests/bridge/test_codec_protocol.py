@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bridge import codec
 from bridge.errors import BadRequest, CodecError
-from bridge.protocol import Topics, parse_request, valid_name
+from bridge.protocol import Topics, encode_note, parse_request, valid_name
 
 def tree(floats):
     leaves = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) \
@@ -88,8 +88,8 @@ def test_depth_limit():
 
 def test_note_splice_matches_cbor2_and_json():
     args = [1, "two", {"three": b"\x03"}]
-    assert codec.encode_note(7, cbor2.dumps(args), "cbor") == cbor2.dumps({"t": "note", "seq": 7, "args": args})
-    assert json.loads(codec.encode_note(7, cbor2.dumps(args), "json")) == {
+    assert encode_note(7, cbor2.dumps(args), "cbor") == cbor2.dumps({"t": "note", "seq": 7, "args": args})
+    assert json.loads(encode_note(7, cbor2.dumps(args), "json")) == {
         "t": "note", "seq": 7, "args": [1, "two", {"three": {"$bytes": "Aw=="}}]}
 
 
