@@ -23,6 +23,7 @@ from bridge.protocol import Call, Inbound, Presence, error_body, error_message, 
 __all__ = ["BUSY", "CLOSING", "Admission", "Sink"]
 
 log = logging.getLogger("bridge.runtime")
+ingress_log = logging.getLogger("bridge")  # malformed payloads, as the service logged them
 
 BUSY: Final = error_body("busy", "Busy", "the CA's mailbox is full; retry later")
 RATE_LIMITED: Final = error_body("busy", "RateLimited", "too many calls to this CA; retry later")
@@ -136,4 +137,4 @@ class Admission:
             future.set_result(codec.decode(payload, enc))
         rejected = self.metrics.rejected["BadRequest"]
         if rejected % 1000 == 1:  # rate-limited: hostile traffic must not flood the log
-            log.warning("CA %s: rejected a message: %s (%d rejected so far)", ca, exc, rejected)
+            ingress_log.warning("CA %s: rejected a message: %s (%d rejected so far)", ca, exc, rejected)

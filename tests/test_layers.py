@@ -116,7 +116,8 @@ def test_the_lower_layers_never_import_the_runtime_the_service_or_the_cli():
 def test_the_rules_catch_an_upward_import_and_a_circle(tmp_path):
     root = tmp_path / "bridge"
     (root / "store").mkdir(parents=True)
-    (root / "codec.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bridge.runtime import X\n")
+    (root / "codec.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bridge.runtime import X\n")
     (root / "runtime.py").write_text("from bridge import codec\n")
     (root / "store" / "__init__.py").write_text("def f():\n    from bridge.store.sqlite import S\n")
     (root / "store" / "sqlite.py").write_text("import bridge.store\n")
