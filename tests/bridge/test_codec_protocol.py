@@ -147,3 +147,14 @@ def test_oversized_payload():
 def test_parse_json_request_defaults():
     req = parse_request(b'{"t":"call","id":"r1","method":"m"}', 65536)
     assert (req.kind, req.session, req.codec, req.args) == ("call", "default", "json", [])
+
+
+@pytest.mark.parametrize("wrap", [lambda v: [v], lambda v: {"k": v}])
+@pytest.mark.parametrize("leaf", ["text", 1.5, None, b"x", True, 7])
+def test_nesting_limit_counts_leaves_too(wrap, leaf):
+    value = leaf
+    for _ in range(codec.MAX_DEPTH):
+        value = wrap(value)
+    codec.check_subset(value)  # a leaf at depth MAX_DEPTH is fine ...
+    with pytest.raises(CodecError, match="nesting deeper"):
+        codec.check_subset(wrap(value))  # ... one level deeper is not
