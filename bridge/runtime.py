@@ -86,7 +86,6 @@ class Runtime:
         self.store = store
         self.sink = sink
         self.limits = limits or SessionLimits()
-        self.mailbox_limit = mailbox
         self.pulse = pulse
         self.call_timeout = call_timeout
         self.autocreate = autocreate
@@ -414,7 +413,7 @@ class Runtime:
                 deadline = loop.time()
             now = loop.time()
             for actor in list(self.actors.values()):
-                if actor.durable and not actor.pulse_queued and len(actor.mailbox) < self.mailbox_limit \
+                if actor.durable and not actor.pulse_queued and not self.admission.full(len(actor.mailbox)) \
                         and actor.pulse_at <= now:
                     actor.pulse_queued = True
                     actor.enqueue(PULSE)
