@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 from bridge import codec, faults
 from bridge.app import CA
@@ -200,6 +200,8 @@ class Actor:
                 await self._presence(req)
             case Ack():
                 self._ack(req)
+            case _:
+                assert_never(req)
 
     def _fail_item(self, item: Item) -> None:
         if isinstance(item, tuple):

@@ -3,7 +3,7 @@
 Inbound kinds are classes registered by their ``t`` value (:data:`KINDS`): each one validates its own fields, and
 its class attributes tell admission how to treat it (whether it may create a CA, gets a reply, is rate limited,
 is coalesced). Outbound kinds (reply, note, sync answer, error) are built by the functions at the end. Adding a
-kind = one class here + one handler in bridge.actor.
+kind = one class here (registered with ``@inbound``, added to :data:`Inbound`) + one handler in bridge.actor.
 """
 
 from __future__ import annotations
@@ -164,6 +164,8 @@ def inbound(kind: str) -> Callable[[type[_R]], type[_R]]:
     """Register an inbound class under its wire ``t`` value."""
 
     def register(cls: type[_R]) -> type[_R]:
+        if kind in KINDS:
+            raise ValueError(f"message kind {kind!r} is registered already")
         cls.kind = kind
         KINDS[kind] = cls
         return cls
@@ -262,7 +264,7 @@ class Presence(Request):
         return {"t": self.kind, "session": self.session, "online": self.online}
 
 
-Inbound = Call | Ack | Sync | Presence  # every inbound kind, for exhaustive matching
+Inbound = Call | Ack | Sync | Presence  # every inbound kind: mypy checks that bridge.actor handles each one
 _KIND_NAMES: Final = ", ".join(repr(k) for k in list(KINDS)[:-1]) + f" or {list(KINDS)[-1]!r}"
 
 
