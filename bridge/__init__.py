@@ -4,8 +4,11 @@ Public API::
 
     from bridge import CA, method, AppError
 
-Module map (each one concept; arrows are imports):
-    errors, codec, protocol      pure, no I/O
+Module map (each one concept; arrows are imports; tests/test_layers.py enforces the layers, lowest first: a module
+imports only its own layer or lower ones, never in a circle):
+    errors, codec                pure, no I/O
+    protocol                     topics, names and every message kind: inbound classes registered by their ``t``
+                                 (validation beside each), outbound builders and encoders
     app                          CA base class, @method
     session                      session data and the per-call transactional session view
     store/                       durable storage and cluster ownership, each behind one interface:
@@ -14,18 +17,22 @@ Module map (each one concept; arrows are imports):
       membership                   the Membership protocol (claims, liveness, the commit fence) and Claim
       postgres_membership          Membership on the PostgreSQL store's database and pool
       factory                      open_store(--db) -> Store, membership_for(store): the one place a store is chosen
-    cluster                      several bridges on one shared store: this node's membership policy, routing cache
     metrics                      counters and histograms of the hot path; the Prometheus collector
-    committer                    group commit, release after durability
-    actor                        one CA: mailbox, transactions, presence
-    runtime                      registry, admission, pulses, claims in a cluster
+    cluster                      several bridges on one shared store: this node's membership policy, routing cache
+    committer                    group commit, release after durability (needs only an Owner: name, epoch, invalidate)
+    actor                        one CA: mailbox, transactions, presence; one handler per inbound kind; sees only
+                                 an ActorContext, never the runtime
+    admission, router            whether a request may run and every rejection; where a CA runs in a cluster
+    runtime                      registry of loaded CAs, placing requests on them, pulses, claims in a cluster
+    ingress                      the one way requests come in (any transport): topic -> CA, decode, validate,
+                                 error replies, routing, then the runtime
     mqtt                         the MQTT 3.1.1 link (asyncio; no client library on the hot path)
     broker, amqtt_plugins, auth  the embedded amqtt broker, its device policy, device credentials
     http -> dashboard            a small read-only HTTP server; the web dashboard (dashboard.html)
     logs                         text or JSON logging with CA / session / request context
-    service                      wires runtime + store + MQTT (+ broker, metrics, dashboard)
+    service                      wires store + runtime + ingress + MQTT (+ broker, metrics, dashboard); the sink
     cli, inspect, migrate        command line
-    testing                      Harness for app unit tests
+    testing                      Harness for app unit tests (the same ingress, in memory)
 """
 
 from bridge.app import CA, method

@@ -11,21 +11,23 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final, assert_never
 
 from bridge import codec, faults
 from bridge.app import CA
-from bridge.committer import Pending
+from bridge.committer import Pending, Reject
 from bridge.errors import AppError, CodecError, StoreError
 from bridge.logs import set_context
-from bridge.protocol import DEFAULT_SESSION, Request, error_body, reply_err, reply_ok, sync_answer
-from bridge.session import SessionAPI, SessionData, SessionTxn
+from bridge.metrics import Metrics
+from bridge.protocol import (
+    DEFAULT_SESSION, Ack, Call, Inbound, Presence, Sync, encode_note, error_body, reply_err, reply_ok, sync_answer,
+)
+from bridge.session import SessionAPI, SessionData, SessionLimits, SessionTxn
 from bridge.store import CARecord, Change, SessionWrite
 
-if TYPE_CHECKING:
-    from bridge.runtime import Runtime
-
-__all__ = ["PULSE", "Actor"]
+__all__ = ["PULSE", "RESUME", "Actor", "ActorContext", "Item"]
 
 log = logging.getLogger("bridge.ca")
 
@@ -37,28 +39,47 @@ _EMPTY_STATE: Final = codec.dumps({})
 # paused, say) after its session made more calls, and the calls of sessions collected by the max-sessions rule.
 CA_WINDOW: Final = 8
 
-Item = tuple[Request, "asyncio.Future[Any] | None"] | str
+Item = tuple[Inbound, "asyncio.Future[Any] | None"] | str  # a request and who waits for it; or PULSE, RESUME
+NOT_READY: Final = error_body("internal", "NotReady", "the CA failed to initialize")
+UNAVAILABLE: Final = error_body("unavailable", "Unavailable", "the bridge could not run the call")
+
+
+@dataclass(slots=True, frozen=True)
+class ActorContext:
+    """What a CA needs of the runtime around it, and nothing more (one per runtime, shared by its actors)."""
+
+    app: type[CA]  # the CA class (its method table: ``app.methods``)
+    limits: SessionLimits
+    call_timeout: float  # seconds an async method may run
+    metrics: Metrics
+    commit: Callable[[Pending], None]  # hand effects to the group committer
+    reject: Reject  # answer a request that will not run (the one rejection path, bridge.admission)
+    spawn: Callable[[Coroutine[Any, Any, None], str], None]  # run the actor's worker task
+    # a commit of the actor failed or was refused: reload it from the store (or, in a cluster, reclaim it or hand
+    # its queued requests, the item first, to the new owner); True if reloaded and the item may run
+    reload: Callable[[Actor, Item], Awaitable[bool]]
+    fenced: bool  # in a cluster: even an answer with nothing to write passes the ownership fence
 
 
 class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "last_active", "mailbox",
-        "name", "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent", "rt", "running", "sessions",
-        "stale", "state_blob", "tokens", "tokens_at",
+        "ca", "ctx", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "last_active",
+        "mailbox", "name", "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent", "running",
+        "sessions", "stale", "state_blob", "tokens", "tokens_at",
     )
 
-    def __init__(self, rt: Runtime, name: str, record: CARecord | None) -> None:
-        self.rt = rt
+    def __init__(self, ctx: ActorContext, name: str, record: CARecord | None) -> None:
+        self.ctx = ctx
         self.name = name
-        self.ca: CA = rt.app()
+        self.ca: CA = ctx.app()
         self.ca.name = name
         self.ca.scratch = {}
         self.ca.log = logging.LoggerAdapter(log, {"ca": name})
         self.mailbox: deque[Item] = deque()
         # session -> its presence message waiting in the mailbox (one per session: later ones update it in place)
-        self.presence: dict[str, Request] = {}
+        self.presence: dict[str, Presence] = {}
         self.running = False
         self.pulse_queued = False
         self.pulse_at = 0.0  # no pulse before this loop time (a CA just taken over from another bridge)
@@ -67,7 +88,7 @@ class Actor:
         self.recent: deque[tuple[float, str, str, str, str, float]] = deque(maxlen=20)
         self.epoch = 0
         self.stale = False
-        self.tokens = 0.0  # rate limiting (Runtime.admit): calls this CA may still take, refilled over time
+        self.tokens = 0.0  # rate limiting (bridge.admission): calls this CA may still take, refilled over time
         self.tokens_at = 0.0
         self.reset(record)
 
@@ -96,7 +117,7 @@ class Actor:
                 self.dedup_sessions.setdefault(sid, []).append((pos, rid))
                 self.dedup_recent.append((pos, sid))
                 self.dedup_pos = pos
-            while len(self.dedup_recent) > CA_WINDOW * max(1, self.rt.limits.dedup_window):
+            while len(self.dedup_recent) > CA_WINDOW * max(1, self.ctx.limits.dedup_window):
                 self.dedup_recent.popleft()
         self.ca.state = codec.loads(self.state_blob)
 
@@ -112,7 +133,7 @@ class Actor:
         self.mailbox.append(item)
         if not self.running:
             self.running = True
-            self.rt.spawn(self._drain(), self.name)
+            self.ctx.spawn(self._drain(), self.name)
 
     async def _drain(self) -> None:
         try:
@@ -129,7 +150,7 @@ class Actor:
         finally:
             self.running = False
 
-    def offer_presence(self, req: Request, new_sessions: int) -> bool:
+    def offer_presence(self, req: Presence, new_sessions: int) -> bool:
         """Admit a presence message without taking a mailbox slot: a presence is one bit per session, so one waiting
         message per session is enough, and a later one updates it in place (coalesced). False (dropped) only for a
         session that does not exist yet when ``new_sessions`` messages are waiting already (a flood of new ids)."""
@@ -148,13 +169,12 @@ class Actor:
         if isinstance(item, str):
             set_context(self.name)
         else:
-            set_context(self.name, item[0].session, item[0].id)
-            if self.presence.get(item[0].session) is item[0]:
-                del self.presence[item[0].session]  # from now on, a new presence message waits on its own
+            req = item[0]
+            set_context(self.name, req.session, req.id if type(req) is Call else "")
+            if req.coalesced and self.presence.get(req.session) is req:
+                del self.presence[req.session]  # from now on, a new presence message waits on its own
         if self.stale:
-            if self.rt.cluster is None:
-                self.reset(await self.rt.store.load(self.name))
-            elif not await self.rt.reclaim(self, item):
+            if not await self.ctx.reload(self, item):
                 return  # owned by another bridge now: the item went there
             self.stale = False
         if isinstance(item, str):  # PULSE or RESUME
@@ -164,25 +184,29 @@ class Actor:
                 await self._hook("on_pulse")
             return
         req, future = item
-        if req.kind == "call":
-            if self.durable and (hit := self._dedup_hit(req)) is not None:
-                self.rt.metrics.dedup_hits += 1
-                self._submit(Pending(self, self.epoch, None, [(req.session, hit)], future, hit))
-            elif await self._ready():
-                await self._call(req, future)
-            else:
-                self._reject(req, future, error_body("internal", "NotReady", "the CA failed to initialize"))
-        elif req.kind == "sync":
-            self._sync(req)
-        elif req.kind == "presence":
-            await self._presence(req)
-        else:
-            self._ack(req)
+        match req:  # one handler per inbound kind (bridge.protocol.KINDS)
+            case Call():
+                if self.durable and (hit := self._dedup_hit(req)) is not None:
+                    self.ctx.metrics.dedup_hits += 1
+                    self.ctx.commit(Pending(owner=self, epoch=self.epoch, change=None, sends=[(req.session, hit)],
+                                            future=future, outcome=hit))
+                elif await self._ready():
+                    await self._call(req, future)
+                else:
+                    self.ctx.reject(self.name, req, future, NOT_READY)
+            case Sync():
+                self._sync(req)
+            case Presence():
+                await self._presence(req)
+            case Ack():
+                self._ack(req)
+            case _:
+                assert_never(req)
 
     def _fail_item(self, item: Item) -> None:
         if isinstance(item, tuple):
             req, future = item
-            self._reject(req, future, error_body("unavailable", "Unavailable", "the bridge could not run the call"))
+            self.ctx.reject(self.name, req, future, UNAVAILABLE)
 
     async def _ready(self) -> bool:
         """Run on_init (new CA) or on_resume (loaded CA) once before anything else."""
@@ -194,7 +218,7 @@ class Actor:
 
     def _begin(self, sid: str, session_codec: codec.Codec | None = None) -> SessionTxn:
         """Start a call in session ``sid``; a device's call creates its session (a hook's does not)."""
-        txn = SessionTxn(self.sessions, sid, self.rt.limits)
+        txn = SessionTxn(self.sessions, sid, self.ctx.limits)
         if session_codec is not None:
             current = txn.peek(sid)
             if current is None or current.codec != session_codec:
@@ -208,7 +232,7 @@ class Actor:
     async def _run(self, fn: Any, args: Any) -> Any:
         result = fn(*args)
         if inspect.isawaitable(result):
-            async with asyncio.timeout(self.rt.call_timeout):
+            async with asyncio.timeout(self.ctx.call_timeout):
                 result = await result
         return result
 
@@ -224,12 +248,12 @@ class Actor:
             return False
         change, sends = self._apply(txn, blob)
         if not change.empty() or sends:
-            self._submit(Pending(self, epoch, change, sends, notes=len(sends)))
+            self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=len(sends)))
         return True
 
-    async def _call(self, req: Request, future: asyncio.Future[Any] | None) -> None:
+    async def _call(self, req: Call, future: asyncio.Future[Any] | None) -> None:
         epoch = self.epoch
-        spec = self.rt.app.methods[req.method]
+        spec = self.ctx.app.methods[req.method]
         txn = self._begin(req.session, req.codec)
         error: BaseException | None = None
         try:
@@ -242,7 +266,7 @@ class Actor:
             error, reply = exc, reply_err(req.id, error_body("app", exc.name, exc.message, exc.data))
         except TimeoutError as exc:
             log.error("CA %s: %s (request %s) ran past %ss; rolled back", self.name, req.method, req.id,
-                      self.rt.call_timeout)
+                      self.ctx.call_timeout)
             error, reply = exc, reply_err(req.id, error_body("internal", "Timeout", "the method ran past its deadline"))
         except CodecError as exc:
             error, reply = exc, reply_err(req.id, error_body("internal", "NotSerializable", str(exc)))
@@ -264,38 +288,37 @@ class Actor:
         sends.insert(0, (req.session, payload))
         outcome = error if isinstance(error, AppError) else payload
         result = "ok" if error is None else "app" if isinstance(error, AppError) else "internal"
-        self._submit(Pending(self, epoch, change, sends, future, outcome, lambda: self._unavailable(req, future),
-                             lambda: self.rt.submit(self.name, req, future), req.method, result, req.at, notes,
-                             req.session, req.id))
+        self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=notes, future=future,
+                                outcome=outcome, request=req, result=result))
 
-    def _ack(self, req: Request) -> None:
-        txn = SessionTxn(self.sessions, req.session, self.rt.limits)
+    def _ack(self, req: Ack) -> None:
+        txn = SessionTxn(self.sessions, req.session, self.ctx.limits)
         txn.ack(req.session, req.seq)
         before = self.sessions.get(req.session)
         queued = len(before.queue) if before is not None else 0
         change, _ = self._apply(txn, self.state_blob, initialized=False)
         after = self.sessions.get(req.session)
-        self.rt.metrics.notes_acked += max(0, queued - (len(after.queue) if after is not None else 0))
+        self.ctx.metrics.notes_acked += max(0, queued - (len(after.queue) if after is not None else 0))
         if not change.empty():
             faults.hit("in_ack")
-            self._submit(Pending(self, self.epoch, change))
+            self.ctx.commit(Pending(owner=self, epoch=self.epoch, change=change))
 
-    def _sync(self, req: Request) -> None:
+    def _sync(self, req: Sync) -> None:
         txn = self._begin(req.session, req.codec)
         txn.ack(req.session, req.seq)
         change, _ = self._apply(txn, self.state_blob, initialized=False)
         data = self.sessions[req.session]
         sends = [(req.session, codec.encode(sync_answer(data.first_seq, data.next_seq), data.codec))]
         sends.extend(
-            (req.session, codec.encode_note(seq, args, data.codec)) for seq, args in data.queue if seq > req.seq
+            (req.session, encode_note(seq, args, data.codec)) for seq, args in data.queue if seq > req.seq
         )
         # with nothing to write, a cluster still sends an empty change through the ownership fence: the answer
         # must come from the CA's owner (a stale copy's first/next would make the device rewind)
-        fenced = change if not change.empty() else change if self.rt.cluster is not None else None
-        self._submit(Pending(self, self.epoch, fenced, sends, retry=lambda: self.rt.submit(self.name, req),
-                             notes=len(sends) - 1))
+        fenced = change if not change.empty() or self.ctx.fenced else None
+        self.ctx.commit(Pending(owner=self, epoch=self.epoch, change=fenced, sends=sends, notes=len(sends) - 1,
+                                request=req))
 
-    async def _presence(self, req: Request) -> None:
+    async def _presence(self, req: Presence) -> None:
         """Record a session's presence; on a change, run on_presence in the same transaction. A failing hook is
         rolled back, but the presence change still commits."""
         ready = await self._ready()
@@ -305,7 +328,7 @@ class Actor:
         txn = self._presence_txn(req, changed)
         blob = self.state_blob
         if changed:
-            self.rt.metrics.presence_changes += 1
+            self.ctx.metrics.presence_changes += 1
         if changed and ready:
             try:
                 await self._run(self.ca.on_presence, (req.session, req.online))
@@ -317,9 +340,9 @@ class Actor:
                 blob = self.state_blob
         change, sends = self._apply(txn, blob, initialized=ready)
         if not change.empty() or sends:
-            self._submit(Pending(self, epoch, change, sends, notes=len(sends)))
+            self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=len(sends)))
 
-    def _presence_txn(self, req: Request, changed: bool) -> SessionTxn:
+    def _presence_txn(self, req: Presence, changed: bool) -> SessionTxn:
         """A transaction in ``req.session`` (created if new, like a call's) that already holds the new presence."""
         txn = self._begin(req.session, req.codec)
         data = txn.write(req.session)
@@ -360,7 +383,7 @@ class Actor:
                 if data.first_seq > old.first_seq:
                     write.note_floor = data.first_seq
             write.notes = list(new_notes)
-            sends.extend((sid, codec.encode_note(seq, args, data.codec)) for seq, args in new_notes)
+            sends.extend((sid, encode_note(seq, args, data.codec)) for seq, args in new_notes)
             self.sessions[sid] = data
             if write.meta is not None or write.notes or write.note_floor or write.purge:
                 change.sessions[sid] = write
@@ -379,7 +402,7 @@ class Actor:
         change.dedup.append((pos, sid, rid, payload))
         self.dedup_sessions.setdefault(sid, []).append((pos, rid))
         self.dedup_recent.append((pos, sid))
-        full = len(self.dedup_recent) > CA_WINDOW * max(1, self.rt.limits.dedup_window)
+        full = len(self.dedup_recent) > CA_WINDOW * max(1, self.ctx.limits.dedup_window)
         left = self.dedup_recent.popleft()[1] if full else sid  # no longer among the CA's last records
         self._trim(sid, change)
         if left != sid:
@@ -391,7 +414,7 @@ class Actor:
         if not kept:
             return
         floor = self.dedup_recent[0][0] if self.dedup_recent else self.dedup_pos + 1  # below: outside the CA window
-        window = max(1, self.rt.limits.dedup_window)
+        window = max(1, self.ctx.limits.dedup_window)
         if sid in self.sessions:
             floor = min(floor, kept[-window][0] if len(kept) >= window else 0)
         drop = 0
@@ -411,17 +434,6 @@ class Actor:
             if self.dedup.get((sid, rid), (0, b""))[0] == pos:  # not an older record of an id that ran again
                 del self.dedup[(sid, rid)]
 
-    def _dedup_hit(self, req: Request) -> bytes | None:
+    def _dedup_hit(self, req: Call) -> bytes | None:
         hit = self.dedup.get((req.session, req.id))
         return None if hit is None else hit[1]
-
-    # -- replies outside a transaction --------------------------------------------------------------------------
-
-    def _submit(self, pending: Pending) -> None:
-        self.rt.committer.submit(pending)
-
-    def _reject(self, req: Request, future: asyncio.Future[Any] | None, err: dict[str, Any]) -> None:
-        self.rt.reply_now(self.name, req, future, err)
-
-    def _unavailable(self, req: Request, future: asyncio.Future[Any] | None) -> None:
-        self._reject(req, future, error_body("unavailable", "Unavailable", "the call could not be made durable; retry"))

@@ -16,7 +16,7 @@ import cbor2
 
 from bridge.errors import CodecError
 
-__all__ = ["CBOR", "JSON", "Codec", "check_subset", "decode", "detect", "dumps", "encode_note", "loads"]
+__all__ = ["CBOR", "JSON", "Codec", "check_subset", "decode", "detect", "dumps", "encode", "loads"]
 
 Codec = Literal["cbor", "json"]
 CBOR: Final = "cbor"
@@ -93,6 +93,9 @@ def decode(payload: bytes, codec: Codec) -> Any:
     return value
 
 
+_LEAVES: Final = frozenset({str, float, bool, bytes, type(None)})  # in the subset whatever their value
+
+
 def check_subset(value: Any, depth: int = 0) -> None:
     """Raise CodecError unless ``value`` is inside the wire subset and at most MAX_DEPTH deep."""
     if depth > MAX_DEPTH:
@@ -104,27 +107,18 @@ def check_subset(value: Any, depth: int = 0) -> None:
         if not _INT_MIN <= value <= _INT_MAX:
             raise CodecError(f"integer beyond {INT_BITS} bits")
         return
+    if (kind is list or kind is tuple or kind is dict) and value and depth >= MAX_DEPTH:
+        raise CodecError(f"nesting deeper than {MAX_DEPTH}")  # its items are one level deeper
     if kind is list or kind is tuple:  # tuples go out as arrays
         for item in value:
-            check_subset(item, depth + 1)
+            if type(item) not in _LEAVES:  # text, floats, ...: nothing to look into (the common case, inlined)
+                check_subset(item, depth + 1)
         return
     if kind is dict:
         for key, item in value.items():
-            check_subset(key, depth + 1)
-            check_subset(item, depth + 1)
+            if type(key) not in _LEAVES:
+                check_subset(key, depth + 1)
+            if type(item) not in _LEAVES:
+                check_subset(item, depth + 1)
         return
     raise CodecError(f"{kind.__name__} is not in the wire subset")
-
-
-_NOTE_HEAD: Final = cbor2.dumps("t") + cbor2.dumps("note") + cbor2.dumps("seq")
-_ARGS_KEY: Final = cbor2.dumps("args")
-
-
-def encode_note(seq: int, args_cbor: bytes, codec: Codec) -> bytes:
-    """Encode ``{"t": "note", "seq": seq, "args": args}`` from the stored CBOR of ``args``.
-
-    For CBOR sessions the stored bytes are spliced in, so a notification is never decoded and re-encoded.
-    """
-    if codec == CBOR:
-        return b"\xa3" + _NOTE_HEAD + cbor2.dumps(seq) + _ARGS_KEY + args_cbor
-    return encode({"t": "note", "seq": seq, "args": cbor2.loads(args_cbor)}, codec)

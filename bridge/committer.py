@@ -12,40 +12,53 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, Protocol
 
 from bridge import faults
 from bridge.metrics import Metrics
+from bridge.protocol import Inbound, error_body
 from bridge.store import Change, Store
 
-if TYPE_CHECKING:
-    from bridge.actor import Actor
-
-__all__ = ["Committer", "Pending"]
+__all__ = ["UNDURABLE", "Committer", "Owner", "Pending", "Reject", "Retry"]
 
 log = logging.getLogger("bridge.commit")
 
+UNDURABLE: Final = error_body("unavailable", "Unavailable", "the call could not be made durable; retry")
 
-@dataclass(slots=True, eq=False)
+Retry = Callable[[str, Inbound, "asyncio.Future[Any] | None"], None]  # submit a request again: (CA, request, future)
+Reject = Callable[[str, Inbound, "asyncio.Future[Any] | None", dict[str, Any]], None]  # answer a request that fails
+
+
+class Owner(Protocol):
+    """What the committer needs of the CA a :class:`Pending` belongs to (bridge.actor.Actor)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def epoch(self) -> int:
+        """Bumped whenever the CA's in-memory copy is thrown away: effects built in an older epoch are stale."""
+
+    def invalidate(self) -> None:
+        """A commit of this CA failed or was refused: reload it before its next item."""
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
 class Pending:
-    """One call's effects waiting for durability: the store change, then what to publish and whom to tell."""
+    """One item's effects waiting for durability: the store change, then what to publish and whom to tell."""
 
-    actor: Actor
-    epoch: int
-    change: Change | None
-    sends: list[tuple[str, bytes]] = field(default_factory=list)
-    future: asyncio.Future[Any] | None = None
-    outcome: bytes | BaseException | None = None  # for ``future``: the reply payload, or the AppError raised
-    on_fail: Callable[[], None] | None = None  # what to tell the caller if this is never committed
-    # run the request again from the start: its effects were built on a copy of the CA that turned out stale (a
-    # failed earlier commit, or, in a cluster, a CA another bridge owns now), so it never ran as far as anyone knows
-    retry: Callable[[], None] | None = None
-    method: str = ""  # a call's method, for the metrics ("" for hooks, acks, syncs)
-    result: str = ""  # a call's outcome: ok, app or internal
-    at: float = 0.0  # a call's admission time (time.monotonic)
+    owner: Owner
+    epoch: int  # the owner's epoch when the effects were built
+    change: Change | None  # None: nothing to write (a dedup hit, an answer with nothing to fence)
+    sends: list[tuple[str, bytes]] = field(default_factory=list)  # (session, payload), in order
     notes: int = 0  # notifications among ``sends``
-    session: str = ""  # a call's session and request id (the dashboard's recent calls)
-    request: str = ""
+    future: asyncio.Future[Any] | None = None  # told ``outcome`` once delivered (the Harness)
+    outcome: bytes | BaseException | None = None  # the reply payload, or the AppError raised
+    # the request to run again from the start if its effects were built on a copy of the CA that turned out stale
+    # (a failed earlier commit, or, in a cluster, a CA another bridge owns now): it never ran as far as anyone
+    # knows. If it is never committed, it is answered through the one rejection path (bridge.admission).
+    request: Inbound | None = None
+    result: str = ""  # a call's outcome for the metrics: ok, app or internal ("" for anything that is no call)
 
 
 class Committer:
@@ -56,11 +69,15 @@ class Committer:
         store: Store,
         deliver: Callable[[Pending], None],
         *,
+        retry: Retry,
+        reject: Reject,
         max_batch: int = 4096,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._deliver = deliver
+        self._resubmit = retry
+        self._reject = reject
         self._max_batch = max_batch
         self._metrics = metrics or Metrics()
         self._queue: list[Pending] = []
@@ -93,7 +110,7 @@ class Committer:
     async def _commit(self, batch: list[Pending]) -> None:
         live = []
         for pending in batch:
-            if pending.epoch == pending.actor.epoch:
+            if pending.epoch == pending.owner.epoch:
                 live.append(pending)
             else:
                 self._retry(pending)  # built on state a failed commit threw away
@@ -106,7 +123,7 @@ class Committer:
                 self._metrics.commit_failures += 1
                 log.exception("commit of %d calls failed; their CAs reload from the store", len(changes))
                 for pending in live:
-                    pending.actor.invalidate()
+                    pending.owner.invalidate()
                     self._fail(pending)
                 return
             self._metrics.commit_seconds.observe(time.perf_counter() - started)
@@ -115,24 +132,20 @@ class Committer:
         else:
             refused = frozenset()
         for pending in live:
-            if refused and pending.actor.name in refused:  # another bridge owns this CA now (bridge.cluster)
-                pending.actor.invalidate()
+            if refused and pending.owner.name in refused:  # another bridge owns this CA now (bridge.cluster)
+                pending.owner.invalidate()
                 self._retry(pending)
                 continue
             try:
                 self._deliver(pending)
             except Exception:  # a delivery bug must never stop the commit loop
-                log.exception("delivering the effects of CA %s failed", pending.actor.name)
+                log.exception("delivering the effects of CA %s failed", pending.owner.name)
         faults.hit("after_publish")
 
-    @staticmethod
-    def _fail(pending: Pending) -> None:
-        if pending.on_fail is not None:
-            pending.on_fail()
+    def _fail(self, pending: Pending) -> None:
+        if pending.request is not None:
+            self._reject(pending.owner.name, pending.request, pending.future, UNDURABLE)
 
-    @classmethod
-    def _retry(cls, pending: Pending) -> None:
-        if pending.retry is not None:
-            pending.retry()
-        else:
-            cls._fail(pending)
+    def _retry(self, pending: Pending) -> None:
+        if pending.request is not None:
+            self._resubmit(pending.owner.name, pending.request, pending.future)

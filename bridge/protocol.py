@@ -1,21 +1,36 @@
-"""Topics, names and message shapes of the wire protocol (docs/PROTOCOL.md). Pure: no I/O."""
+"""Topics, names and every message kind of the wire protocol (docs/PROTOCOL.md). Pure: no I/O.
+
+Inbound kinds are classes registered by their ``t`` value (:data:`KINDS`): each one validates its own fields, and
+its class attributes tell admission how to treat it (whether it may create a CA, gets a reply, is rate limited,
+is coalesced). Outbound kinds (reply, note, sync answer, error) are built by the functions at the end. Adding a
+kind = one class here (registered with ``@inbound``, added to :data:`Inbound`) + one handler in bridge.actor.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, Literal, TypeVar, cast
 
-from bridge.codec import Codec, decode, detect
+from bridge.codec import CBOR, Codec, decode, detect, dumps, encode, loads
 from bridge.errors import BadRequest
 
 __all__ = [
     "DEFAULT_SESSION",
+    "KINDS",
+    "Ack",
+    "Call",
     "ErrorKind",
+    "Inbound",
+    "Presence",
     "Request",
+    "Sync",
     "Topics",
     "check_name",
+    "encode_note",
     "error_body",
+    "error_message",
     "parse_request",
     "reply_err",
     "reply_ok",
@@ -36,8 +51,8 @@ def _encodable(text: str) -> bool:
         return False
     return True
 
+
 ErrorKind = Literal["app", "internal", "bad_request", "busy", "unavailable", "not_found"]
-Kind = Literal["call", "ack", "sync", "presence"]
 
 
 def valid_name(name: object) -> bool:
@@ -106,20 +121,56 @@ class Topics:
         return name if valid_name(name) else None
 
 
+# -- inbound kinds --------------------------------------------------------------------------------------------
+
+_R = TypeVar("_R", bound="Request")
+
+
 @dataclass(slots=True)
 class Request:
-    """One decoded device message: a call, an ack, a sync or a presence announcement."""
+    """The base of every inbound message kind: the session it belongs to, its encoding, the payload as received
+    (a bridge in a cluster forwards it unchanged) and its admission time (time.monotonic, for the latency
+    metrics). A subclass is one kind; its class attributes tell admission (bridge.admission) how to treat it."""
 
-    kind: Kind
+    kind: ClassVar[str] = ""  # the wire ``t`` value
+    creates: ClassVar[bool] = False  # may create its CA (with autocreate on)
+    replied: ClassVar[bool] = False  # answered with a reply (so a rejection is answered too)
+    limited: ClassVar[bool] = False  # counts against the CA's rate limit
+    coalesced: ClassVar[bool] = False  # takes no mailbox slot: one waiting message per session, updated in place
+
     session: str
     codec: Codec
-    id: str = ""
-    method: str = ""
-    args: list[Any] | tuple[Any, ...] = ()
-    seq: int = 0
-    online: bool = False  # presence: the session's device came online (True) or went offline
-    raw: bytes = b""  # the payload as received (a bridge in a cluster forwards it unchanged)
-    at: float = 0.0  # admission time (time.monotonic), for the latency metrics
+    raw: bytes = field(default=b"", kw_only=True)
+    at: float = field(default=0.0, kw_only=True)
+
+    @classmethod
+    def parse(cls, msg: dict[str, Any], session: str, codec: Codec) -> Request:
+        """Validate the kind's own fields of a decoded message. Raises BadRequest."""
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """The message on the wire, in its codec (the inverse of :func:`parse_request`)."""
+        return encode(self.wire(), self.codec)
+
+    def wire(self) -> dict[str, Any]:
+        """The message as the map a device sends."""
+        raise NotImplementedError
+
+
+KINDS: Final[dict[str, type[Request]]] = {}  # wire ``t`` -> inbound class
+
+
+def inbound(kind: str) -> Callable[[type[_R]], type[_R]]:
+    """Register an inbound class under its wire ``t`` value."""
+
+    def register(cls: type[_R]) -> type[_R]:
+        if kind in KINDS:
+            raise ValueError(f"message kind {kind!r} is registered already")
+        cls.kind = kind
+        KINDS[kind] = cls
+        return cls
+
+    return register
 
 
 def _field(msg: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -129,7 +180,95 @@ def _field(msg: dict[str, Any], key: str, kind: type, default: Any = None) -> An
     return value
 
 
-def parse_request(payload: bytes, max_payload: int) -> Request:
+def _seq(msg: dict[str, Any]) -> int:
+    seq: int = _field(msg, "seq", int)
+    if not 0 <= seq <= MAX_SEQ:
+        raise BadRequest(f"field 'seq' must be between 0 and {MAX_SEQ}")
+    return seq
+
+
+@inbound("call")
+@dataclass(slots=True)
+class Call(Request):
+    """Run ``method(*args)``; answered with a reply carrying ``id``."""
+
+    creates: ClassVar[bool] = True
+    replied: ClassVar[bool] = True
+    limited: ClassVar[bool] = True
+
+    id: str
+    method: str
+    args: list[Any] | tuple[Any, ...] = ()
+
+    @classmethod
+    def parse(cls, msg: dict[str, Any], session: str, codec: Codec) -> Call:
+        rid = _field(msg, "id", str)
+        if not 0 < len(rid) <= MAX_ID_LEN:
+            raise BadRequest(f"field 'id' must have 1 to {MAX_ID_LEN} characters")
+        if "\x00" in rid or not _encodable(rid):
+            raise BadRequest("field 'id' must be text without NUL or unpaired surrogates")
+        return cls(session, codec, rid, _field(msg, "method", str), _field(msg, "args", list, []))
+
+    def wire(self) -> dict[str, Any]:
+        return {"t": self.kind, "session": self.session, "id": self.id, "method": self.method, "args": self.args}
+
+
+@inbound("ack")
+@dataclass(slots=True)
+class Ack(Request):
+    """The session's device holds every notification up to ``seq``."""
+
+    seq: int
+
+    @classmethod
+    def parse(cls, msg: dict[str, Any], session: str, codec: Codec) -> Ack:
+        return cls(session, codec, _seq(msg))
+
+    def wire(self) -> dict[str, Any]:
+        return {"t": self.kind, "session": self.session, "seq": self.seq}
+
+
+@inbound("sync")
+@dataclass(slots=True)
+class Sync(Request):
+    """Acknowledge up to ``seq`` and ask for the session's window and the notifications after ``seq``."""
+
+    seq: int
+
+    @classmethod
+    def parse(cls, msg: dict[str, Any], session: str, codec: Codec) -> Sync:
+        return cls(session, codec, _seq(msg))
+
+    def wire(self) -> dict[str, Any]:
+        return {"t": self.kind, "session": self.session, "seq": self.seq}
+
+    def missing_answer(self) -> bytes:
+        """The answer for a CA that does not exist: nothing was ever queued."""
+        return encode(sync_answer(1, 1), self.codec)
+
+
+@inbound("presence")
+@dataclass(slots=True)
+class Presence(Request):
+    """The session's device came online (True) or went offline."""
+
+    coalesced: ClassVar[bool] = True
+
+    online: bool
+
+    @classmethod
+    def parse(cls, msg: dict[str, Any], session: str, codec: Codec) -> Presence:
+        return cls(session, codec, _field(msg, "online", bool))
+
+    def wire(self) -> dict[str, Any]:
+        return {"t": self.kind, "session": self.session, "online": self.online}
+
+
+Inbound = Call | Ack | Sync | Presence  # every inbound kind: mypy checks that bridge.actor handles each one
+_KIND_NAMES: Final = ", ".join(repr(k) for k in list(KINDS)[:-1]) + f" or {list(KINDS)[-1]!r}"
+
+
+def parse_request(payload: bytes, max_payload: int) -> Inbound:
     """Decode and validate one inbound payload. Raises BadRequest (or its CodecError sibling); nothing else.
 
     A BadRequest raised after decoding carries ``session`` and ``request_id`` when the payload named valid ones,
@@ -142,7 +281,11 @@ def parse_request(payload: bytes, max_payload: int) -> Request:
     if type(msg) is not dict:
         raise BadRequest("message must be a map")
     try:
-        req = _validate(msg, codec)
+        session = check_name(msg.get("session", DEFAULT_SESSION), "session id")
+        cls = KINDS.get(msg.get("t"))  # type: ignore[arg-type]
+        if cls is None:
+            raise BadRequest(f"field 't' must be {_KIND_NAMES}")
+        req = cast(Inbound, cls.parse(msg, session, codec))
     except BadRequest as exc:
         session = msg.get("session", DEFAULT_SESSION)
         rid = msg.get("id")
@@ -154,30 +297,11 @@ def parse_request(payload: bytes, max_payload: int) -> Request:
     return req
 
 
-def _validate(msg: dict[str, Any], codec: Codec) -> Request:
-    session = check_name(msg.get("session", DEFAULT_SESSION), "session id")
-    kind = msg.get("t")
-    if kind == "call":
-        rid = _field(msg, "id", str)
-        if not 0 < len(rid) <= MAX_ID_LEN:
-            raise BadRequest(f"field 'id' must have 1 to {MAX_ID_LEN} characters")
-        if "\x00" in rid or not _encodable(rid):
-            raise BadRequest("field 'id' must be text without NUL or unpaired surrogates")
-        method = _field(msg, "method", str)
-        args = _field(msg, "args", list, [])
-        return Request("call", session, codec, rid, method, args)
-    if kind in ("ack", "sync"):
-        seq = _field(msg, "seq", int)
-        if not 0 <= seq <= MAX_SEQ:
-            raise BadRequest(f"field 'seq' must be between 0 and {MAX_SEQ}")
-        return Request(kind, session, codec, seq=seq)
-    if kind == "presence":
-        return Request("presence", session, codec, online=_field(msg, "online", bool))
-    raise BadRequest("field 't' must be 'call', 'ack', 'sync' or 'presence'")
+# -- outbound kinds -----------------------------------------------------------------------------------------
 
 
 def error_body(kind: ErrorKind, name: str, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``err`` member of a reply."""
+    """The ``err`` member of a reply or an error message."""
     return {"kind": kind, "name": name, "message": message, "data": data or {}}
 
 
@@ -191,6 +315,25 @@ def reply_err(rid: str, err: dict[str, Any]) -> dict[str, Any]:
     return {"t": "reply", "id": rid, "err": err}
 
 
+def error_message(err: dict[str, Any]) -> dict[str, Any]:
+    """A rejection that names no usable session (sent on the CA's errors topic)."""
+    return {"t": "error", "err": err}
+
+
 def sync_answer(first: int, next_seq: int) -> dict[str, Any]:
     """The answer to a sync request, sent before the resent notifications."""
     return {"t": "sync", "first": first, "next": next_seq}
+
+
+_NOTE_HEAD: Final = dumps("t") + dumps("note") + dumps("seq")
+_ARGS_KEY: Final = dumps("args")
+
+
+def encode_note(seq: int, args_cbor: bytes, codec: Codec) -> bytes:
+    """Encode the notification ``{"t": "note", "seq": seq, "args": args}`` from the stored CBOR of ``args``.
+
+    For CBOR sessions the stored bytes are spliced in, so a notification is never decoded and re-encoded.
+    """
+    if codec == CBOR:
+        return b"\xa3" + _NOTE_HEAD + dumps(seq) + _ARGS_KEY + args_cbor
+    return encode({"t": "note", "seq": seq, "args": loads(args_cbor)}, codec)

@@ -1,7 +1,8 @@
-"""The CA runtime: the registry of loaded CAs, request admission, pulses and the group committer.
+"""The CA runtime: the registry of loaded CAs, placing requests on them, pulses and the group committer.
 
-It knows nothing about MQTT: requests come in through :meth:`Runtime.submit`, and everything that must reach a
-device goes out through a :class:`Sink` once it is durable. The service wires it to MQTT; the Harness to futures.
+It knows nothing about MQTT: decoded requests come in through :meth:`Runtime.submit` (from bridge.ingress), and
+everything that must reach a device goes out through a :class:`Sink` once it is durable. Admission (whether a
+request may run, and every rejection) is bridge.admission; where a CA runs in a cluster is bridge.router.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import logging
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from bridge import codec
-from bridge.actor import PULSE, RESUME, Actor
+from bridge.actor import PULSE, RESUME, Actor, ActorContext, Item
+from bridge.admission import BUSY, Admission, Sink
 from bridge.app import CA
-from bridge.errors import AppError, ConfigError
 from bridge.committer import Committer, Pending
+from bridge.errors import AppError, ConfigError
 from bridge.metrics import Metrics
-from bridge.protocol import Request, error_body, reply_err, sync_answer
+from bridge.protocol import Call, Inbound, Sync, error_body
+from bridge.router import MAX_HOPS, Router
 from bridge.session import SessionLimits
 from bridge.store import CARecord, Store
 
@@ -29,9 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_HOPS", "Runtime", "Sink", "app_identity"]
 
-MAX_HOPS = 2  # a request is passed on between the bridges of a cluster at most this many times
-
 log = logging.getLogger("bridge.runtime")
+
+NO_SUCH_CA: Final = error_body("not_found", "NoSuchCA", "no such CA")
+STORE_DOWN: Final = error_body("unavailable", "Unavailable", "the store is unavailable")
+MOVED: Final = error_body("unavailable", "Moved", "the CA moved; retry")
 
 
 def app_identity(app: type[CA]) -> str:
@@ -43,28 +48,6 @@ def app_identity(app: type[CA]) -> str:
     except (TypeError, OSError):  # a class without a source file
         stem = app.__module__.rpartition(".")[2]
     return f"{stem}:{app.__qualname__}"
-
-
-def _where(store: Store) -> str:
-    from bridge.store import redact_url
-    from bridge.store.postgres import PostgresStore
-    from bridge.store.sqlite import SQLiteStore
-
-    if isinstance(store, SQLiteStore):
-        return str(store.path)
-    if isinstance(store, PostgresStore):
-        return redact_url(store.url)
-    return "the store"
-
-
-class Sink(Protocol):
-    """Where durable replies and notifications go."""
-
-    def send(self, ca: str, session: str, payload: bytes) -> None:
-        """Deliver one encoded message to a session (must not block)."""
-
-    def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
-        """Hand a raw request to the bridge that owns its CA (clusters only; must not block)."""
 
 
 class Runtime:
@@ -92,26 +75,41 @@ class Runtime:
         self.store = store
         self.sink = sink
         self.limits = limits or SessionLimits()
-        self.mailbox_limit = mailbox
         self.pulse = pulse
         self.call_timeout = call_timeout
         self.autocreate = autocreate
-        self.rate = rate  # calls per second per CA; 0: unlimited
-        self.burst = max(burst, 1) if rate else 0
-        self.cluster = cluster
-        self._lookups: dict[str, list[tuple[Request, asyncio.Future[Any] | None, int]]] = {}
+        self._lookups: dict[str, list[tuple[Inbound, asyncio.Future[Any] | None, int]]] = {}
         self._unknown: dict[str, float] = {}  # recent store misses, so hostile names cost one lookup a while
         self.actors: dict[str, Actor] = {}
         self.metrics = metrics if metrics is not None else Metrics()  # the process owner's, handed down
-        self.committer = Committer(store, self._deliver, metrics=self.metrics)
-        self.closing = False
+        self.admission = Admission(app, sink, self.metrics, mailbox=mailbox, rate=rate, burst=burst)
+        self.router = Router(cluster, sink, self.actors)
+        self.committer = Committer(store, self._deliver, retry=self.submit, reject=self.admission.reject,
+                                   metrics=self.metrics)
+        self.context = ActorContext(
+            app=app, limits=self.limits, call_timeout=call_timeout, metrics=self.metrics, commit=self.committer.submit,
+            reject=self.admission.reject, spawn=self.spawn, reload=self._reload, fenced=cluster is not None)
         self._bound = False  # bind_app done
-        self.presence_dropped = 0  # presence messages for new sessions beyond the bound (Actor.offer_presence)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy_workers = 0
         self._workers_idle = asyncio.Event()
         self._workers_idle.set()
         self._service: list[asyncio.Task[Any]] = []
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """This bridge's cluster membership (None: a bridge of its own)."""
+        return self.router.cluster
+
+    @property
+    def closing(self) -> bool:
+        """Shutting down: nothing new is admitted."""
+        return self.admission.closing
+
+    @property
+    def presence_dropped(self) -> int:
+        """Presence messages for new sessions dropped beyond the bound (bridge.admission)."""
+        return self.admission.presence_dropped
 
     async def bind_app(self) -> None:
         """Check that the (open) store belongs to this app, recording it as the owner of a store that has none;
@@ -122,8 +120,8 @@ class Runtime:
         identity = app_identity(self.app)
         owner = await self.store.bind_app(identity)
         if owner is not None:
-            raise ConfigError(f"{_where(self.store)} is the store of app {owner}, not {identity}: give {identity} its "
-                              f"own store with --db")
+            raise ConfigError(f"{self.store.describe()} is the store of app {owner}, not {identity}: "
+                              f"give {identity} its own store with --db")
         self._bound = True
 
     async def __aenter__(self) -> Runtime:
@@ -147,7 +145,7 @@ class Runtime:
 
     async def aclose(self, drain_timeout: float = 5.0) -> None:
         """Stop admitting work, let the mailboxes and the committer drain (bounded), then cancel everything."""
-        self.closing = True
+        self.admission.closing = True
         try:
             async with asyncio.timeout(drain_timeout):
                 await self.wait_idle()
@@ -163,7 +161,7 @@ class Runtime:
                 await self.cluster.leave()
             except Exception as exc:  # the membership expires by itself
                 log.warning("could not release this bridge's CAs (they are taken over after the TTL): %s", exc)
-            self.cluster = None
+            self.router.cluster = None
 
     async def wait_idle(self) -> None:
         """Return once every mailbox is empty and everything submitted is committed and delivered."""
@@ -173,82 +171,48 @@ class Runtime:
             if self._workers_idle.is_set():
                 return
 
-    # -- admission -------------------------------------------------------------------------------------------
+    # -- placing requests ------------------------------------------------------------------------------------
 
     def submit(
-        self, ca: str, req: Request, future: asyncio.Future[Any] | None = None, *, hops: int = 0
+        self, ca: str, req: Inbound, future: asyncio.Future[Any] | None = None, *, hops: int = 0
     ) -> None:
-        """Admit one request for CA ``ca`` (name already validated). Rejections are answered at once.
+        """Run one decoded request on CA ``ca`` (name already validated). Rejections are answered at once.
 
         ``hops``: how many bridges of a cluster passed it on to here (see MAX_HOPS).
         """
         if not req.at:
             req.at = time.monotonic()
-        if self.closing:
-            self.reply_now(ca, req, future, error_body("unavailable", "Unavailable", "the bridge is shutting down"))
+        if not self.admission.check(ca, req, future):
             return
-        if req.kind == "call":
-            spec = self.app.methods.get(req.method)
-            if spec is None:
-                self.reply_now(ca, req, future, error_body(
-                    "bad_request", "NoSuchMethod", f"{self.app.__name__} CA {ca!r} has no method {req.method[:100]!r}"))
-                return
-            if not spec.accepts(len(req.args)):
-                self.reply_now(ca, req, future, error_body(
-                    "bad_request", "WrongArguments", f"{req.method} does not take {len(req.args)} arguments"))
-                return
         actor = self.actors.get(ca)
         if actor is None:
-            if self.cluster is not None:
+            if self.router.cluster is not None:
                 self._place(ca, req, future, hops)
                 return
-            if req.kind == "sync":  # nothing was ever queued for a CA that does not exist
-                self.sink.send(ca, req.session, codec.encode(sync_answer(1, 1), req.codec))
+            if type(req) is Sync:  # nothing was ever queued for a CA that does not exist
+                self.sink.send(ca, req.session, req.missing_answer())
                 return
-            if req.kind != "call":
+            if not req.creates:
                 return
             if not self.autocreate:
                 self._lookup_then_submit(ca, req, future)
                 return
-            actor = self.actors[ca] = Actor(self, ca, None)
-        if req.kind == "presence":  # never takes a mailbox slot, so a full mailbox does not lose it
-            if not actor.offer_presence(req, self.mailbox_limit):
-                self.presence_dropped += 1
-                if self.presence_dropped % 1000 == 1:
-                    log.warning("CA %s: dropped a presence message for a new session: %d new sessions' presence "
-                                "waiting already (%d dropped so far)", ca, self.mailbox_limit, self.presence_dropped)
-            return
-        if self.rate and req.kind == "call" and not self._take_token(actor):
-            self.reply_now(ca, req, future, error_body("busy", "RateLimited", "too many calls to this CA; retry later"))
-            return
-        if len(actor.mailbox) >= self.mailbox_limit:
-            self.reply_now(ca, req, future, error_body("busy", "Busy", "the CA's mailbox is full; retry later"))
-            return
-        actor.enqueue((req, future))
+            actor = self.actors[ca] = Actor(self.context, ca, None)
+        self.admission.admit(actor, req, future)
 
-    def _take_token(self, actor: Actor) -> bool:
-        now = time.monotonic()
-        actor.tokens = min(float(self.burst), actor.tokens + (now - actor.tokens_at) * self.rate) \
-            if actor.tokens_at else float(self.burst)
-        actor.tokens_at = now
-        if actor.tokens < 1.0:
-            return False
-        actor.tokens -= 1.0
-        return True
-
-    def _lookup_then_submit(self, ca: str, req: Request, future: asyncio.Future[Any] | None) -> None:
+    def _lookup_then_submit(self, ca: str, req: Inbound, future: asyncio.Future[Any] | None) -> None:
         """With autocreate off, a CA unknown here may have been created (`ca-bridge create`) since start-up."""
         if self._wait_lookup(ca, req, future, False):
             self.spawn(self._lookup(ca), ca)
 
-    def _wait_lookup(self, ca: str, req: Request, future: asyncio.Future[Any] | None, hops: int) -> bool:
+    def _wait_lookup(self, ca: str, req: Inbound, future: asyncio.Future[Any] | None, hops: int) -> bool:
         """Park a request while its CA is looked up; True if the caller must start the lookup."""
         waiting = self._lookups.get(ca)
         if waiting is not None:
-            if len(waiting) < self.mailbox_limit:
+            if not self.admission.full(len(waiting)):
                 waiting.append((req, future, hops))
             else:
-                self.reply_now(ca, req, future, error_body("busy", "Busy", "the CA's mailbox is full; retry later"))
+                self.admission.reject(ca, req, future, BUSY)
             return False
         missed = self._unknown.get(ca)
         if missed is not None and time.monotonic() - missed < 5.0:
@@ -257,11 +221,11 @@ class Runtime:
         self._lookups[ca] = [(req, future, hops)]
         return True
 
-    def _answer_missing(self, ca: str, req: Request, future: asyncio.Future[Any] | None) -> None:
-        if req.kind == "sync":  # nothing was ever queued for a CA that does not exist
-            self.sink.send(ca, req.session, codec.encode(sync_answer(1, 1), req.codec))
+    def _answer_missing(self, ca: str, req: Inbound, future: asyncio.Future[Any] | None) -> None:
+        if type(req) is Sync:  # nothing was ever queued for a CA that does not exist
+            self.sink.send(ca, req.session, req.missing_answer())
         else:
-            self.reply_now(ca, req, future, error_body("not_found", "NoSuchCA", "no such CA"))
+            self.admission.reject(ca, req, future, NO_SUCH_CA)
 
     def _remember_missing(self, ca: str) -> None:
         if len(self._unknown) >= 10_000:
@@ -278,7 +242,7 @@ class Runtime:
         if record is None:
             self._remember_missing(ca)
             for req, future, _ in waiting:
-                self.reply_now(ca, req, future, error_body("not_found", "NoSuchCA", "no such CA"))
+                self.admission.reject(ca, req, future, NO_SUCH_CA)
             return
         self._unknown.pop(ca, None)
         if ca not in self.actors:
@@ -287,7 +251,7 @@ class Runtime:
             self.submit(ca, req, future)
 
     def _install(self, record: CARecord, *, resume: bool) -> Actor:
-        actor = self.actors[record.name] = Actor(self, record.name, record)
+        actor = self.actors[record.name] = Actor(self.context, record.name, record)
         if resume:
             actor.enqueue(RESUME)
         if self.cluster is not None and self.pulse:  # taken over: its last pulse elsewhere may be recent
@@ -296,23 +260,18 @@ class Runtime:
 
     # -- clusters (bridge.cluster) ------------------------------------------------------------------------------
 
-    def _place(self, ca: str, req: Request, future: asyncio.Future[Any] | None, hops: int) -> None:
+    def _place(self, ca: str, req: Inbound, future: asyncio.Future[Any] | None, hops: int) -> None:
         """A CA not loaded here: claim it, or forward to the bridge that owns it."""
         if self._wait_lookup(ca, req, future, hops):
             self.spawn(self._claim(ca), ca)
 
     async def _claim(self, ca: str) -> None:
-        assert self.cluster is not None
-        create = self.autocreate and any(req.kind == "call" for req, _, _ in self._lookups.get(ca, ()))
-        try:
-            claim = await self.cluster.claim(ca, create=create)
-        except Exception as exc:
-            log.warning("claiming CA %s failed: %s", ca, exc)
-            claim = None
+        create = self.autocreate and any(req.creates for req, _, _ in self._lookups.get(ca, ()))
+        claim = await self.router.claim(ca, create=create)
         waiting = self._lookups.pop(ca, [])
         if claim is None:
             for req, future, _ in waiting:
-                self.reply_now(ca, req, future, error_body("unavailable", "Unavailable", "the store is unavailable"))
+                self.admission.reject(ca, req, future, STORE_DOWN)
         elif claim.outcome == "mine":
             if ca not in self.actors:
                 assert claim.record is not None
@@ -320,12 +279,10 @@ class Runtime:
             for req, future, hops in waiting:
                 self.submit(ca, req, future, hops=hops)
         elif claim.outcome == "other":
-            for req, future, hops in waiting:
-                if hops >= MAX_HOPS or future is not None or not req.raw or claim.node is None:
-                    self.reply_now(ca, req, future, error_body("unavailable", "Moved", "the CA moved; retry"))
-                else:  # ownership moved while it travelled: one more hop, on fresh information
-                    self.sink.forward(claim.node, ca, req.raw, hops + 1)
-        elif self.autocreate and any(req.kind == "call" for req, _, _ in waiting):
+            for req, future, hops in waiting:  # ownership moved while it travelled: one more hop, if it may
+                if not self.router.pass_on(claim.node, ca, req, future, hops):
+                    self.admission.reject(ca, req, future, MOVED)
+        elif self.autocreate and any(req.creates for req, _, _ in waiting):
             for req, future, hops in waiting:  # a call arrived while an ack's lookup ran: look again, creating
                 self.submit(ca, req, future, hops=hops)
         else:
@@ -334,11 +291,17 @@ class Runtime:
             for req, future, _ in waiting:
                 self._answer_missing(ca, req, future)
 
-    async def reclaim(self, actor: Actor, item: Any) -> bool:
-        """A commit of ``actor`` failed or was refused: reload it if still ours; else evict it and send its
-        queued requests on to the new owner. True if the actor was reloaded."""
-        assert self.cluster is not None
-        claim = await self.cluster.claim(actor.name, create=False)
+    async def _reload(self, actor: Actor, item: Item) -> bool:
+        """A commit of ``actor`` failed or was refused: reload it from the store; True (the item may run)."""
+        if self.router.cluster is not None:
+            return await self.reclaim(actor, item)
+        actor.reset(await self.store.load(actor.name))
+        return True
+
+    async def reclaim(self, actor: Actor, item: Item) -> bool:
+        """In a cluster, a commit of ``actor`` failed or was refused: reload it if still ours; else evict it and
+        send its queued requests on to the new owner. True if the actor was reloaded."""
+        claim = await self.router.owner(actor.name)
         if claim.outcome == "mine" and claim.record is not None:
             actor.reset(claim.record)
             return True
@@ -368,16 +331,6 @@ class Runtime:
                             held.invalidate()
             except Exception as exc:
                 log.warning("cluster heartbeat failed: %s", exc)
-
-    def reply_now(self, ca: str, req: Request, future: asyncio.Future[Any] | None, err: dict[str, Any]) -> None:
-        """Answer a call that will not run (nothing to commit, so nothing to wait for)."""
-        if req.kind != "call":
-            return
-        self.metrics.reject(err["name"])
-        payload = codec.encode(reply_err(req.id, err), req.codec)
-        self.sink.send(ca, req.session, payload)
-        if future is not None and not future.done():
-            future.set_result(codec.decode(payload, req.codec))
 
     def snapshot_counts(self) -> dict[str, int]:
         """Gauges over the loaded CAs, computed now (for a metrics scrape or the dashboard)."""
@@ -414,21 +367,23 @@ class Runtime:
             self._workers_idle.set()
 
     def _deliver(self, pending: Pending) -> None:
-        ca = pending.actor.name
+        ca = pending.owner.name
+        send = self.sink.send
         for session, payload in pending.sends:
-            self.sink.send(ca, session, payload)
+            send(ca, session, payload)
         metrics = self.metrics
         metrics.notes_published += pending.notes
-        if pending.method:
-            took = time.monotonic() - pending.at
-            metrics.call_done(pending.method, pending.result, took)
-            actor = pending.actor
+        req = pending.request
+        if pending.result and type(req) is Call:
+            took = time.monotonic() - req.at
+            metrics.call_done(req.method, pending.result, took)
+            actor = cast(Actor, pending.owner)  # the runtime commits nothing but its actors' effects
             actor.last_active = now = time.time()
-            actor.recent.append((now, pending.session, pending.request, pending.method, pending.result, took))
+            actor.recent.append((now, req.session, req.id, req.method, pending.result, took))
             if pending.result != "ok":
                 outcome = pending.outcome
                 name = outcome.name if isinstance(outcome, AppError) else "InternalError"
-                metrics.error(ca, pending.method, pending.result, name)
+                metrics.error(ca, req.method, pending.result, name)
         future = pending.future
         if future is not None and not future.done():
             outcome = pending.outcome
@@ -447,7 +402,7 @@ class Runtime:
                 deadline = loop.time()
             now = loop.time()
             for actor in list(self.actors.values()):
-                if actor.durable and not actor.pulse_queued and len(actor.mailbox) < self.mailbox_limit \
+                if actor.durable and not actor.pulse_queued and not self.admission.full(len(actor.mailbox)) \
                         and actor.pulse_at <= now:
                     actor.pulse_queued = True
                     actor.enqueue(PULSE)

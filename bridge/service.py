@@ -1,4 +1,8 @@
-"""The bridge service: store + runtime + MQTT link (+ the embedded broker), as one async context manager."""
+"""The bridge service: store + runtime + MQTT link (+ the embedded broker), as one async context manager.
+
+The MQTT link is an adapter: what it receives goes to the one ingress (bridge.ingress), and the service is the
+runtime's sink, publishing what the runtime sends.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge import codec
 from bridge.app import CA
 from bridge.broker import EmbeddedBroker, load_config
 from bridge.cluster import Cluster
-from bridge.errors import BadRequest, ConfigError
+from bridge.errors import ConfigError
 from bridge.http import Handler, HttpServer
 from bridge.http import Request as HttpRequest
 from bridge.http import Response as HttpResponse
 from bridge.metrics import Metrics, exposition
 from bridge.mqtt import BrokerURL, MqttLink
-from bridge.protocol import Topics, error_body, parse_request, reply_err, valid_name
+from bridge.ingress import Ingress
+from bridge.protocol import Topics, valid_name
 from bridge.runtime import Runtime
 from bridge.session import SessionLimits
 from bridge.store import Store, is_postgres_url, membership_for, open_store
@@ -85,6 +89,7 @@ class Bridge:
             app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout,
             autocreate=s.autocreate, rate=s.rate, burst=s.burst, cluster=self.cluster, metrics=self.metrics,
         )
+        self.ingress = Ingress(self.runtime, self.topics, s.max_payload)
         self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)
         self.link: MqttLink | None = None
         self.metrics_server: HttpServer | None = None
@@ -117,7 +122,7 @@ class Bridge:
                     subscriptions = [(self.topics.shared_inbound_filter(s.share_group), 1)]
                 subscriptions.append((self.topics.forward_filter(self.cluster.node), 1))
             self.link = MqttLink(
-                self.broker_url, client_id=client_id, on_message=self._on_message,
+                self.broker_url, client_id=client_id, on_message=self.ingress.receive,
                 subscriptions=subscriptions, tls_context=self._tls_context(), clean_session=self.cluster is not None,
                 metrics=self.metrics,
             )
@@ -177,51 +182,20 @@ class Bridge:
         assert self.link is not None
         self.link.publish(self.topics.session(ca, session), payload)
 
+    def send_error(self, ca: str, payload: bytes) -> None:
+        """Publish one error message that names no usable session to the CA's errors topic."""
+        assert self.link is not None
+        self.link.publish(self.topics.errors(ca), payload)
+
     def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         """Hand a raw request to the bridge that owns its CA."""
         assert self.link is not None and self.cluster is not None
         self.metrics.forwarded += 1
         self.link.publish(self.topics.forward(node, ca, hops), payload)
 
-    # -- inbound -----------------------------------------------------------------------------------------------
-
     def _on_message(self, topic: str, payload: bytes) -> None:
-        ca = self.topics.ca_of(topic)
-        hops = 0
-        if ca is None and self.cluster is not None and (fwd := self.topics.ca_of_forward(topic)) is not None:
-            ca, hops = fwd
-        if ca is None:
-            self.metrics.dropped_topics += 1
-            if self.metrics.dropped_topics % 1000 == 1:
-                log.warning("dropped a message on an invalid topic %r (%d so far)", topic[:80],
-                            self.metrics.dropped_topics)
-            return
-        cluster = self.cluster
-        if cluster is not None and not hops and ca not in self.runtime.actors \
-                and len(payload) <= self.settings.max_payload:
-            node = cluster.route(ca)
-            if node is not None:  # owned by another live bridge: pass it on undecoded
-                self.forward(node, ca, payload)
-                return
-        try:
-            req = parse_request(payload, self.settings.max_payload)
-        except BadRequest as exc:
-            self._reject(ca, exc)
-            return
-        self.runtime.submit(ca, req, hops=hops)
-
-    def _reject(self, ca: str, exc: BadRequest) -> None:
-        self.runtime.metrics.reject("BadRequest")
-        err = error_body("bad_request", "BadRequest", str(exc))
-        enc: Any = exc.codec if exc.codec in (codec.CBOR, codec.JSON) else codec.CBOR
-        assert self.link is not None
-        if exc.session is not None and exc.request_id is not None:
-            self.link.publish(self.topics.session(ca, exc.session), codec.encode(reply_err(exc.request_id, err), enc))
-        else:
-            self.link.publish(self.topics.errors(ca), codec.encode({"t": "error", "err": err}, enc))
-        rejected = self.runtime.metrics.rejected["BadRequest"]
-        if rejected % 1000 == 1:  # rate-limited: hostile traffic must not flood the log
-            log.warning("CA %s: rejected a message: %s (%d rejected so far)", ca, exc, rejected)
+        """What the MQTT link receives (the link calls the ingress directly; this is for tests and tools)."""
+        self.ingress.receive(topic, payload)
 
     async def serve_forever(self) -> None:
         """Run until cancelled."""

@@ -1,4 +1,6 @@
-"""Unit-test CAs without a broker: the real runtime and store, with calls made through futures.
+"""Unit-test CAs without a broker: the real runtime, store and ingress, with calls made through futures.
+
+Every request is encoded and goes through the same ingress (bridge.ingress) as a device's on MQTT, in memory.
 
     async with Harness(Shop, db=tmp_path / "t.db") as h:
         assert await h.call("shop1", "default", "buy", nonce, 0, "apple") == {"apple": 1}
@@ -15,7 +17,8 @@ from bridge import codec
 from bridge.actor import PULSE
 from bridge.app import CA
 from bridge.errors import CallError
-from bridge.protocol import Request, check_name
+from bridge.ingress import Ingress
+from bridge.protocol import Ack, Call, Inbound, Presence, Sync, Topics, check_name
 from bridge.runtime import Runtime
 from bridge.session import SessionLimits
 from bridge.store import Store, open_store
@@ -24,13 +27,17 @@ __all__ = ["Harness"]
 
 
 class _Recorder:
-    """A sink that keeps every message sent to each session, decoded."""
+    """A sink that keeps every message sent to each session (and to each CA's errors topic), decoded."""
 
     def __init__(self) -> None:
         self.sent: dict[tuple[str, str], list[Any]] = {}
+        self.errors: dict[str, list[Any]] = {}
 
     def send(self, ca: str, session: str, payload: bytes) -> None:
         self.sent.setdefault((ca, session), []).append(codec.decode(payload, codec.detect(payload)))
+
+    def send_error(self, ca: str, payload: bytes) -> None:
+        self.errors.setdefault(ca, []).append(codec.decode(payload, codec.detect(payload)))
 
     def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         raise AssertionError("a Harness runs one bridge: nothing is ever forwarded")
@@ -46,6 +53,7 @@ class Harness:
         self.options.setdefault("limits", SessionLimits())
         self.sink = _Recorder()
         self.runtime: Runtime | None = None
+        self.ingress: Ingress | None = None
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex()
 
@@ -60,6 +68,7 @@ class Harness:
         """Open the store and load every CA (on_resume runs for each)."""
         await self.store.open()
         self.runtime = await Runtime(self.app, self.store, self.sink, **self.options).__aenter__()
+        self.ingress = Ingress(self.runtime, Topics(), max_payload=2**31)
         await self.settle()
 
     async def stop(self) -> None:
@@ -67,6 +76,7 @@ class Harness:
         if self.runtime is not None:
             await self.runtime.aclose()
             self.runtime = None
+            self.ingress = None
         await self.store.close()
 
     async def restart(self) -> None:
@@ -83,12 +93,19 @@ class Harness:
         """Wait until every mailbox is empty and everything is committed."""
         await self._rt().wait_idle()
 
-    async def send(self, ca: str, request: Request) -> Any:
-        """Submit a raw request; for calls, return the decoded reply message."""
+    async def send(self, ca: str, request: Inbound | bytes) -> Any:
+        """Send one request (a bridge.protocol message, or a payload as a device would publish it) through the
+        ingress; for calls, return the decoded reply message (for a payload that does not decode, the error)."""
         check_name(ca, "CA name")
+        self._rt()
+        assert self.ingress is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._rt().submit(ca, request, future)
-        if request.kind != "call":
+        if isinstance(request, bytes):  # which kind it is (if any) is for the ingress to tell
+            self.ingress.receive(ca, request, future)
+            await self.settle()
+            return future.result() if future.done() else None
+        self.ingress.receive(ca, request.encode(), future)
+        if not request.replied:
             await self.settle()
             return None
         return await future
@@ -96,7 +113,7 @@ class Harness:
     async def call(self, ca: str, session_id: str, method: str, *args: Any, request_id: str | None = None) -> Any:
         """Call a method; return its result or raise the AppError (CallError for other failures)."""
         rid = request_id or f"{self._prefix}-{next(self._ids)}"
-        outcome = await self.send(ca, Request("call", session_id, "cbor", rid, method, list(args)))
+        outcome = await self.send(ca, Call(session_id, "cbor", rid, method, list(args)))
         if isinstance(outcome, BaseException):
             raise outcome
         if "ok" in outcome:
@@ -106,18 +123,18 @@ class Harness:
 
     async def ack(self, ca: str, session_id: str, seq: int) -> None:
         """Acknowledge notifications up to ``seq``."""
-        await self.send(ca, Request("ack", session_id, "cbor", seq=seq))
+        await self.send(ca, Ack(session_id, "cbor", seq))
 
     async def sync(self, ca: str, session_id: str, seq: int = 0) -> list[Any]:
         """Send a sync request; return what the session received for it (the answer, then the notifications)."""
         before = len(self.sink.sent.get((ca, session_id), []))
-        await self.send(ca, Request("sync", session_id, "cbor", seq=seq))
+        await self.send(ca, Sync(session_id, "cbor", seq))
         return self.sink.sent.get((ca, session_id), [])[before:]
 
     async def presence(self, ca: str, session_id: str, online: bool) -> None:
         """Announce that a session's device came online or went offline (as the firmware client and its MQTT will
         do); on_presence runs if that changes the session's presence. Wait for the commit."""
-        await self.send(ca, Request("presence", session_id, "cbor", online=online))
+        await self.send(ca, Presence(session_id, "cbor", online))
 
     def is_online(self, ca: str, session_id: str) -> bool:
         """The committed presence of a session (False if the CA or the session does not exist)."""

@@ -113,6 +113,9 @@ class Store(Protocol):
         the record existed is adopted by the first app that opens it). Returns the recorded app when it is another
         one (nothing is changed then), else None."""
 
+    def describe(self) -> str:
+        """Where the data lives, for messages: a file path, or a URL without its password."""
+
     async def close(self) -> None:
         """Release everything; further calls fail."""
 

@@ -21,6 +21,10 @@ class MemoryStore:
     async def open(self) -> None:
         """Nothing to open."""
 
+    def describe(self) -> str:
+        """An in-memory store has no location."""
+        return "the in-memory store"
+
     async def close(self) -> None:
         """Nothing to close."""
 

@@ -189,6 +189,10 @@ class PostgresStore:
             raise StoreError(f"cannot connect to PostgreSQL at {where}: {scrub(reason(exc), self.url)}") from None
         self._pool = pool
 
+    def describe(self) -> str:
+        """The database URL without its password."""
+        return redact_url(self.url)
+
     async def close(self) -> None:
         """Close the pool."""
         if self._pool is not None:

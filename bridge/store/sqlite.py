@@ -104,6 +104,10 @@ class SQLiteStore:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
         self._db = db
 
+    def describe(self) -> str:
+        """The database file."""
+        return str(self.path)
+
     async def close(self) -> None:
         """Close the connection and stop the writer thread."""
         if self._pool is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -12,8 +13,7 @@ from hypothesis import strategies as st
 
 from bridge import codec
 from bridge.errors import BadRequest, CodecError
-from bridge.protocol import Topics, parse_request, valid_name
-import contextlib
+from bridge.protocol import Topics, encode_note, parse_request, valid_name
 
 def tree(floats):
     leaves = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) \
@@ -87,8 +87,8 @@ def test_depth_limit():
 
 def test_note_splice_matches_cbor2_and_json():
     args = [1, "two", {"three": b"\x03"}]
-    assert codec.encode_note(7, cbor2.dumps(args), "cbor") == cbor2.dumps({"t": "note", "seq": 7, "args": args})
-    assert json.loads(codec.encode_note(7, cbor2.dumps(args), "json")) == {
+    assert encode_note(7, cbor2.dumps(args), "cbor") == cbor2.dumps({"t": "note", "seq": 7, "args": args})
+    assert json.loads(encode_note(7, cbor2.dumps(args), "json")) == {
         "t": "note", "seq": 7, "args": [1, "two", {"three": {"$bytes": "Aw=="}}]}
 
 
@@ -146,3 +146,14 @@ def test_oversized_payload():
 def test_parse_json_request_defaults():
     req = parse_request(b'{"t":"call","id":"r1","method":"m"}', 65536)
     assert (req.kind, req.session, req.codec, req.args) == ("call", "default", "json", [])
+
+
+@pytest.mark.parametrize("wrap", [lambda v: [v], lambda v: {"k": v}])
+@pytest.mark.parametrize("leaf", ["text", 1.5, None, b"x", True, 7])
+def test_nesting_limit_counts_leaves_too(wrap, leaf):
+    value = leaf
+    for _ in range(codec.MAX_DEPTH):
+        value = wrap(value)
+    codec.check_subset(value)  # a leaf at depth MAX_DEPTH is fine ...
+    with pytest.raises(CodecError, match="nesting deeper"):
+        codec.check_subset(wrap(value))  # ... one level deeper is not

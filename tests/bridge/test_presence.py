@@ -8,7 +8,7 @@ import pytest
 
 from bridge import CA, codec, method
 from bridge.errors import BadRequest, CallError
-from bridge.protocol import Request, parse_request
+from bridge.protocol import Call, Presence, parse_request
 from bridge.session import SessionData, SessionLimits
 from bridge.store.sqlite import SQLiteStore
 from bridge.store import Change, SessionWrite
@@ -238,14 +238,14 @@ async def test_presence_reaching_a_full_mailbox_is_coalesced_not_lost(tmp_path, 
         rt = h.runtime
         queued = [asyncio.get_running_loop().create_future() for _ in range(2)]
         for i, future in enumerate(queued):
-            rt.submit("w", Request("call", "default", "cbor", f"q{i}", "online", ["dev1"]), future)
+            rt.submit("w", Call("default", "cbor", f"q{i}", "online", ["dev1"]), future)
         with pytest.raises(CallError) as err:  # the mailbox is full now
             await h.call("w", "default", "sessions")
         assert err.value.kind == "busy"
         for online in (False, True, False):  # dev1 flaps: one waiting message ends as its latest state, offline
-            rt.submit("w", Request("presence", "dev1", "cbor", online=online))
-        rt.submit("w", Request("presence", "dev2", "cbor", online=False))
-        rt.submit("w", Request("presence", "dev3", "cbor", online=True))  # a new session
+            rt.submit("w", Presence("dev1", "cbor", online))
+        rt.submit("w", Presence("dev2", "cbor", False))
+        rt.submit("w", Presence("dev3", "cbor", True))  # a new session
         Gate.gate.set()
         assert await held is True
         assert [(await q)["ok"] for q in queued] == [True, True]  # queued before the presence came: ran first
@@ -273,8 +273,8 @@ async def test_waiting_presence_of_new_sessions_is_bounded(tmp_path):
         await asyncio.wait_for(Gate.entered.wait(), 10)
         rt = h.runtime
         for i in range(5):
-            rt.submit("w", Request("presence", f"new{i}", "cbor", online=True))
-        rt.submit("w", Request("presence", "known", "cbor", online=True))
+            rt.submit("w", Presence(f"new{i}", "cbor", True))
+        rt.submit("w", Presence("known", "cbor", True))
         assert sorted(rt.actors["w"].presence) == ["known", "new0", "new1"]
         assert rt.presence_dropped == 3
         Gate.gate.set()

@@ -11,7 +11,7 @@ import pytest
 from bridge import CA, method
 from bridge.actor import PULSE
 from bridge.errors import AppError, CallError, StoreError
-from bridge.protocol import Request
+from bridge.protocol import Call
 from bridge.store import MemoryStore
 from bridge.testing import Harness
 from tests.apps import Counter, Pulsing
@@ -369,7 +369,7 @@ async def test_sync_on_unknown_ca_answers_without_creating_it():
 
 async def test_raw_requests_are_validated_before_admission():
     async with Harness(Counter) as h:
-        reply = await h.send("c", Request("call", "s", "cbor", "r1", "record", ["a", "b"]))
+        reply = await h.send("c", Call("s", "cbor", "r1", "record", ["a", "b"]))
         assert reply["err"]["kind"] == "bad_request"
 
 

@@ -125,7 +125,7 @@ def single() -> bool:
     """The same on one bridge without a cluster: the first commit of a new CA fails once, then a sync comes."""
     from bridge.cli import load_app
     from bridge.errors import CallError, StoreError
-    from bridge.protocol import Request
+    from bridge.protocol import Call
     from bridge.testing import Harness
 
     async def go() -> bool:
@@ -138,7 +138,7 @@ def single() -> bool:
                 return await real(changes)
 
             h.store.commit = flaky
-            reply = await h.send("shop1", Request("call", "default", "cbor", "r1", "begin", []))
+            reply = await h.send("shop1", Call("default", "cbor", "r1", "begin", []))
             print(f"[single] first begin (its commit fails): {reply.get('err', {}).get('name')}")
             await h.sync("shop1", "watch", 0)
             print(f"[single] state after a sync: {h.state('shop1')!r}")
