@@ -16,20 +16,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.store.postgres import PostgresStore
-from bridge.store import Change, SessionWrite
+from bridge.store import Change, SessionWrite, membership_for, open_store
 from tests.pgserver import PostgresServer
 
 
 async def measure(url: str, commits: int, size: int) -> tuple[float, float]:
-    store = PostgresStore(url)
+    store = open_store(url)
     await store.open()
+    membership = membership_for(store)
+    assert membership is not None
     try:
-        await store.join("bench", "bench", 60)
-        store.owner = "bench"
+        await membership.join("bench", "bench", 60)
+        membership.fence("bench")
         names = [f"c{i}" for i in range(16)]
         for name in names:
-            await store.claim(name, "bench", create=True)
+            await membership.claim(name, "bench", create=True)
         pos = dict.fromkeys(names, 0)
 
         def batch(k: int) -> list[Change]:
