@@ -43,6 +43,13 @@ async def worker(url: str, node: str, names: list[str], window: int) -> dict[str
     try:
         cluster = Cluster(PostgresMembership(store), node)
         await cluster.join()
+
+        async def beating() -> None:  # alive, as a running bridge is (or the other bridge takes its CAs over)
+            while True:
+                await asyncio.sleep(cluster.heartbeat_interval)
+                await cluster.beat()
+
+        beats = asyncio.ensure_future(beating())
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # the common start
         cpu0, t0 = time.process_time(), time.monotonic()
@@ -60,6 +67,7 @@ async def worker(url: str, node: str, names: list[str], window: int) -> dict[str
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
         await asyncio.gather(*(one(ca) for ca in names))
+        beats.cancel()
         return {"node": node, "code": bridge.__file__, "elapsed": time.monotonic() - t0,
                 "cpu": time.process_time() - cpu0,
                 "outcomes": outcomes, "first_error": errors[0] if errors else None}

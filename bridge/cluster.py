@@ -19,6 +19,7 @@ The design, in short (docs/SCALING.md has the long form):
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import secrets
@@ -138,9 +139,9 @@ class Cluster:
                                 f.set_exception(exc)
                     continue
                 for futures, claim in results:
-                    for f in futures:
+                    for i, f in enumerate(futures):  # several claims of one CA: each gets its own copy
                         if not f.done():
-                            f.set_result(claim)
+                            f.set_result(copy.deepcopy(claim) if i else claim)
         finally:  # left early only when cancelled (the loop is closing): so are the claims still waiting
             self._drainer = None
             for _, futures in batch.values():

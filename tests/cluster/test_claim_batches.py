@@ -172,6 +172,9 @@ async def test_cluster_coalesces_concurrent_claims_into_few_batches(pg, psql):
                                 cluster.claim("late", create=True), cluster.claim("late", create=False))
     assert [c.outcome for c in same] == ["missing", "missing", "mine", "mine"]
     assert counting.batches == [1, 1, 1]
+    twice = await asyncio.gather(cluster.claim("n7", create=False), cluster.claim("n7", create=False))
+    assert twice[0] == twice[1] and twice[0].record is not twice[1].record  # one outcome, a record each
+    assert counting.batches == [1, 1, 1, 1]
 
 
 async def test_a_failed_batch_reaches_every_waiter_and_the_next_claims_run(pg_empty_url, psql):
