@@ -44,10 +44,14 @@ async def worker(url: str, node: str, names: list[str], window: int) -> dict[str
         cluster = Cluster(PostgresMembership(store), node)
         await cluster.join()
 
+        done = asyncio.Event()
+
         async def beating() -> None:  # alive, as a running bridge is (or the other bridge takes its CAs over)
-            while True:
-                await asyncio.sleep(cluster.heartbeat_interval)
-                await cluster.beat()
+            while not done.is_set():
+                try:
+                    await asyncio.wait_for(done.wait(), cluster.heartbeat_interval)
+                except TimeoutError:
+                    await cluster.beat()
 
         beats = asyncio.ensure_future(beating())
         print("ready", flush=True)
@@ -67,10 +71,11 @@ async def worker(url: str, node: str, names: list[str], window: int) -> dict[str
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
         await asyncio.gather(*(one(ca) for ca in names))
-        beats.cancel()
-        return {"node": node, "code": bridge.__file__, "elapsed": time.monotonic() - t0,
-                "cpu": time.process_time() - cpu0,
-                "outcomes": outcomes, "first_error": errors[0] if errors else None}
+        elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        done.set()
+        await beats
+        return {"node": node, "code": bridge.__file__, "elapsed": elapsed, "cpu": cpu, "outcomes": outcomes,
+                "first_error": errors[0] if errors else None}
     finally:
         await store.close()
 
