@@ -18,8 +18,8 @@ __all__ = ["Claim", "Membership"]
 
 @dataclass(slots=True)
 class Claim:
-    """The outcome of asking for a CA: ``mine`` (with its record, None if just created), ``other`` (owned by
-    a live bridge, named by ``node``), or ``missing`` (no such CA)."""
+    """The outcome of asking for a CA: ``mine`` (with its record: empty, epoch 1, if just created), ``other``
+    (owned by a live bridge, named by ``node``, its incarnation ``token``), or ``missing`` (no such CA)."""
 
     outcome: Literal["mine", "other", "missing"]
     record: CARecord | None = None
