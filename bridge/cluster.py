@@ -18,11 +18,14 @@ The design, in short (docs/SCALING.md has the long form):
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
 import os
 import secrets
 import socket
 import time
+from collections import deque
 
 from bridge.metrics import Metrics
 from bridge.store.base import CARecord
@@ -35,6 +38,7 @@ log = logging.getLogger("bridge.cluster")
 _ROUTE_CACHE_MAX = 200_000
 ROUTE_TTL = 30.0  # seconds a learned owner is trusted before the database is asked again (a moved CA costs one
 # more hop meanwhile: the old owner forwards on fresh information)
+CLAIM_BATCH = 500  # CAs per Membership.claim_many: one transaction, a few statements over arrays this long
 
 
 def default_node_name() -> str:
@@ -59,6 +63,8 @@ class Cluster:
         self._owners: dict[str, tuple[str, float]] = {}  # CA -> (owner token, good until): a routing cache
         self.metrics = metrics if metrics is not None else Metrics()  # counts claims (forwards: the service)
         self.healthy = False
+        self._queue: deque[tuple[str, bool, asyncio.Future[Claim]]] = deque()  # claims waiting for a batch
+        self._drainer: asyncio.Future[None] | None = None  # the task running batches, while there are any
 
     async def join(self) -> None:
         """Register (fencing every commit on this incarnation's token)."""
@@ -97,8 +103,16 @@ class Cluster:
         return node
 
     async def claim(self, ca: str, *, create: bool) -> Claim:
-        """Ask the database for ``ca``: ours (claimed now if it was free), another live bridge's, or missing."""
-        claim = await self.membership.claim(ca, self.token, create=create)
+        """Ask the database for ``ca``: ours (claimed now if it was free), another live bridge's, or missing.
+
+        Claims are coalesced: the calls made while a batch is in the database wait for the next one, and each batch
+        is one Membership.claim_many (one transaction), so a bridge meeting thousands of new CAs at once pays a
+        round of the database per batch, not per CA. The outcome is the one a claim of ``ca`` alone would get."""
+        future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
+        self._queue.append((ca, create, future))
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
+        claim = await future
         self.metrics.claims += 1
         if claim.outcome == "other" and claim.token is not None:
             if len(self._owners) >= _ROUTE_CACHE_MAX:
@@ -107,6 +121,55 @@ class Cluster:
         else:
             self._owners.pop(ca, None)
         return claim
+
+    async def _drain(self) -> None:
+        """Run the queued claims, one batch in flight at a time, until none is left."""
+        batch: dict[str, tuple[bool, list[asyncio.Future[Claim]]]] = {}
+        try:
+            while self._queue:
+                batch = self._next_batch()
+                try:
+                    claims = await self.membership.claim_many({ca: create for ca, (create, _) in batch.items()},
+                                                              self.token)
+                    results = [(futures, claims[ca]) for ca, (_, futures) in batch.items()]
+                except Exception as exc:  # every waiter of the batch gets it
+                    for _, futures in batch.values():
+                        for f in futures:
+                            if not f.done():  # (a waiter cancelled meanwhile gets nothing)
+                                f.set_exception(exc)
+                    continue
+                for futures, claim in results:
+                    for i, f in enumerate(futures):  # several claims of one CA: each gets its own copy
+                        if not f.done():
+                            f.set_result(copy.deepcopy(claim) if i else claim)
+        finally:  # left early only when cancelled (the loop is closing): so are the claims still waiting
+            self._drainer = None
+            for _, futures in batch.values():
+                for f in futures:
+                    f.cancel()
+            while self._queue:
+                self._queue.popleft()[2].cancel()
+
+    def _next_batch(self) -> dict[str, tuple[bool, list[asyncio.Future[Claim]]]]:
+        """Up to CLAIM_BATCH CAs from the queue, in arrival order. Several claims of one CA share one outcome;
+        a later claim of a CA in the batch with the other ``create`` flag waits for the next batch, and so do
+        the claims of that CA after it (so that each gets what it would get alone, in the order they came)."""
+        batch: dict[str, tuple[bool, list[asyncio.Future[Claim]]]] = {}
+        later: list[tuple[str, bool, asyncio.Future[Claim]]] = []
+        deferred: set[str] = set()
+        queue = self._queue
+        while queue and len(batch) < CLAIM_BATCH:
+            ca, create, future = queue.popleft()
+            entry = batch.get(ca)
+            if entry is None:
+                batch[ca] = (create, [future])
+            elif entry[0] == create and ca not in deferred:
+                entry[1].append(future)
+            else:
+                deferred.add(ca)
+                later.append((ca, create, future))
+        queue.extendleft(reversed(later))
+        return batch
 
     async def adopt(self) -> list[CARecord]:
         """Claim a fair share of the CAs nobody alive owns (so that their pulses keep running)."""

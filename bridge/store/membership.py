@@ -7,6 +7,7 @@ satisfies it by providing the same operations with the same guarantees, listed o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -17,8 +18,8 @@ __all__ = ["Claim", "Membership"]
 
 @dataclass(slots=True)
 class Claim:
-    """The outcome of asking for a CA: ``mine`` (with its record, None if just created), ``other`` (owned by
-    a live bridge, named by ``node``), or ``missing`` (no such CA)."""
+    """The outcome of asking for a CA: ``mine`` (with its record: empty, epoch 1, if just created), ``other``
+    (owned by a live bridge, named by ``node``, its incarnation ``token``), or ``missing`` (no such CA)."""
 
     outcome: Literal["mine", "other", "missing"]
     record: CARecord | None = None
@@ -42,6 +43,11 @@ class Membership(Protocol):
     returns the CAs it refused. A Membership whose backend is not the store's own database (etcd beside SQLite,
     say) must therefore come with an equivalent fenced commit, for instance the store keeping the owner and epoch
     in the rows it writes and checking them in the same transaction.
+
+    Claims come in batches (:meth:`claim_many`): a bridge meeting many new CAs at once (a fleet reconnecting) asks
+    for all of them in one round of the backend, not one each. Each CA of a batch gets exactly the outcome a claim
+    of it alone would get; the batch is atomic (all or nothing, an error fails every CA of it), and two members
+    claiming overlapping batches at the same time must neither deadlock nor both own a CA.
     """
 
     def fence(self, token: str | None) -> None:
@@ -58,9 +64,14 @@ class Membership(Protocol):
     async def leave(self, token: str) -> int:
         """Give up every CA of ``token`` and the membership (a clean shutdown); returns how many CAs were released."""
 
+    async def claim_many(self, names: Mapping[str, bool], token: str) -> dict[str, Claim]:
+        """Claim each CA of ``names`` (name -> whether to create it when missing), in one round: own it if it is
+        unowned, its owner is not alive, or it is ours already, and load it (taking it raises its epoch by one; a
+        created CA is owned, with epoch 1 and an empty state); else say which live member owns it (node name and
+        token), or that it is missing. Returns a Claim for every name."""
+
     async def claim(self, name: str, token: str, *, create: bool) -> Claim:
-        """Own CA ``name`` if it is unowned, its owner is not alive, or it is ours already, and load it (taking it
-        raises its epoch); else say which live member owns it, or that it is missing (``create``: make it, owned)."""
+        """One CA: ``claim_many({name: create}, token)[name]`` (the same operation, for tools and tests)."""
 
     async def adopt(self, token: str, *, limit: int) -> list[CARecord]:
         """Claim up to ``limit`` CAs without a live owner, with their records (pulses need an owner)."""

@@ -7,6 +7,8 @@ commit checks in its own statement (the fence). This class shares the store's co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from bridge.errors import StoreError
 from bridge.store.base import CARecord
 from bridge.store.membership import Claim
@@ -59,33 +61,63 @@ class PostgresMembership:
             return int(released)
 
     async def claim(self, name: str, token: str, *, create: bool) -> Claim:
-        """Own CA ``name`` if it is free (or ours already), loading it; else say who owns it, or that it is missing."""
+        """One CA: a batch of one (:meth:`claim_many`)."""
+        return (await self.claim_many({name: create}, token))[name]
+
+    async def claim_many(self, names: Mapping[str, bool], token: str) -> dict[str, Claim]:
+        """Claim every CA of ``names`` (name -> create it if missing) in one transaction, a few set-based
+        statements whatever the batch's size: create the missing ones that may be (owned, epoch 1), lock the
+        others' rows, take those without a live owner (epoch + 1), load what is now ours.
+
+        Deadlocks between bridges claiming overlapping batches (and committing) are avoided by ordering: every
+        statement that waits on other transactions' rows takes them in name order, as ca_bridge_commit does.
+        A created row conflicting with another bridge's uncommitted one waits for it, then reads it as theirs."""
+        out: dict[str, Claim] = {}
+        take: list[str] = []  # free or dead-owned: ours now, epoch + 1
+        load: list[str] = []  # ours (already, or taken): loaded whole
+        todo = list(names)
         async with self.store.transaction() as cur:
             for _ in range(2):
-                await cur.execute(
-                    "SELECT ca.owner, n.name, n.expires > now() FROM ca LEFT JOIN node n ON n.token = ca.owner "
-                    "WHERE ca.name = %s FOR UPDATE OF ca",
-                    (name,),
-                )
-                row = await cur.fetchone()
-                if row is None:
-                    if not create:
-                        return Claim("missing")
+                creatable = [n for n in todo if names[n]]
+                if creatable:
                     await cur.execute(
-                        "INSERT INTO ca (name, state, owner, epoch) VALUES (%s, '', %s, 1) ON CONFLICT DO NOTHING",
-                        (name, token),
+                        "INSERT INTO ca (name, state, owner, epoch) SELECT u.name, '', %s, 1 "
+                        "FROM unnest(%s::text[]) AS u(name) ORDER BY u.name ON CONFLICT DO NOTHING RETURNING name",
+                        (token, creatable),
                     )
-                    if cur.rowcount == 1:
-                        return Claim("mine", CARecord(name, b"", epoch=1))
-                    continue  # created by another bridge meanwhile: look again (the row is committed now)
-                owner, owner_node, alive = row
-                if owner is not None and owner != token and alive:
-                    return Claim("other", node=owner_node, token=owner)
-                if owner != token:
-                    await cur.execute("UPDATE ca SET owner = %s, epoch = epoch + 1 WHERE name = %s", (token, name))
-                found = await load_records(cur, [name])
-                return Claim("mine", found[0])
-        raise StoreError(f"could not claim CA {name}")
+                    for (name,) in await cur.fetchall():
+                        out[name] = Claim("mine", CARecord(name, b"", epoch=1))
+                rest, todo = [n for n in todo if n not in out], []
+                if not rest:
+                    break
+                await cur.execute(
+                    "SELECT ca.name, ca.owner, n.name, n.expires > now() FROM ca LEFT JOIN node n "
+                    "ON n.token = ca.owner WHERE ca.name = ANY(%s) ORDER BY ca.name FOR UPDATE OF ca",
+                    (rest,),
+                )
+                for name, owner, node, alive in await cur.fetchall():
+                    if owner is not None and owner != token and alive:
+                        out[name] = Claim("other", node=node, token=owner)
+                    else:
+                        (load if owner == token else take).append(name)
+                        out[name] = Claim("mine")  # its record below
+                for name in rest:
+                    if name in out:
+                        continue
+                    if names[name]:
+                        todo.append(name)  # conflicted with a row gone meanwhile: try again
+                    else:
+                        out[name] = Claim("missing")
+                if not todo:
+                    break
+            if todo:
+                raise StoreError(f"could not claim CA {todo[0]}" + (f" and {len(todo) - 1} more" if todo[1:] else ""))
+            if take:
+                await cur.execute("UPDATE ca SET owner = %s, epoch = epoch + 1 WHERE name = ANY(%s)", (token, take))
+            if take or load:
+                for record in await load_records(cur, take + load):
+                    out[record.name].record = record
+        return out
 
     async def adopt(self, token: str, *, limit: int) -> list[CARecord]:
         """Claim up to ``limit`` CAs nobody (alive) owns, with their records: for pulses, which need an owner."""
