@@ -1,13 +1,15 @@
 """Command line (CPython): call a CA method, or listen to a session's notifications.
 
     python -m firmware_client call --ca NAME [--session S] METHOD [ARGS...]
-    python -m firmware_client listen --ca NAME --session S
+    python -m firmware_client listen --ca NAME --session S [--count N]
 
 ARGS are parsed as JSON when possible, else taken as strings. Results and notifications are
 printed as JSON (bytes as {"$bytes": base64}). Host, port, user and password come from flags or
 CA_HOST, CA_PORT, CA_USER, CA_PASSWORD. --timeout: call waits that long to connect and again for
 the reply (default 10 s); listen stops after that long (default 0: never). A broker that refuses
-the connection is reported at once with its host:port, not retried.
+the connection is reported at once with its host:port, not retried. The connection options (--host
+--port --user --password --prefix --codec --tls-ca --timeout) go before or after the subcommand. listen
+--count N prints exactly N notifications and acks only those: the rest stay queued for the next listener.
 """
 
 import argparse
@@ -36,29 +38,46 @@ def _json(value):
     return json.dumps(value, default=default, ensure_ascii=False)
 
 
-def _parser():
-    p = argparse.ArgumentParser(prog="python -m firmware_client", description=__doc__.split("\n")[0])
-    p.add_argument("--host", default=os.getenv("CA_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.getenv("CA_PORT", "0")) or None)
-    p.add_argument("--user", default=os.getenv("CA_USER"))
-    p.add_argument("--password", default=os.getenv("CA_PASSWORD"))
-    p.add_argument("--prefix", default="ca")
-    p.add_argument("--codec", choices=["cbor", "json"], default="cbor")
-    p.add_argument("--tls-ca", help="CA certificate file: connect with TLS")
-    p.add_argument("--timeout", type=float, default=None,
+def _connection_options(p, defaults):
+    """The connection options; given before or after the subcommand (``defaults=False``: the subcommand's copy,
+    whose options default to nothing so that they never overwrite a value given before the subcommand)."""
+
+    def d(value):
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--host", default=d(os.getenv("CA_HOST", "127.0.0.1")))
+    p.add_argument("--port", type=int, default=d(int(os.getenv("CA_PORT", "0")) or None))
+    p.add_argument("--user", default=d(os.getenv("CA_USER")))
+    p.add_argument("--password", default=d(os.getenv("CA_PASSWORD")))
+    p.add_argument("--prefix", default=d("ca"))
+    p.add_argument("--codec", choices=["cbor", "json"], default=d("cbor"))
+    p.add_argument("--tls-ca", default=d(None), help="CA certificate file: connect with TLS")
+    p.add_argument("--timeout", type=float, default=d(None),
                    help="seconds: call: to connect, then for the reply (default 10); listen: stop after this long "
                    "(default 0 = never)")
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m firmware_client", description=__doc__.split("\n")[0])
+    _connection_options(p, True)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("call", help="call METHOD with ARGS, print the result as JSON")
+    _connection_options(c, False)
     c.add_argument("--ca", required=True)
     c.add_argument("--session", default="default")
     c.add_argument("method")
     c.add_argument("args", nargs="*")
     li = sub.add_parser("listen", help="print notifications as JSON lines")
+    _connection_options(li, False)
     li.add_argument("--ca", required=True)
     li.add_argument("--session", required=True)
     li.add_argument("--count", type=int, default=0, help="exit after this many notifications")
     return p
+
+
+class _Enough(Exception):
+    """Raised by listen's on_notify for a notification past --count: it stays unacked (not an OSError, which the
+    client would take for a lost connection)."""
 
 
 class _NoConnection(Exception):
@@ -89,6 +108,10 @@ def _listen(a):
     seen = [0]
 
     def show(args):
+        if a.count and seen[0] >= a.count:
+            # one poll can bring the whole backlog: refuse the one past --count, so that it (and every later
+            # one) is neither printed nor acked and stays queued for the next listener
+            raise _Enough
         print(_json(args), flush=True)
         seen[0] += 1
 
@@ -99,6 +122,8 @@ def _listen(a):
             if left <= 0:
                 break
             c.poll(left)
+    except _Enough:
+        pass
     finally:
         c.close()
     if a.count and seen[0] < a.count:

@@ -7,7 +7,9 @@
 #      CRASH_MID (per-256 chance to die while a buy is in flight, default 0)
 #      SEED, RUN (seed the crash dice; forever.py sets RUN to the attempt number)
 # exit status: 0 done; 3 crashed (by the dice, or a transient error such as a lost connection or a call
-# without an answer): run it again; 1 an error that a rerun cannot fix (a bug, a refused login): stop.
+# without an answer): run it again; 4 never reached the CA (connection refused or unreachable, or no answer,
+# before any call succeeded): run it again, but a few in a row mean the bridge is not running; 1 an error that
+# a rerun cannot fix (a bug, a refused login): stop. Ctrl-C exits 130 without a traceback.
 # ruff: noqa: UP031, SIM105 (MicroPython: no f-strings, no contextlib)
 import os
 import sys
@@ -19,8 +21,12 @@ sys.path.append(sys.path[0] + "/../..")
 from firmware_client import CAError, Client, MQTTError, PersistentSession
 
 CRASHED = 3
+UNREACHED = 4
 
 getenv = getattr(os, "getenv", lambda k, d=None: d)
+HOST = getenv("CA_HOST", "127.0.0.1")
+PORT = int(getenv("CA_PORT", "1883"))
+reached = [False]  # True once a call was answered: the CA is there
 FRUIT = ["apple", "banana", "cherry", "date", "elderberry", "fig", "grape", "honeydew", "kiwi", "lemon"]
 n_items = int(getenv("ITEMS", "0")) or len(FRUIT)
 
@@ -60,10 +66,10 @@ def transient(e):
 
 
 def main():
-    c = Client(getenv("CA_NAME", "cart1"), "default", host=getenv("CA_HOST", "127.0.0.1"),
-               port=int(getenv("CA_PORT", "1883")), timeout=10)
+    c = Client(getenv("CA_NAME", "cart1"), "default", host=HOST, port=PORT, timeout=10)
     c.connect()
     ps = PersistentSession(c)
+    reached[0] = True
     start = 0
     if isinstance(ps.memento, int) and not isinstance(ps.memento, bool):
         print("Crash detected, resuming at", ps.memento + 1)
@@ -88,8 +94,14 @@ try:
     code = main()
 except SystemExit:
     raise
+except KeyboardInterrupt:
+    print("interrupted")
+    code = 130
 except Exception as e:
-    if transient(e):  # a crash: the next run resumes from the memento
+    if transient(e) and not reached[0] and isinstance(e, OSError):
+        print("cannot reach the CA at %s:%d: %s" % (HOST, PORT, e))
+        code = UNREACHED
+    elif transient(e):  # a crash: the next run resumes from the memento
         print("crash:", repr(e))
         code = CRASHED
     else:

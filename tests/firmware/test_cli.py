@@ -103,3 +103,43 @@ def test_cli_refused_login_says_why(broker):
             "--session", "s1")
     assert p.returncode == 2
     assert "bad user name or password" in p.stderr and f"127.0.0.1:{broker.port}" in p.stderr
+
+
+def test_cli_listen_count_prints_exactly_n_and_leaves_the_rest_queued(broker):
+    """Issue 14 (review) item 3: one poll delivers the whole backlog; `--count 3` of 5 queued prints exactly 3 and
+    acks only those, so a second `--count 2` gets the other 2 (it used to print and ack all 5)."""
+    for i in range(5):
+        broker.notify([f"n{i}"], send=False)  # queued: all sent on the listener's sync
+    p = cli("--port", str(broker.port), "--timeout", "10", "listen", "--ca", "dev", "--session", "s1", "--count",
+            "3", timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(line) for line in p.stdout.splitlines()] == [["n0"], ["n1"], ["n2"]]
+    assert p.stderr == ""
+    assert broker.wait_for(lambda: any(e[0] == "ack" and e[1]["seq"] == 3 for e in list(broker.events)))
+    acked = [e[1]["seq"] for e in broker.events if e[0] in ("ack", "sync")]
+    assert max(acked) == 3, acked  # the extras were not acked
+    assert [q[0] for q in broker.queue] == [4, 5]
+    p = cli("--port", str(broker.port), "--timeout", "10", "listen", "--ca", "dev", "--session", "s1", "--count",
+            "2", timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(line) for line in p.stdout.splitlines()] == [["n3"], ["n4"]]
+
+
+def test_cli_connection_options_before_or_after_the_subcommand(broker):
+    """Issue 14 (review) item 4: `call --port P --ca X METHOD` was "unrecognized arguments: --port"; the connection
+    options now go on either side of the subcommand, and one given before it is not reset by the subcommand."""
+    p = cli("call", "--port", str(broker.port), "--timeout", "5", "--ca", "dev", "--session", "s1", "echo", "after",
+            env={"CA_PORT": "1"})
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == ["after"]
+    p = cli("--port", str(broker.port), "call", "--ca", "dev", "--session", "s1", "--timeout", "5", "echo", "before",
+            env={"CA_PORT": "1"})
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == ["before"]
+    broker.notify(["x"], send=False)
+    p = cli("listen", "--ca", "dev", "--session", "s1", "--port", str(broker.port), "--count", "1", "--timeout", "10",
+            env={"CA_PORT": "1"}, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(line) for line in p.stdout.splitlines()] == [["x"]]
+    p = cli("call", "--ca", "dev", "--nope", "echo")
+    assert p.returncode == 2 and "unrecognized arguments: --nope" in p.stderr

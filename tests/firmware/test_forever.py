@@ -83,3 +83,63 @@ def test_forever_reruns_crashes(tmp_path, interp):
     rc, out, err = forever(interp, tmp_path, {"MAX_RUNS": 5}, script)
     assert rc == 0, out + err
     assert "forever: 3 runs, 2 crashes" in out
+
+
+def held_port():
+    """A port bound but never listening: connections to it are refused, and no other test can take it meanwhile."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
+def test_forever_stops_when_the_bridge_is_not_running(tmp_path, interp):
+    """Review item 1: with nothing at CA_PORT every run was a "crash" and forever.py reran it up to MAX_RUNS (1000,
+    about 1.7 hours). device.py now exits 4 when it never reached the CA, and a few such runs in a row (UNREACHED_MAX,
+    2 here to keep the test short) stop the loop with one line that says where it looked."""
+    sock, port = held_port()
+    with sock:
+        rc, out, err = forever(interp, tmp_path, {"CA_PORT": port, "MAX_RUNS": 6, "UNREACHED_MAX": 2})
+    assert rc == 2, out + err
+    assert out.count(f"cannot reach the CA at 127.0.0.1:{port}: ") == 2, out
+    assert out.splitlines()[-1].startswith(
+        f"forever: cannot reach the bridge at 127.0.0.1:{port} (is it running?)"), out
+    assert "crash:" not in out and "Traceback" not in out + err
+
+
+def test_forever_unreached_runs_must_be_in_a_row(tmp_path, interp):
+    """Status 4 three times in a row (the default) stops the loop; a run that reached the CA (here a crash, 3) starts
+    the count again, so 4 4 3 4 4 0 runs to the end."""
+    script = tmp_path / "flaky.py"
+    script.write_text("import os\nimport sys\nsys.exit([4, 4, 3, 4, 4, 0][int(os.getenv('RUN')) - 1])\n")
+    rc, out, err = forever(interp, tmp_path, {"MAX_RUNS": 10}, script)
+    assert rc == 0, out + err
+    assert "forever: 6 runs, 5 crashes" in out
+    script.write_text("import sys\nsys.exit(4)\n")
+    rc, out, err = forever(interp, tmp_path, {"MAX_RUNS": 10, "CA_HOST": "gadget.local", "CA_PORT": 1999}, script)
+    assert rc == 2, out + err
+    assert out.strip() == ("forever: cannot reach the bridge at gadget.local:1999 (is it running?): 3 runs in a row "
+                           "never reached the CA")
+
+
+def test_forever_ctrl_c_stops_without_a_traceback(broker, tmp_path, interp):
+    """Review item 2: Ctrl-C (SIGINT to the terminal's whole process group) printed two tracebacks, forever.py's and
+    the device's; now each says one line and the loop exits 130."""
+    import signal
+
+    broker.connack = False  # the device waits in connect, as at a slow broker
+    p = subprocess.Popen([sys.executable, str(FOREVER), interp[0]], env=clean_env({"CA_PORT": broker.port}),
+                         cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert broker.wait_for(lambda: broker.count("connect") >= 1, timeout=30)
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    out, err = out.decode(errors="replace"), err.decode(errors="replace")
+    assert "Traceback" not in out + err, out + err
+    assert p.returncode == 130, out + err
+    assert out.splitlines()[-1] == "forever: interrupted", out

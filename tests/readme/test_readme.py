@@ -79,7 +79,7 @@ def program(word: str) -> str:
     """A README command's program as this test runs it: `.venv/bin/X` from the venv running the tests."""
     if word.startswith(".venv/bin/"):
         return str(VENV_BIN / word.removeprefix(".venv/bin/"))
-    if word == "python":
+    if word in ("python", "python3"):
         return sys.executable
     return word
 
@@ -169,6 +169,68 @@ def test_firmware_client_command_lines_parse():
     assert len(lines) >= 3
     for words in lines:
         device_parser().parse_args(words[words.index("firmware_client") + 1 :])
+
+
+def fenced_commands(path: Path) -> list[list[str]]:
+    """Each command line of ``path``'s sh blocks (a heredoc's text is not a command)."""
+    out, inside, heredoc = [], False, None
+    for line in path.read_text().splitlines():
+        if heredoc is not None:
+            heredoc = None if line == heredoc else heredoc
+            continue
+        if line.startswith("```"):
+            inside = line == "```sh"
+            continue
+        if inside:
+            command, _, rest = line.partition("<<")
+            if rest:
+                heredoc = rest.split()[0].strip("'\"-")
+            if words := shlex.split(command, comments=True):
+                out.append(words)
+    return out
+
+
+def launcher(words: list[str]) -> str:
+    return next(w for w in words if "=" not in w)  # past VAR=value prefixes
+
+
+@pytest.mark.parametrize("doc", ["README.md", "firmware_client/README.md"])
+def test_no_command_needs_a_bare_python(doc):
+    """Review item 5b: stock Debian/Ubuntu has `python3` but no `python`: commands say `python3` (stdlib only) or
+    `.venv/bin/python` (the project's dependencies)."""
+    commands = fenced_commands(ROOT / doc)
+    assert commands
+    bare = [" ".join(w) for w in commands if launcher(w) == "python"]
+    assert bare == []
+    prose = re.findall(r"`(python [^`]*)`", (ROOT / doc).read_text())
+    assert prose == []
+
+
+def test_the_micropython_forever_run_has_its_own_ca():
+    """Review item 5a: the MicroPython forever.py run buys in a CA of its own, so "until all is bought once" holds."""
+    runs = [w for w, _ in command_lines() if any(x.endswith("forever.py") for x in w)]
+    names = [next((x.split("=", 1)[1] for x in w if x.startswith("CA_NAME=")), "cart1") for w in runs]
+    assert any(w[-1].endswith("micropython") for w in runs), runs
+    assert len(runs) >= 2 and len(set(names)) == len(names), runs
+    prose = re.findall(r"`([^`]*forever\.py \.venv/bin/micropython)`", README.read_text())
+    assert prose and all("CA_NAME=" in p and "CA_NAME=cart1" not in p for p in prose), prose
+
+
+def test_unit_testing_elsewhere_says_how_to_get_bridge_and_the_loop_scope():
+    """Review item 5c: another project learns how to install `bridge` and which pytest-asyncio settings to set, and
+    those settings are the ones this repository uses."""
+    text = " ".join(section_text("### Unit-testing a CA").split())
+    said = re.search(r"`pip install (\S+) pytest pytest-asyncio`", text)
+    assert said and said.group(1).endswith("ca-bridge"), text
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'name = "ca-bridge"' in pyproject
+    for setting in ('asyncio_mode = "auto"', 'asyncio_default_fixture_loop_scope = "function"'):
+        assert f"`{setting}`" in text and setting in pyproject
+
+
+def test_mpremote_says_where_it_comes_from():
+    """Review item 5d."""
+    assert "`pip install mpremote`" in " ".join(section_text("## On a device").split())
 
 
 def test_bare_ca_bridge_is_explained_where_it_is_used():
