@@ -244,7 +244,11 @@ class Runtime:
                 return
             del self._unknown[ca]
             actor = self.actors[ca] = Actor(self.context, ca, None)
-            self._make_room()
+            self._used += 1
+            actor.used = self._used
+            self.admission.admit(actor, req, future)
+            self._make_room()  # after admitting: the new CA is busy, so not the one evicted
+            return
         self._used += 1
         actor.used = self._used
         self.admission.admit(actor, req, future)
@@ -291,11 +295,11 @@ class Runtime:
         else:
             self._unknown.pop(ca, None)
             if ca not in self.actors:
-                self._install(record, resume=True)
+                self._install(record, resume=True)  # busy with on_resume: never the one evicted
                 self.metrics.cas_loaded += 1
-                self._make_room()
         for req, future, hops in waiting:
             self.submit(ca, req, future, hops=hops)
+        self._make_room()
 
     async def _load_pulsing(self) -> None:
         """An app with pulses: load every CA in the background, so that each pulses without being asked for."""
