@@ -183,7 +183,8 @@ class Dashboard:
 
 
 def overview(bridge: BridgeView, query: str = "") -> dict[str, Any]:
-    """What ``/api/overview`` returns."""
+    """What ``/api/overview`` returns. Its CAs are the resident ones (``runtime.actors``): a CA not asked for since
+    start, or evicted (bridge.runtime), is listed again once a request loads it."""
     rt = bridge.runtime
     m = rt.metrics
     now = time.time()
