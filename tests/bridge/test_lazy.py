@@ -4,6 +4,7 @@ notifications, presence, dedup records and pulses; the LRU bound holds; busy CAs
 from __future__ import annotations
 
 import asyncio
+from typing import ClassVar
 
 import pytest
 
@@ -17,6 +18,7 @@ class Keeper(CA):
     """A counter that queues a notification for session "watch" per call and records its hooks."""
 
     gate: asyncio.Event | None = None  # held() waits on it
+    entered: asyncio.Event | None = None  # set when held() starts
 
     async def on_init(self):
         self.state.update(n=0, resumes=0, presence=[])
@@ -44,7 +46,8 @@ class Keeper(CA):
 
     @method
     async def held(self):
-        assert Keeper.gate is not None
+        assert Keeper.gate is not None and Keeper.entered is not None
+        Keeper.entered.set()
         await Keeper.gate.wait()
         return "released"
 
@@ -52,7 +55,7 @@ class Keeper(CA):
 class Pulser(CA):
     """Counts its pulses; sets the event of its name at each one."""
 
-    pulsed: dict[str, asyncio.Event] = {}
+    pulsed: ClassVar[dict[str, asyncio.Event]] = {}
 
     async def on_init(self):
         self.state["pulses"] = 0
@@ -156,33 +159,40 @@ async def test_busy_or_uncommitted_cas_are_not_evicted():
             super().__init__()
             self.release = asyncio.Event()
             self.release.set()
+            self.committing = asyncio.Event()  # a commit is waiting for release
+            self.loaded = asyncio.Event()  # a load returned (the runtime places its CA before it yields)
 
         async def commit(self, changes):
+            self.committing.set()
             await self.release.wait()
             return await super().commit(changes)
+
+        async def load(self, name):
+            record = await super().load(name)
+            self.loaded.set()
+            return record
 
     store = SlowStore()
     h = Harness(Keeper, preload=False, max_resident=1)
     h.store = store
-    Keeper.gate = asyncio.Event()
+    Keeper.gate, Keeper.entered = asyncio.Event(), asyncio.Event()
     async with h:
         assert h.runtime is not None
         rt = h.runtime
         await h.call("idle", "s", "incr")
         held = asyncio.ensure_future(h.call("busy", "s", "held"))  # running: its worker waits on the gate
-        await asyncio.sleep(0)
-        while "busy" not in rt.actors or not rt.actors["busy"].running:
-            await asyncio.sleep(0.01)  # the lookup of "busy" is a task of its own
+        await asyncio.wait_for(Keeper.entered.wait(), 10)
+        assert rt.actors["busy"].running
         assert resident(h) == {"busy"} and rt.metrics.cas_evicted == 1  # the load swept: only the idle one went
         store.release.clear()  # commits now wait: "busy"'s effects stay in the committer
+        store.committing.clear()
         Keeper.gate.set()
+        await asyncio.wait_for(store.committing.wait(), 10)
         actor = rt.actors["busy"]
-        while actor.running:
-            await asyncio.sleep(0.01)
-        assert actor.in_commit == 1 and not actor.idle()  # its reply is not durable yet
+        assert not actor.running and actor.in_commit == 1 and not actor.idle()  # its reply is not durable yet
+        store.loaded.clear()
         other = asyncio.ensure_future(h.call("other", "s", "get"))  # one more CA: over the bound, a sweep
-        while "other" not in rt.actors:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(store.loaded.wait(), 10)
         assert rt.evict_idle() == 0 and {"busy", "other"} <= resident(h)
         store.release.set()
         assert await held == "released"
@@ -191,7 +201,7 @@ async def test_busy_or_uncommitted_cas_are_not_evicted():
         assert actor.idle()
         assert rt.evict_idle() == 1 and len(rt.actors) == 1
         assert codec.loads((await store.load("busy")).state)["n"] == 0
-    Keeper.gate = None
+    Keeper.gate = Keeper.entered = None
 
 
 async def test_a_failed_lookup_creates_nothing():
