@@ -7,7 +7,8 @@ request may run, and every rejection) is bridge.admission; where a CA runs in a 
 Lazy loading and eviction (a bridge of its own; a cluster claims CAs when first asked for, bridge.router):
 
 * Nothing is loaded at start. The first request for a CA that is not resident parks in ``_lookups`` while one
-  ``store.load`` runs for it (one lookup in flight per CA, later requests park behind it, bounded like a mailbox);
+  ``store.load`` runs for it (one lookup in flight per CA, later requests park behind it, bounded like a mailbox,
+  a session's later presence replacing its parked one as in a mailbox, so a flood of presence loses no last state);
   the record is installed and on_resume runs before the parked requests, as it did at start before. A CA the store
   does not have is remembered for a few seconds (``_unknown``) and then created (autocreate, a creating request) or
   answered as missing: a sync then gets the "(1,1)" answer, but only after the store said the CA does not exist, so
@@ -257,13 +258,18 @@ class Runtime:
         """Park a request while its CA is looked up; True if the caller must start the lookup."""
         waiting = self._lookups.get(ca)
         if waiting is not None:
+            if req.coalesced:  # a later presence of a parked session replaces it, as in a mailbox (no slot taken)
+                for i, (parked, _, _) in enumerate(waiting):
+                    if parked.coalesced and parked.session == req.session:
+                        waiting[i] = (req, future, hops)
+                        return False
             if not self.admission.full(len(waiting)):
                 waiting.append((req, future, hops))
             else:
                 self.admission.reject(ca, req, future, BUSY)
             return False
         missed = self._unknown.get(ca)
-        if missed is not None and time.monotonic() - missed < 5.0:
+        if missed is not None and time.monotonic() - missed < MISS_TTL:
             self._answer_missing(ca, req, future)
             return False
         self._lookups[ca] = [(req, future, hops)]

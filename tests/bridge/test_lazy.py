@@ -10,6 +10,7 @@ import pytest
 
 from bridge import CA, codec, method
 from bridge.errors import CallError, StoreError
+from bridge.protocol import Presence
 from bridge.store import MemoryStore
 from bridge.testing import Harness
 
@@ -136,6 +137,33 @@ async def test_presence_for_an_evicted_ca_is_recorded(db):
         record = await stored(h, "a")
         assert codec.loads(record.state)["presence"] == [["dev", True], ["dev", False]]
         assert codec.loads(record.sessions["dev"].meta)[6] is False
+
+
+async def test_presence_flood_while_loading_keeps_the_last_one():
+    class GatedStore(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+            self.gate.set()
+
+        async def load(self, name):
+            await self.gate.wait()
+            return await super().load(name)
+
+    store = GatedStore()
+    h = Harness(Keeper, preload=False, max_resident=1, mailbox=8)
+    h.store = store
+    async with h:
+        await h.call("a", "dev", "incr")
+        await h.call("b", "s", "incr")  # evicts "a"
+        store.gate.clear()
+        assert h.ingress is not None
+        for i in range(21):  # more than a mailbox of presence for one session while "a" loads: the last one wins
+            h.ingress.receive("a", Presence("dev", "cbor", i % 2 == 0).encode())
+        store.gate.set()
+        await h.settle()
+        assert await h.call("a", "s", "online", "dev") is True
+        assert (await h.call("a", "s", "get"))["presence"] == [["dev", True]]
 
 
 async def test_lru_bound_holds_and_evicts_the_least_recently_used(db):
