@@ -65,9 +65,9 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "ctx", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "last_active",
-        "mailbox", "name", "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent", "running",
-        "sessions", "stale", "state_blob", "tokens", "tokens_at",
+        "ca", "ctx", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "in_commit",
+        "last_active", "mailbox", "name", "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent",
+        "running", "sessions", "stale", "state_blob", "tokens", "tokens_at", "used",
     )
 
     def __init__(self, ctx: ActorContext, name: str, record: CARecord | None) -> None:
@@ -90,6 +90,8 @@ class Actor:
         self.stale = False
         self.tokens = 0.0  # rate limiting (bridge.admission): calls this CA may still take, refilled over time
         self.tokens_at = 0.0
+        self.in_commit = 0  # effects of the current epoch handed to the committer and not delivered yet (runtime)
+        self.used = 0  # the runtime's LRU clock at the last request placed here (eviction)
         self.reset(record)
 
     def reset(self, record: CARecord | None) -> None:
@@ -125,6 +127,13 @@ class Actor:
         """A commit of this CA failed: drop everything not yet durable and reload before the next item."""
         self.epoch += 1
         self.stale = True
+        self.in_commit = 0  # effects of older epochs are retried or failed by the committer, never delivered
+
+    def idle(self) -> bool:
+        """Nothing queued, running, or waiting for durability: everything of this CA is in the store, so it may
+        be evicted and loaded again later without losing anything (bridge.runtime)."""
+        return not (self.running or self.mailbox or self.presence or self.pulse_queued or self.in_commit
+                    or self.stale)
 
     # -- the worker -------------------------------------------------------------------------------------------
 

@@ -84,6 +84,12 @@ def _host_port(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _max_resident(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a count of CAs (0: no bound), got {value!r}")
+    return int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ca-bridge", description="Run Cloud Assistants for gadgets over MQTT.")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -118,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pulse", type=float, default=2.0, metavar="SECONDS", help="pulse interval; 0 disables")
     run.add_argument("--max-payload", type=int, default=65536, metavar="BYTES")
     run.add_argument("--mailbox", type=int, default=256, help="per-CA mailbox bound (answers busy beyond it)")
+    run.add_argument("--max-resident", type=_max_resident, default=10_000, metavar="N",
+                     help="CAs kept in memory: beyond N the least recently used idle ones are evicted and loaded "
+                          "again when asked for (0: no bound; default 10000)")
     run.add_argument("--call-timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline")
     run.add_argument("--max-sessions", type=int, default=10)
     run.add_argument("--queue-limit", type=int, default=5, help="default per-session queue limit")
@@ -186,6 +195,7 @@ async def _run(args: argparse.Namespace) -> None:
     settings = Settings(
         db=args.db, broker=args.broker, listen=args.listen, broker_config=args.broker_config, prefix=args.prefix,
         pulse=args.pulse or None, max_payload=args.max_payload, mailbox=args.mailbox, call_timeout=args.call_timeout,
+        max_resident=args.max_resident,
         synchronous=args.synchronous, client_id=args.client_id,
         limits=SessionLimits(args.max_sessions, args.queue_limit, args.max_queue, args.dedup_window),
         auth=args.auth, ca_file=args.ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,

@@ -183,7 +183,8 @@ class Dashboard:
 
 
 def overview(bridge: BridgeView, query: str = "") -> dict[str, Any]:
-    """What ``/api/overview`` returns."""
+    """What ``/api/overview`` returns. Its CAs are the resident ones (``runtime.actors``): a CA not asked for since
+    start, or evicted (bridge.runtime), is listed again once a request loads it."""
     rt = bridge.runtime
     m = rt.metrics
     now = time.time()
@@ -206,6 +207,7 @@ def overview(bridge: BridgeView, query: str = "") -> dict[str, Any]:
             "commits": m.commit_batch.count, "commit_failures": m.commit_failures,
             "presence_changes": m.presence_changes, "mqtt_connects": m.mqtt_connects, "mqtt_dropped": m.mqtt_dropped,
             "mqtt_oversized": m.mqtt_oversized, "dropped_topics": m.dropped_topics, "http_requests": m.http_requests,
+            "cas_loads": m.cas_loaded, "cas_evicted": m.cas_evicted,
         },
         "gauges": rt.snapshot_counts(),
         "rejected": dict(sorted(m.rejected.items())),

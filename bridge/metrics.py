@@ -27,7 +27,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 GAUGES = (  # (key in the gauges mapping, metric name, help): the runtime's snapshot_counts() keys
-    ("cas", "ca_bridge_cas_loaded", "CAs in memory"),
+    ("cas", "ca_bridge_cas_loaded", "CAs resident in memory (idle ones beyond --max-resident are evicted)"),
     ("sessions", "ca_bridge_sessions", "Sessions of the loaded CAs"),
     ("online", "ca_bridge_sessions_online", "Sessions whose device is connected (presence)"),
     ("queued", "ca_bridge_queued_notifications", "Unacknowledged notifications in all session queues"),
@@ -103,6 +103,9 @@ class Metrics:
         self.http_requests = 0  # requests answered by the metrics and dashboard HTTP servers
         self.forwarded = 0  # cluster: requests forwarded to the owning bridge
         self.claims = 0  # cluster: ownership lookups and claims in the database
+        # lazy loading (bridge.runtime): CAs loaded from the store when asked for, and idle CAs evicted (LRU)
+        self.cas_loaded = 0
+        self.cas_evicted = 0
         self.history: deque[tuple[float, int, int]] = deque(maxlen=600)  # (time, calls, errors): the rate charts
         self.recent_errors: deque[tuple[float, str, str, str, str]] = deque(maxlen=50)  # (time, ca, method, kind, name)
 
@@ -214,6 +217,10 @@ class Collector:
                                   "acknowledged and skipped", value=m.mqtt_oversized)
         yield CounterMetricFamily("ca_bridge_dropped_topics", "Inbound messages on a topic that names no CA, "
                                   "dropped unanswered", value=m.dropped_topics)
+        yield CounterMetricFamily("ca_bridge_cas_loads", "CAs loaded from the store when a request asked for them "
+                                  "(first use since start, or after eviction)", value=m.cas_loaded)
+        yield CounterMetricFamily("ca_bridge_cas_evicted", "Idle CAs evicted from memory (least recently used, "
+                                  "beyond --max-resident)", value=m.cas_evicted)
         yield CounterMetricFamily("ca_bridge_http_requests", "Requests answered by the metrics and dashboard "
                                   "HTTP servers", value=m.http_requests)
         view = self.gauges() if self.gauges is not None else {}

@@ -1,19 +1,49 @@
-"""The CA runtime: the registry of loaded CAs, placing requests on them, pulses and the group committer.
+"""The CA runtime: the registry of resident CAs, placing requests on them, pulses and the group committer.
 
 It knows nothing about MQTT: decoded requests come in through :meth:`Runtime.submit` (from bridge.ingress), and
 everything that must reach a device goes out through a :class:`Sink` once it is durable. Admission (whether a
 request may run, and every rejection) is bridge.admission; where a CA runs in a cluster is bridge.router.
+
+Lazy loading and eviction (a bridge of its own; a cluster claims CAs when first asked for, bridge.router):
+
+* Nothing is loaded at start. The first request for a CA that is not resident parks in ``_lookups`` while one
+  ``store.load`` runs for it (one lookup in flight per CA, later requests park behind it, bounded like a mailbox,
+  a session's later presence replacing its parked one as in a mailbox, so a flood of presence loses no last state);
+  the record is installed and on_resume runs before the parked requests, as it did at start before. A CA the store
+  does not have is remembered for a few seconds (``_unknown``) and then created (autocreate, a creating request) or
+  answered as missing: a sync then gets the "(1,1)" answer, but only after the store said the CA does not exist, so
+  the sync of an evicted CA loads it and gets its real queue. A lookup that fails (store down) answers unavailable
+  and creates nothing: a CA must never be re-created over one the store could not read.
+* Eviction is LRU over idle actors (:meth:`bridge.actor.Actor.idle`): empty mailbox, no worker running, no coalesced
+  presence waiting, no pulse queued, not stale, and nothing of the current epoch waiting in the committer (counted
+  by :meth:`Runtime._commit` and :meth:`Runtime._deliver`; in a bridge of its own a Pending of an older epoch is
+  never delivered: the committer retries or fails it, and the retry goes through :meth:`submit`, which reloads).
+  State, sessions, queued notifications, presence (the session row's ``online``) and dedup records are all in the
+  store by then, so a reload restores them; only memory-only things go: the rate-limit tokens (refilled), the
+  dashboard's recent-calls list, ``ca.scratch`` and ``presence_at``. Beyond ``max_resident`` resident CAs, a sweep
+  evicts the least recently used idle ones down to 90% of the bound: at once when a load crosses the bound, and
+  once a second for CAs that were busy then. Busy CAs are never evicted, so the bound can be exceeded while more
+  CAs than that are busy at once.
+* Pulses: an app with on_pulse (and ``pulse`` set) pulses every CA of the store, so every CA is needed anyway:
+  its CAs are loaded in the background after start (the first requests do not wait for it: a request for a CA not
+  loaded yet loads it on its own) and are never evicted; ``max_resident`` does not bound them. Loading them per
+  pulse instead would reload the whole store every interval. So a CA that pulsed before a restart pulses after one
+  without any request, as when everything loaded at start.
+* ``preload``: load every CA at start, as before (the Harness does, so that its accessors see every CA after a
+  restart).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 import logging
 import time
 from collections.abc import Coroutine
+from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from bridge import codec
 from bridge.actor import PULSE, RESUME, Actor, ActorContext, Item
@@ -37,6 +67,7 @@ log = logging.getLogger("bridge.runtime")
 NO_SUCH_CA: Final = error_body("not_found", "NoSuchCA", "no such CA")
 STORE_DOWN: Final = error_body("unavailable", "Unavailable", "the store is unavailable")
 MOVED: Final = error_body("unavailable", "Moved", "the CA moved; retry")
+MISS_TTL: Final = 5.0  # seconds a CA the store does not have is answered as missing without asking it again
 
 
 def app_identity(app: type[CA]) -> str:
@@ -68,6 +99,8 @@ class Runtime:
         burst: int = 0,
         cluster: Cluster | None = None,
         metrics: Metrics | None = None,
+        max_resident: int = 10_000,
+        preload: bool = False,
     ) -> None:
         if not (isinstance(app, type) and issubclass(app, CA)):
             raise TypeError("app must be a subclass of bridge.CA")
@@ -78,6 +111,14 @@ class Runtime:
         self.pulse = pulse
         self.call_timeout = call_timeout
         self.autocreate = autocreate
+        if max_resident < 0:
+            raise ValueError("max_resident must be 0 (no bound) or more")
+        self.max_resident = max_resident  # idle CAs beyond it are evicted (LRU); 0: never evict
+        self.preload = preload
+        self._pulsing = bool(pulse and app.has_pulse())  # every CA pulses: all resident, never evicted
+        self._evicts = bool(max_resident) and cluster is None and not self._pulsing
+        self._sweep_at = max_resident  # resident count above which a load sweeps at once (see _make_room)
+        self._used = 0  # the LRU clock: bumped by every request placed on a resident CA
         self._lookups: dict[str, list[tuple[Inbound, asyncio.Future[Any] | None, int]]] = {}
         self._unknown: dict[str, float] = {}  # recent store misses, so hostile names cost one lookup a while
         self.actors: dict[str, Actor] = {}
@@ -87,7 +128,7 @@ class Runtime:
         self.committer = Committer(store, self._deliver, retry=self.submit, reject=self.admission.reject,
                                    metrics=self.metrics)
         self.context = ActorContext(
-            app=app, limits=self.limits, call_timeout=call_timeout, metrics=self.metrics, commit=self.committer.submit,
+            app=app, limits=self.limits, call_timeout=call_timeout, metrics=self.metrics, commit=self._commit,
             reject=self.admission.reject, spawn=self.spawn, reload=self._reload, fenced=cluster is not None)
         self._bound = False  # bind_app done
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,9 +169,14 @@ class Runtime:
         started = time.perf_counter()
         await self.bind_app()
         if self.cluster is None:
-            for record in await self.store.load_all():
-                self._install(record, resume=True)
-            log.info("loaded %d CAs in %.3fs", len(self.actors), time.perf_counter() - started)
+            if self.preload:
+                for record in await self.store.load_all():
+                    self._install(record, resume=True)
+                log.info("loaded %d CAs in %.3fs", len(self.actors), time.perf_counter() - started)
+            elif self._pulsing:
+                self._service.append(asyncio.create_task(self._load_pulsing(), name="bridge.loader"))
+            if self._evicts:
+                self._service.append(asyncio.create_task(self._evict_loop(), name="bridge.evictor"))
         else:  # CAs are claimed when first asked for (and adopted when orphaned, if they have pulses)
             await self.cluster.join()
             log.info("joined the cluster as %s", self.cluster.token)
@@ -189,33 +235,41 @@ class Runtime:
             if self.router.cluster is not None:
                 self._place(ca, req, future, hops)
                 return
-            if type(req) is Sync:  # nothing was ever queued for a CA that does not exist
-                self.sink.send(ca, req.session, req.missing_answer())
+            missed = self._unknown.get(ca)
+            if missed is None or ca in self._lookups or time.monotonic() - missed >= MISS_TTL:
+                if self._wait_lookup(ca, req, future, hops):  # not resident: maybe in the store (evicted, or
+                    self.spawn(self._lookup(ca), ca)  # not loaded since start, or made by `ca-bridge create`)
                 return
-            if not req.creates:
+            if not (self.autocreate and req.creates):  # the store said it does not exist
+                self._answer_missing(ca, req, future)
                 return
-            if not self.autocreate:
-                self._lookup_then_submit(ca, req, future)
-                return
+            del self._unknown[ca]
             actor = self.actors[ca] = Actor(self.context, ca, None)
+            self._used += 1
+            actor.used = self._used
+            self.admission.admit(actor, req, future)
+            self._make_room()  # after admitting: the new CA is busy, so not the one evicted
+            return
+        self._used += 1
+        actor.used = self._used
         self.admission.admit(actor, req, future)
-
-    def _lookup_then_submit(self, ca: str, req: Inbound, future: asyncio.Future[Any] | None) -> None:
-        """With autocreate off, a CA unknown here may have been created (`ca-bridge create`) since start-up."""
-        if self._wait_lookup(ca, req, future, False):
-            self.spawn(self._lookup(ca), ca)
 
     def _wait_lookup(self, ca: str, req: Inbound, future: asyncio.Future[Any] | None, hops: int) -> bool:
         """Park a request while its CA is looked up; True if the caller must start the lookup."""
         waiting = self._lookups.get(ca)
         if waiting is not None:
+            if req.coalesced:  # a later presence of a parked session replaces it, as in a mailbox (no slot taken)
+                for i, (parked, _, _) in enumerate(waiting):
+                    if parked.coalesced and parked.session == req.session:
+                        waiting[i] = (req, future, hops)
+                        return False
             if not self.admission.full(len(waiting)):
                 waiting.append((req, future, hops))
             else:
                 self.admission.reject(ca, req, future, BUSY)
             return False
         missed = self._unknown.get(ca)
-        if missed is not None and time.monotonic() - missed < 5.0:
+        if missed is not None and time.monotonic() - missed < MISS_TTL:
             self._answer_missing(ca, req, future)
             return False
         self._lookups[ca] = [(req, future, hops)]
@@ -233,30 +287,83 @@ class Runtime:
         self._unknown[ca] = time.monotonic()
 
     async def _lookup(self, ca: str) -> None:
+        """Load a CA that is not resident, then place the requests parked for it (a bridge of its own)."""
         try:
             record = await self.store.load(ca)
-        except Exception:
-            log.exception("looking up CA %s failed", ca)
-            record = None
+        except Exception as exc:  # never create a CA the store could not read: it may exist
+            log.warning("loading CA %s from the store failed: %s", ca, exc)
+            for req, future, _ in self._lookups.pop(ca, []):
+                self.admission.reject(ca, req, future, STORE_DOWN)
+            return
         waiting = self._lookups.pop(ca, [])
         if record is None:
-            self._remember_missing(ca)
-            for req, future, _ in waiting:
-                self.admission.reject(ca, req, future, NO_SUCH_CA)
+            self._remember_missing(ca)  # now submit creates it (autocreate) or answers it missing
+        else:
+            self._unknown.pop(ca, None)
+            if ca not in self.actors:
+                self._install(record, resume=True)  # busy with on_resume: never the one evicted
+                self.metrics.cas_loaded += 1
+        for req, future, hops in waiting:
+            self.submit(ca, req, future, hops=hops)
+        self._make_room()
+
+    async def _load_pulsing(self) -> None:
+        """An app with pulses: load every CA in the background, so that each pulses without being asked for."""
+        started = time.perf_counter()
+        try:
+            records = await self.store.load_all()
+        except Exception as exc:
+            log.error("could not load the CAs to pulse them (they load when asked for): %s", exc)
             return
-        self._unknown.pop(ca, None)
-        if ca not in self.actors:
-            self._install(record, resume=True)
-        for req, future, _ in waiting:
-            self.submit(ca, req, future)
+        for i, record in enumerate(records):
+            if self.closing:
+                return
+            # loaded since (a request) or being loaded: that copy is at least as new. Nothing is evicted with pulses,
+            # so no CA left the registry since the snapshot was read.
+            if record.name not in self.actors and record.name not in self._lookups:
+                self._install(record, resume=True)
+            if i % 512 == 511:
+                await asyncio.sleep(0)  # let requests through
+        log.info("loaded %d CAs to pulse in %.3fs", len(records), time.perf_counter() - started)
 
     def _install(self, record: CARecord, *, resume: bool) -> Actor:
         actor = self.actors[record.name] = Actor(self.context, record.name, record)
+        actor.used = self._used
         if resume:
             actor.enqueue(RESUME)
         if self.cluster is not None and self.pulse:  # taken over: its last pulse elsewhere may be recent
             actor.pulse_at = asyncio.get_running_loop().time() + self.pulse
         return actor
+
+    # -- eviction --------------------------------------------------------------------------------------------
+
+    def _make_room(self) -> None:
+        """After a CA became resident: sweep if that crossed the bound (or the floor a short sweep left)."""
+        if self._evicts and len(self.actors) > self._sweep_at:
+            self.evict_idle()
+
+    def evict_idle(self) -> int:
+        """Evict the least recently used idle CAs down to 90% of ``max_resident`` (when above the bound); return
+        how many. Busy CAs stay, so a sweep may fall short: the next load sweeps again only once another tenth of the
+        bound became resident (bounded work per load), and :meth:`_evict_loop` retries every second."""
+        bound = self.max_resident
+        if not self._evicts or len(self.actors) <= bound:
+            self._sweep_at = bound
+            return 0
+        excess = len(self.actors) - (bound - bound // 10)
+        idle = [actor for actor in self.actors.values() if actor.idle()]
+        victims = heapq.nsmallest(excess, idle, key=attrgetter("used"))
+        for actor in victims:
+            del self.actors[actor.name]
+        self.metrics.cas_evicted += len(victims)
+        self._sweep_at = max(bound, len(self.actors) + bound // 10)
+        return len(victims)
+
+    async def _evict_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if len(self.actors) > self.max_resident:
+                self.evict_idle()
 
     # -- clusters (bridge.cluster) ------------------------------------------------------------------------------
 
@@ -333,7 +440,7 @@ class Runtime:
                 log.warning("cluster heartbeat failed: %s", exc)
 
     def snapshot_counts(self) -> dict[str, int]:
-        """Gauges over the loaded CAs, computed now (for a metrics scrape or the dashboard)."""
+        """Gauges over the resident CAs, computed now (for a metrics scrape or the dashboard)."""
         sessions = online = queued = queue_max = mailbox = mailbox_max = busy = 0
         for actor in self.actors.values():
             depth = len(actor.mailbox)
@@ -366,8 +473,18 @@ class Runtime:
         if self._busy_workers == 0:
             self._workers_idle.set()
 
+    def _commit(self, pending: Pending) -> None:
+        """Hand an actor's effects to the committer, counting them on the actor until delivered (Actor.idle)."""
+        owner: Actor = pending.owner  # type: ignore[assignment]  # (no cast(): a call on the hot path)
+        if pending.epoch == owner.epoch:
+            owner.in_commit += 1
+        self.committer.submit(pending)
+
     def _deliver(self, pending: Pending) -> None:
-        ca = pending.owner.name
+        owner: Actor = pending.owner  # type: ignore[assignment]  # the runtime commits only its actors' effects
+        if pending.epoch == owner.epoch and owner.in_commit:
+            owner.in_commit -= 1
+        ca = owner.name
         send = self.sink.send
         for session, payload in pending.sends:
             send(ca, session, payload)
@@ -377,9 +494,8 @@ class Runtime:
         if pending.result and type(req) is Call:
             took = time.monotonic() - req.at
             metrics.call_done(req.method, pending.result, took)
-            actor = cast(Actor, pending.owner)  # the runtime commits nothing but its actors' effects
-            actor.last_active = now = time.time()
-            actor.recent.append((now, req.session, req.id, req.method, pending.result, took))
+            owner.last_active = now = time.time()
+            owner.recent.append((now, req.session, req.id, req.method, pending.result, took))
             if pending.result != "ok":
                 outcome = pending.outcome
                 name = outcome.name if isinstance(outcome, AppError) else "InternalError"

@@ -47,6 +47,7 @@ class Settings:
     pulse: float | None = 2.0
     max_payload: int = 65536
     mailbox: int = 256
+    max_resident: int = 10_000  # idle CAs beyond this many in memory are evicted (LRU); 0: no bound
     call_timeout: float = 30.0
     synchronous: str = "FULL"
     client_id: str | None = None
@@ -88,6 +89,7 @@ class Bridge:
         self.runtime = Runtime(
             app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout,
             autocreate=s.autocreate, rate=s.rate, burst=s.burst, cluster=self.cluster, metrics=self.metrics,
+            max_resident=s.max_resident,
         )
         self.ingress = Ingress(self.runtime, self.topics, s.max_payload)
         self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)

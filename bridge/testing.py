@@ -44,13 +44,18 @@ class _Recorder:
 
 
 class Harness:
-    """Runs a CA class on the real runtime, with SQLite (``db`` path) or an in-memory store (``db=None``)."""
+    """Runs a CA class on the real runtime, with SQLite (``db`` path) or an in-memory store (``db=None``).
+
+    Unlike a bridge, it loads every CA at start (so that :meth:`state` and the other accessors see every CA after a
+    :meth:`restart`); ``preload=False`` runs lazily as a bridge does (bridge.runtime).
+    """
 
     def __init__(self, app: type[CA], db: str | os.PathLike[str] | None = None, **runtime_options: Any) -> None:
         self.app = app
         self.store: Store = open_store(db)  # None: in memory
         self.options = runtime_options
         self.options.setdefault("limits", SessionLimits())
+        self.options.setdefault("preload", True)
         self.sink = _Recorder()
         self.runtime: Runtime | None = None
         self.ingress: Ingress | None = None
