@@ -31,8 +31,8 @@ def open_store(target: str | os.PathLike[str] | None, *, synchronous: str = "FUL
 
     ``read_only`` (tools such as `ca-bridge inspect`): the store is opened as it is, no schema is created or
     upgraded, and every write is refused. A writing SQLite store is ``exclusive`` to one process (a second
-    bridge on the file is refused at open); ``exclusive=False`` is for `ca-bridge create` beside a running bridge.
-    Another URL scheme is a ConfigError.
+    bridge on the file is refused at open); ``exclusive=False`` is for the tools (`ca-bridge create` beside a
+    running bridge, `migrate`). Another URL scheme is a ConfigError.
     """
     if target is None:
         return MemoryStore()

@@ -83,8 +83,8 @@ class SQLiteStore:
         self.synchronous = synchronous.upper()
         self.read_only = read_only  # for tools (`ca-bridge inspect`): no schema, no migration, writes fail
         # A writing store belongs to one process: two bridges on one file would each hold CAs in memory and
-        # overwrite each other's commits. `ca-bridge create` opts out (exclusive=False): it writes one transaction
-        # beside a running bridge, which SQLite's own locking keeps safe.
+        # overwrite each other's commits. The tools opt out (exclusive=False): `ca-bridge create` writes one
+        # transaction beside a running bridge (README: with --no-autocreate), which SQLite's own locking keeps safe.
         self.exclusive = exclusive and not read_only
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -97,10 +97,10 @@ class SQLiteStore:
 
     async def open(self) -> None:
         """Open the file on the writer thread: creating it and the schema, or upgrading it (read-only: as it is)."""
+        if self.exclusive:
+            self._lock = _take_lock(self.path)  # before anything is read or written; quick, never waits
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
         try:
-            if self.exclusive:
-                self._lock = await self._run(_take_lock, self.path)
             await self._run(self._open_read_only if self.read_only else self._open)
         except BaseException:
             self._pool.shutdown(wait=True)
