@@ -119,8 +119,9 @@ class EmbeddedBroker:
         where = f"{self.host}:{self.port}" + (f" or {self.tls[2]}:{self.tls[3]}" if self.tls is not None else "")
         cause = exc.__cause__
         if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
-            return (f"embedded broker cannot listen on {where}: address already in use (by scripts/run or another "
-                    "broker?); stop it first, or pass --listen HOST:PORT")
+            return (f"embedded broker cannot listen on {where}: address already in use (by scripts/run, another "
+                    "broker or another ca-bridge?); stop it first, or give this bridge its own --listen HOST:PORT "
+                    "and its own --db")
         return f"embedded broker cannot listen on {where}: {cause or exc}"
 
     async def __aexit__(self, *exc_info: object) -> None:

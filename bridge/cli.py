@@ -28,7 +28,12 @@ log = logging.getLogger("bridge")
 
 
 def load_app(spec: str) -> type[CA]:
-    """Load ``path/to/file.py:Class`` or ``package.module:Class``."""
+    """Load ``path/to/file.py:Class`` or ``package.module:Class``.
+
+    The file form imports its neighbours as ``python path/to/file.py`` would (the file's folder goes first on
+    sys.path); the package form finds packages in the current directory as ``python -m`` does, so that
+    ``ca-bridge run`` and ``python -m bridge run`` load the same app.
+    """
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise ConfigError(f"APP must be path/to/file.py:Class or package.module:Class, not {spec!r}")
@@ -36,6 +41,7 @@ def load_app(spec: str) -> type[CA]:
         path = Path(target).resolve()
         if not path.is_file():
             raise ConfigError(f"no such file: {target}")
+        _on_path(path.parent)
         module_spec = importlib.util.spec_from_file_location(f"ca_app_{path.stem}", path)
         if module_spec is None or module_spec.loader is None:
             raise ConfigError(f"cannot load {target}")
@@ -47,6 +53,7 @@ def load_app(spec: str) -> type[CA]:
             del sys.modules[module_spec.name]
             raise ConfigError(_import_failure(target, path, exc)) from None
     else:
+        _on_path(Path.cwd())
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
@@ -62,6 +69,12 @@ def load_app(spec: str) -> type[CA]:
     if not (isinstance(app, type) and issubclass(app, CA)):
         raise ConfigError(f"{spec} is not a subclass of bridge.CA")
     return app
+
+
+def _on_path(folder: Path) -> None:
+    """Put ``folder`` first on sys.path, unless it is there already (``python -m bridge`` puts the current one)."""
+    if not any(Path(p or ".").resolve() == folder for p in sys.path):
+        sys.path.insert(0, str(folder))
 
 
 def _import_failure(target: str, path: Path | None, exc: Exception) -> str:
@@ -248,10 +261,11 @@ def _redact(db: str) -> str:
 
 def _store(db: str, *, must_exist: bool, read_only: bool = False) -> Store:
     """The store ``--db`` names: PostgreSQL for a postgresql:// URL, else a SQLite file (``read_only``: opened
-    as it is, no schema created or upgraded, and any write refused)."""
+    as it is, no schema created or upgraded, and any write refused). Not exclusive: a tool works beside a running
+    bridge (SQLite's own locking keeps a tool's single transaction safe)."""
     from bridge.store import is_postgres_url, open_store
 
-    store = open_store(db, application_name="ca-bridge-tool", read_only=read_only)
+    store = open_store(db, application_name="ca-bridge-tool", read_only=read_only, exclusive=False)
     if must_exist and not is_postgres_url(db) and not Path(db).exists():
         raise ConfigError(f"no store at {db}")
     return store

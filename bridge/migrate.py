@@ -41,7 +41,7 @@ async def migrate(
         raise ConfigError("the target must be a postgresql:// URL")
     if not await asyncio.to_thread(source.exists):
         raise ConfigError(f"no store at {source}")
-    src = open_store(source)
+    src = open_store(source, exclusive=False)  # a tool, not a bridge: it does not take the bridge's lock on the file
     dst = open_store(target, application_name="ca-bridge-migrate")
     assert isinstance(src, SQLiteStore) and isinstance(dst, PostgresStore)  # a path, a postgresql:// URL (above)
     await src.open()

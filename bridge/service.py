@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import ssl
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,20 @@ from bridge.store import Store, is_postgres_url, membership_for, open_store
 __all__ = ["Bridge", "Settings"]
 
 log = logging.getLogger("bridge")
+
+
+@contextmanager
+def _cannot_listen(option: str, address: tuple[str, int]) -> Iterator[None]:
+    """An HTTP server that cannot bind is one line naming its option, like the embedded broker's port."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{address[0]}:{address[1]}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"{option} cannot listen on {where}: address already in use (by scripts/run or "
+                              f"another ca-bridge?); stop it first, or pass another {option.split()[0]} "
+                              "HOST:PORT") from None
+        raise ConfigError(f"{option} cannot listen on {where}: {exc.strerror or exc}") from None
 
 
 @dataclass(slots=True)
@@ -147,8 +163,9 @@ class Bridge:
         """The metrics endpoint and the dashboard, when asked for (on one port if both name the same one)."""
         s = self.settings
         if s.metrics is not None and s.metrics != s.http:
-            self.metrics_server = await self._stack.enter_async_context(
-                HttpServer(*s.metrics, {"/metrics": self._metrics_page}, metrics=self.metrics))
+            with _cannot_listen("--metrics", s.metrics):
+                self.metrics_server = await self._stack.enter_async_context(
+                    HttpServer(*s.metrics, {"/metrics": self._metrics_page}, metrics=self.metrics))
         if s.http is not None:
             from bridge.dashboard import Dashboard
 
@@ -158,7 +175,9 @@ class Bridge:
 
                 token = AuthStore(s.auth).dashboard_token()
             routes: dict[str, Handler] = {"/metrics": self._metrics_page} if s.metrics == s.http else {}
-            self.dashboard = await self._stack.enter_async_context(Dashboard(self, *s.http, token=token, extra=routes))
+            with _cannot_listen("--http" if s.metrics != s.http else "--http and --metrics", s.http):
+                self.dashboard = await self._stack.enter_async_context(
+                    Dashboard(self, *s.http, token=token, extra=routes))
 
     def _metrics_page(self, _request: HttpRequest) -> HttpResponse:
         cluster = self.cluster

@@ -21,7 +21,7 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def open_store(target: str | os.PathLike[str] | None, *, synchronous: str = "FULL", read_only: bool = False,
-               pool_size: int = 4, application_name: str = "ca-bridge") -> Store:
+               pool_size: int = 4, application_name: str = "ca-bridge", exclusive: bool = True) -> Store:
     """The store ``target`` names, not opened yet (call ``await store.open()``).
 
     - ``postgresql://`` or ``postgres://`` URL: PostgreSQL (``pool_size`` connections, ``application_name`` as
@@ -30,7 +30,9 @@ def open_store(target: str | os.PathLike[str] | None, *, synchronous: str = "FUL
     - None: a MemoryStore (no durability: for the Harness and unit tests).
 
     ``read_only`` (tools such as `ca-bridge inspect`): the store is opened as it is, no schema is created or
-    upgraded, and every write is refused. Another URL scheme is a ConfigError.
+    upgraded, and every write is refused. A writing SQLite store is ``exclusive`` to one process (a second
+    bridge on the file is refused at open); ``exclusive=False`` is for the tools (`ca-bridge create` beside a
+    running bridge, `migrate`). Another URL scheme is a ConfigError.
     """
     if target is None:
         return MemoryStore()
@@ -40,7 +42,7 @@ def open_store(target: str | os.PathLike[str] | None, *, synchronous: str = "FUL
         if _URL.match(target):
             raise ConfigError(f"unsupported store URL {redact_url(target)}: give a SQLite file path or a "
                               "postgresql:// URL")
-    return SQLiteStore(Path(target), synchronous=synchronous, read_only=read_only)
+    return SQLiteStore(Path(target), synchronous=synchronous, read_only=read_only, exclusive=exclusive)
 
 
 def membership_for(store: Store) -> Membership | None:

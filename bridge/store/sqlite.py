@@ -8,6 +8,9 @@ connection is never shared between threads.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
+import os
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from bridge import faults
-from bridge.errors import StoreError
+from bridge.errors import ConfigError, StoreError
 from bridge.store.base import CARecord, Change, SessionRecord, merge
 
 __all__ = ["SQLiteStore"]
@@ -42,17 +45,50 @@ SCHEMA_VERSION = 3
 MIGRATIONS = {1: "DROP TABLE dedup;"}
 
 
+def _take_lock(db: Path) -> int:
+    """An exclusive advisory lock on ``<db>.lock``, held while the returned descriptor stays open.
+
+    flock belongs to the open file, so the kernel drops it when the process ends however it ends (SIGKILL
+    included): a lock is never stale, and the file itself is never removed (removing it would let a third process
+    lock a new file while the second still holds the old one). The holder writes its pid into it for the message.
+    """
+    path = db.with_name(db.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot open store {db}: {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreError(f"cannot lock store {db}: {path}: {exc.strerror}") from None
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise ConfigError(f"{db} is in use by another ca-bridge{pid}; stop it, give this bridge its own --db, or "
+                          "use PostgreSQL for several bridges") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class SQLiteStore:
     """A :class:`bridge.store.Store` in one SQLite file."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", read_only: bool = False,
+                 exclusive: bool = True) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.read_only = read_only  # for tools (`ca-bridge inspect`): no schema, no migration, writes fail
+        # A writing store belongs to one process: two bridges on one file would each hold CAs in memory and
+        # overwrite each other's commits. The tools opt out (exclusive=False): `ca-bridge create` writes one
+        # transaction beside a running bridge (README: with --no-autocreate), which SQLite's own locking keeps safe.
+        self.exclusive = exclusive and not read_only
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._lock: int | None = None  # the descriptor holding the flock on <db>.lock
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
@@ -61,12 +97,15 @@ class SQLiteStore:
 
     async def open(self) -> None:
         """Open the file on the writer thread: creating it and the schema, or upgrading it (read-only: as it is)."""
+        if self.exclusive:
+            self._lock = _take_lock(self.path)  # before anything is read or written; quick, never waits
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
         try:
             await self._run(self._open_read_only if self.read_only else self._open)
         except BaseException:
             self._pool.shutdown(wait=True)
             self._pool = None
+            self._release_lock()
             raise
 
     def _open_read_only(self) -> None:
@@ -112,14 +151,22 @@ class SQLiteStore:
         """Close the connection and stop the writer thread."""
         if self._pool is None:
             return
-        await self._run(self._close)
-        self._pool.shutdown(wait=True)
-        self._pool = None
+        try:
+            await self._run(self._close)
+        finally:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            self._release_lock()  # after the connection is closed: the next bridge finds a quiet file
 
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor drops the flock (the file stays: see _take_lock)
+            self._lock = None
 
     async def load_all(self) -> list[CARecord]:
         """Every CA with its sessions."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -98,6 +99,37 @@ def test_readme_main_command_runs_the_example(tmp_path):
     assert proc.returncode == 0, out
     assert "listening" in out and "session_info" in out
     assert out.count("notification") >= 5
+
+
+def test_scripts_run_waits_for_the_bridge_itself_and_says_which_variables_move_it(tmp_path):
+    """The embedded broker's "listening" log line comes before the dashboard binds: with the dashboard's port taken
+    the bridge dies after it, and scripts/run must not start the device, but say how to move the ports."""
+    port, http = free_port(), free_port()
+    env = {**os.environ, "PORT": str(port), "DB": str(tmp_path / "run.db"), "HTTP": str(http)}
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", http))
+        held.listen()
+        proc = subprocess.Popen(["bash", "scripts/run", "--once"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=90)
+        finally:
+            stop(proc)
+    assert proc.returncode == 1, out
+    assert "embedded amqtt broker listening" in out  # what the old check took for the bridge's readiness
+    assert "starting the helloworld device" not in out
+    hint = f"port busy? PORT={port + 1} HTTP={http + 1} scripts/run"
+    assert out.splitlines()[-1] == f"run: the bridge did not start ({hint})"
+
+
+def test_scripts_run_refuses_an_option_it_does_not_take():
+    """`scripts/run --listen ...` used to run on 1883 anyway: it is configured by PORT=, HTTP=, DB= only."""
+    out = subprocess.run(["bash", "scripts/run", "--listen", "127.0.0.1:1884"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == ["run: unknown option --listen: scripts/run takes only --once; set PORT=, HTTP=, "
+                                       "DB= instead, e.g. PORT=1884 HTTP=8081 scripts/run"]
 
 
 def test_no_autocreate_and_create_while_running(bridge_factory):
