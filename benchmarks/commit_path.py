@@ -3,7 +3,7 @@
 
 Closed loop like the yardstick: N "devices" each submit one call shaped like `incr` (state, dedup record, dedup
 window trim), wait for its delivery, submit the next. Prints per delivered call: the loop thread's CPU, the rest of
-the process's CPU (the store's thread), the commits per call, and the submit-to-delivery latency (p50/p99).
+the process's CPU (the store's thread), and the submit-to-delivery latency (p50/p99).
 
     .venv/bin/python benchmarks/commit_path.py [--devices 1] [--calls 3000] [--src other/checkout]
 
@@ -51,10 +51,8 @@ async def measure(devices: int, calls: int) -> dict[str, float]:
 
         committer = Committer(store, deliver, retry=lambda *a: None, reject=lambda *a: None)
         runner = asyncio.create_task(committer.run())
-        commits = 0
 
         async def device(i: int, n: int) -> None:
-            nonlocal commits
             owner = Owner(f"ca{i}")
             for pos in range(1, n + 1):
                 change = Change(owner.name, b"\xa1an\x19" + pos.to_bytes(2, "big"),
@@ -76,8 +74,8 @@ async def measure(devices: int, calls: int) -> dict[str, float]:
         await store.close()
         n = len(latencies)
         latencies.sort()
-        del commits
-        return {"calls/s": n / wall, "loop us/call": 1e6 * loop_cpu / n, "store thread us/call": 1e6 * (cpu - loop_cpu) / n,
+        return {"calls/s": n / wall, "loop us/call": 1e6 * loop_cpu / n,
+                "store thread us/call": 1e6 * (cpu - loop_cpu) / n,
                 "process us/call": 1e6 * cpu / n, "p50 ms": 1e3 * statistics.median(latencies),
                 "p99 ms": 1e3 * latencies[int(0.99 * (n - 1))]}
 
