@@ -86,6 +86,7 @@ class Committer:
         self._scheduled = False  # a flush is on the loop's ready queue
         self._batch: list[Pending] | None = None  # the live items of the batch being committed
         self._started = 0.0  # perf_counter when that batch went to the store
+        self._changes = 0  # how many changes that batch holds
         self._task: asyncio.Task[None] | None = None  # awaiting a store without commit_soon
         self._idle = asyncio.Event()
         self._idle.set()
@@ -132,6 +133,7 @@ class Committer:
                     changes.append(pending.change)
             if changes:
                 self._batch = live
+                self._changes = len(changes)
                 self._started = time.perf_counter()
                 if self._commit_soon is not None:
                     self._commit_soon(changes, self._done, self._loop)
@@ -157,14 +159,13 @@ class Committer:
             return
         if isinstance(outcome, BaseException):
             self._metrics.commit_failures += 1
-            log.error("commit of %d calls failed; their CAs reload from the store",
-                      sum(p.change is not None for p in live), exc_info=outcome)
+            log.error("commit of %d calls failed; their CAs reload from the store", self._changes, exc_info=outcome)
             for pending in live:
                 pending.owner.invalidate()
                 self._fail(pending)
         else:
             self._metrics.commit_seconds.observe(time.perf_counter() - self._started)
-            self._metrics.commit_batch.observe(sum(p.change is not None for p in live))
+            self._metrics.commit_batch.observe(self._changes)
             faults.hit("after_commit")
             self._release(live, outcome)
         self._flush()
