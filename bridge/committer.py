@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 from bridge import faults
 from bridge.metrics import Metrics
 from bridge.protocol import Inbound, error_body
-from bridge.store import Change, Store
+from bridge.store import Change, CommitSoon, Store
 
 __all__ = ["UNDURABLE", "Committer", "Owner", "Pending", "Reject", "Retry"]
 
@@ -62,7 +62,7 @@ class Pending:
 
 
 class Committer:
-    """Owns the commit loop; feed it with :meth:`submit`."""
+    """Owns the commit path; feed it with :meth:`submit` once :meth:`run` runs."""
 
     def __init__(
         self,
@@ -75,62 +75,103 @@ class Committer:
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._commit_soon = store.commit_soon if isinstance(store, CommitSoon) else None
         self._deliver = deliver
         self._resubmit = retry
         self._reject = reject
         self._max_batch = max_batch
         self._metrics = metrics or Metrics()
         self._queue: list[Pending] = []
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
+        self._scheduled = False  # a flush is on the loop's ready queue
+        self._batch: list[Pending] | None = None  # the live items of the batch being committed
+        self._started = 0.0  # perf_counter when that batch went to the store
+        self._changes = 0  # how many changes that batch holds
+        self._task: asyncio.Task[None] | None = None  # awaiting a store without commit_soon
         self._idle = asyncio.Event()
         self._idle.set()
 
     def submit(self, pending: Pending) -> None:
         """Queue one call's effects for the next batch."""
         self._queue.append(pending)
-        self._idle.clear()
-        self._wake.set()
+        if self._idle.is_set():
+            self._idle.clear()
+        if not self._scheduled and self._batch is None and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)  # after the rest of this turn: its calls join the batch
 
     async def wait_idle(self) -> None:
         """Return once everything submitted so far is committed and delivered (or failed)."""
         await self._idle.wait()
 
     async def run(self) -> None:
-        """The commit loop; runs until cancelled."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._commit(batch)
-            if not self._queue:
-                self._idle.set()
+        """Enable the commit path; runs until cancelled. Once cancelled, nothing more is committed or delivered."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._scheduled = True
+        loop.call_soon(self._flush)  # anything submitted before
+        try:
+            await loop.create_future()  # never resolved
+        finally:
+            self._loop = None
+            if self._task is not None:
+                self._task.cancel()
 
-    async def _commit(self, batch: list[Pending]) -> None:
-        live = []
-        for pending in batch:
-            if pending.epoch == pending.owner.epoch:
+    def _flush(self) -> None:
+        """Start the next batch, unless one is in flight (its completion starts the next)."""
+        self._scheduled = False
+        while self._batch is None and self._loop is not None and self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            live = []
+            changes = []
+            for pending in batch:
+                if pending.epoch != pending.owner.epoch:
+                    self._retry(pending)  # built on state a failed commit threw away
+                    continue
                 live.append(pending)
-            else:
-                self._retry(pending)  # built on state a failed commit threw away
-        changes = [p.change for p in live if p.change is not None]
-        if changes:
-            started = time.perf_counter()
-            try:
-                refused = await self._store.commit(changes)
-            except Exception:
-                self._metrics.commit_failures += 1
-                log.exception("commit of %d calls failed; their CAs reload from the store", len(changes))
-                for pending in live:
-                    pending.owner.invalidate()
-                    self._fail(pending)
+                if pending.change is not None:
+                    changes.append(pending.change)
+            if changes:
+                self._batch = live
+                self._changes = len(changes)
+                self._started = time.perf_counter()
+                if self._commit_soon is not None:
+                    self._commit_soon(changes, self._done, self._loop)
+                else:
+                    self._task = self._loop.create_task(self._await_commit(changes))
                 return
-            self._metrics.commit_seconds.observe(time.perf_counter() - started)
-            self._metrics.commit_batch.observe(len(changes))
-            faults.hit("after_commit")
+            self._release(live, frozenset())  # nothing to write: deliver at once, in order
+        if self._batch is None and not self._queue:
+            self._idle.set()
+
+    async def _await_commit(self, changes: list[Change]) -> None:
+        try:
+            outcome: frozenset[str] | BaseException = await self._store.commit(changes)
+        except Exception as exc:
+            outcome = exc
+        self._task = None
+        self._done(outcome)
+
+    def _done(self, outcome: frozenset[str] | BaseException) -> None:
+        """The store's answer for the batch in flight (on the loop's thread): deliver it, start the next."""
+        live, self._batch = self._batch, None
+        if live is None or self._loop is None:  # stopped meanwhile: deliver nothing
+            return
+        if isinstance(outcome, BaseException):
+            self._metrics.commit_failures += 1
+            log.error("commit of %d calls failed; their CAs reload from the store", self._changes, exc_info=outcome)
+            for pending in live:
+                pending.owner.invalidate()
+                self._fail(pending)
         else:
-            refused = frozenset()
+            self._metrics.commit_seconds.observe(time.perf_counter() - self._started)
+            self._metrics.commit_batch.observe(self._changes)
+            faults.hit("after_commit")
+            self._release(live, outcome)
+        self._flush()
+
+    def _release(self, live: list[Pending], refused: frozenset[str]) -> None:
+        """Deliver a durable batch in submission order (items of refused CAs run again instead)."""
         for pending in live:
             if refused and pending.owner.name in refused:  # another bridge owns this CA now (bridge.cluster)
                 pending.owner.invalidate()
@@ -138,7 +179,7 @@ class Committer:
                 continue
             try:
                 self._deliver(pending)
-            except Exception:  # a delivery bug must never stop the commit loop
+            except Exception:  # a delivery bug must never stop the commit path
                 log.exception("delivering the effects of CA %s failed", pending.owner.name)
         faults.hit("after_publish")
 

@@ -11,7 +11,7 @@
 Nothing here imports the runtime, the service or the command line.
 """
 
-from bridge.store.base import CARecord, Change, SessionRecord, SessionWrite, Store, merge
+from bridge.store.base import CARecord, Change, CommitSoon, SessionRecord, SessionWrite, Store, merge
 from bridge.store.factory import membership_for, open_store
 from bridge.store.membership import Claim, Membership
 from bridge.store.memory import MemoryStore
@@ -21,6 +21,7 @@ __all__ = [
     "CARecord",
     "Change",
     "Claim",
+    "CommitSoon",
     "Membership",
     "MemoryStore",
     "SessionRecord",

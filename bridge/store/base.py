@@ -9,11 +9,14 @@ PostgreSQL (bridge.store.postgres), and a dict for tests (bridge.store.memory).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-__all__ = ["CARecord", "Change", "SessionRecord", "SessionWrite", "Store", "merge"]
+__all__ = ["CARecord", "Change", "CommitDone", "CommitSoon", "SessionRecord", "SessionWrite", "Store", "merge"]
+
+CommitDone = Callable[[frozenset[str] | BaseException], None]  # a batch's outcome: the refused CAs, or the error
 
 
 @dataclass(slots=True)
@@ -137,3 +140,13 @@ class Store(Protocol):
         Returns the CAs whose changes were refused because this bridge no longer owns them (only a store shared
         by several bridges refuses anything; see bridge.store.membership): none of theirs is written, all else is.
         """
+
+
+@runtime_checkable
+class CommitSoon(Protocol):
+    """Optional, for a store with a thread of its own (bridge.store.sqlite): commit without an awaitable in
+    between, so that a batch costs one hand-off to that thread and one back (bridge.committer uses it if there)."""
+
+    def commit_soon(self, changes: Sequence[Change], done: CommitDone, loop: asyncio.AbstractEventLoop) -> None:
+        """Like :meth:`Store.commit`, but return at once and call ``done`` exactly once on ``loop``'s thread with
+        what commit would return or raise. Called on ``loop``'s thread."""

@@ -2,29 +2,37 @@
 
 A batch of many CAs' calls is one SQLite transaction (group commit): one fsync however many calls it holds.
 All database work runs on a single dedicated thread, so the event loop never blocks on the disk and the
-connection is never shared between threads.
+connection is never shared between threads. The thread is fed by a queue; each job hands its result back with one
+``call_soon_threadsafe``. A commit (:meth:`SQLiteStore.commit_soon`) calls the committer's callback directly from
+there: one hand-off each way per batch, no futures in between.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
+import queue
 import sqlite3
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from bridge import faults
 from bridge.errors import ConfigError, StoreError
-from bridge.store.base import CARecord, Change, SessionRecord, merge
+from bridge.store.base import CARecord, Change, CommitDone, SessionRecord, SessionWrite
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+
+# A job for the store's thread: run fn(*args) there, then call reply(result, error) on the loop's thread.
+Reply = Callable[[Any, "BaseException | None"], None]
+Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, Reply]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ca (name TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
@@ -87,26 +95,51 @@ class SQLiteStore:
         # transaction beside a running bridge (README: with --no-autocreate), which SQLite's own locking keeps safe.
         self.exclusive = exclusive and not read_only
         self._db: sqlite3.Connection | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: queue.SimpleQueue[Job | None] | None = None  # the store thread's queue (None: closed)
+        self._thread: threading.Thread | None = None
         self._lock: int | None = None  # the descriptor holding the flock on <db>.lock
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._pool is None:
+        """Run ``fn(*args)`` on the store's thread and wait for its result."""
+        if self._jobs is None:
             raise StoreError("store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((fn, args, loop, partial(_resolve, future)))
+        return await future
+
+    def _serve(self, jobs: queue.SimpleQueue[Job | None]) -> None:
+        """The store's thread: run jobs in order; each result goes back to its loop with one wake-up."""
+        while (job := jobs.get()) is not None:
+            fn, args, loop, reply = job
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:  # handed to the loop, which decides
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(reply, result, error)
 
     async def open(self) -> None:
         """Open the file on the writer thread: creating it and the schema, or upgrading it (read-only: as it is)."""
         if self.exclusive:
             self._lock = _take_lock(self.path)  # before anything is read or written; quick, never waits
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
+        jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._serve, args=(jobs,), name="sqlite-store", daemon=True)
+        thread.start()
+        self._jobs, self._thread = jobs, thread
         try:
             await self._run(self._open_read_only if self.read_only else self._open)
         except BaseException:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+            self._stop()
             self._release_lock()
             raise
+
+    def _stop(self) -> None:
+        if self._jobs is not None:
+            self._jobs.put(None)
+        if self._thread is not None:
+            self._thread.join()
+        self._jobs = self._thread = None
 
     def _open_read_only(self) -> None:
         """Open an existing store as it is: no schema is created or upgraded, and SQLite refuses any write."""
@@ -149,13 +182,12 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Close the connection and stop the writer thread."""
-        if self._pool is None:
+        if self._jobs is None:
             return
         try:
             await self._run(self._close)
         finally:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+            self._stop()  # the thread has nothing left to do: joining it does not block
             self._release_lock()  # after the connection is closed: the next bridge finds a quiet file
 
     def _close(self) -> None:
@@ -254,53 +286,81 @@ class SQLiteStore:
 
     async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
         """One SQLite transaction for the whole batch (one bridge owns the file: nothing is ever refused)."""
-        merged = merge(changes)
-        await self._run(self._commit, merged)
+        await self._run(self._commit, changes)
         return frozenset()
 
-    def _commit(self, merged: dict[str, Change]) -> None:
+    def commit_soon(self, changes: Sequence[Change], done: CommitDone, loop: asyncio.AbstractEventLoop) -> None:
+        """Start committing a batch on the store's thread; ``done`` gets the refused CAs (none) or the error, once,
+        on ``loop``'s thread. Called on that thread."""
+        if self._jobs is None:
+            loop.call_soon(done, StoreError("store is closed"))
+            return
+        self._jobs.put((self._commit, (changes,), loop, partial(_commit_done, done)))
+
+    def _commit(self, changes: Sequence[Change]) -> None:
+        """The batch's rows in one pass (the later change of a CA or session wins, as bridge.store.merge would
+        fold them), then one transaction with a statement only for the kinds of rows there are."""
         db = self._conn()
-        states: list[tuple[str, bytes]] = []
+        states: dict[str, bytes] = {}
+        dedups: list[tuple[str, int, str, str, bytes]] = []
+        dedup_floors: dict[tuple[str, str], int] = {}
+        sessions: dict[tuple[str, str], SessionWrite] = {}
+        for change in changes:
+            ca = change.ca
+            if change.state is not None:
+                states[ca] = change.state
+            if change.dedup:
+                dedups.extend([(ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup])
+            if change.dedup_floors:
+                for sid, floor in change.dedup_floors.items():
+                    if floor > dedup_floors.get((ca, sid), 0):
+                        dedup_floors[(ca, sid)] = floor
+            if change.sessions:
+                for sid, write in change.sessions.items():
+                    have = sessions.get((ca, sid))
+                    if have is None:
+                        have = sessions[(ca, sid)] = SessionWrite()
+                    have.absorb(write)
         purges: list[tuple[str, str]] = []
         metas: list[tuple[str, str, bytes]] = []
         notes: list[tuple[str, str, int, bytes]] = []
-        dedups: list[tuple[str, int, str, str, bytes]] = []
         note_floors: list[tuple[str, str, int]] = []
-        dedup_floors: list[tuple[str, str, int]] = []
-        for ca, change in merged.items():
-            if change.state is not None:
-                states.append((ca, change.state))
-            dedups.extend((ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup)
-            dedup_floors.extend((ca, sid, floor) for sid, floor in change.dedup_floors.items())
-            for sid, w in change.sessions.items():
-                key = (ca, sid)
-                if w.purge:
-                    purges.append(key)
-                if w.meta is not None:
-                    metas.append((ca, sid, w.meta))
-                notes.extend((ca, sid, seq, blob) for seq, blob in w.notes)
-                if w.note_floor:
-                    note_floors.append((ca, sid, w.note_floor))
+        for (ca, sid), w in sessions.items():
+            if w.purge:
+                purges.append((ca, sid))
+            if w.meta is not None:
+                metas.append((ca, sid, w.meta))
+            if w.notes:
+                notes.extend([(ca, sid, seq, blob) for seq, blob in w.notes])
+            if w.note_floor:
+                note_floors.append((ca, sid, w.note_floor))
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if purges:
                     for table in ("session", "note"):
                         db.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
-                db.executemany(
-                    "INSERT INTO ca (name, state) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
-                    states,
-                )
-                db.executemany(
-                    "INSERT INTO session (ca, sid, meta) VALUES (?, ?, ?) "
-                    "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta",
-                    metas,
-                )
-                db.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
-                db.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
-                db.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
-                db.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?", dedup_floors)
+                if states:
+                    db.executemany(
+                        "INSERT INTO ca (name, state) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+                        states.items(),
+                    )
+                if metas:
+                    db.executemany(
+                        "INSERT INTO session (ca, sid, meta) VALUES (?, ?, ?) "
+                        "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta",
+                        metas,
+                    )
+                if notes:
+                    db.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
+                if dedups:
+                    db.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
+                if note_floors:
+                    db.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
+                if dedup_floors:
+                    db.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?",
+                                   [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
                 faults.hit("in_commit")
                 db.execute("COMMIT")
             except BaseException:
@@ -323,3 +383,19 @@ class SQLiteStore:
             return problems
         finally:
             db.close()
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+_NOTHING_REFUSED: frozenset[str] = frozenset()
+
+
+def _commit_done(done: CommitDone, result: Any, error: BaseException | None) -> None:
+    done(_NOTHING_REFUSED if error is None else error)

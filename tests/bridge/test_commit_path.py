@@ -1,0 +1,159 @@
+"""The commit path of issue 17: one hand-off to the store's thread and one back per batch, delivered from the
+store's callback (bridge.store.CommitSoon), with the same guarantees as the awaited path."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from typing import Any
+
+import pytest
+
+from bridge.committer import UNDURABLE, Committer, Pending
+from bridge.errors import StoreError
+from bridge.store import Change, CommitSoon, MemoryStore, SessionWrite
+from bridge.store.sqlite import SQLiteStore
+
+
+class Owner:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.epoch = 0
+
+    def invalidate(self) -> None:
+        self.epoch += 1
+
+
+class HandStore(MemoryStore):
+    """A store whose batches wait in a list until the test answers them (as the store's thread would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[list[Change], Any]] = []
+        self.arrived = asyncio.Event()
+
+    def commit_soon(self, changes, done, loop) -> None:
+        assert loop is asyncio.get_running_loop()
+        self.batches.append((list(changes), done))
+        self.arrived.set()
+
+    async def commit(self, changes):
+        raise AssertionError("a store with commit_soon is never awaited")
+
+
+@pytest.fixture
+async def committed():
+    """A running Committer over a HandStore; yields (committer, store, delivered, rejected, retried)."""
+    store = HandStore()
+    delivered: list[Pending] = []
+    rejected: list[tuple[str, Any, dict[str, Any]]] = []
+    retried: list[str] = []
+    committer = Committer(store, delivered.append, retry=lambda ca, req, fut: retried.append(ca),
+                          reject=lambda ca, req, fut, body: rejected.append((ca, req, body)))
+    task = asyncio.create_task(committer.run())
+    yield committer, store, delivered, rejected, retried
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def pending(owner: Owner, state: bytes, request: Any = None) -> Pending:
+    return Pending(owner=owner, epoch=owner.epoch, change=Change(owner.name, state), request=request)
+
+
+async def test_a_turns_calls_go_to_the_store_thread_as_one_batch_and_are_delivered_from_its_callback(committed):
+    committer, store, delivered, _, _ = committed
+    assert isinstance(store, CommitSoon)
+    a, b = Owner("a"), Owner("b")
+    first, second = pending(a, b"1"), pending(b, b"2")
+    committer.submit(first)
+    committer.submit(second)
+    await asyncio.wait_for(store.arrived.wait(), 10)
+    assert len(store.batches) == 1 and [c.state for c in store.batches[0][0]] == [b"1", b"2"]
+    assert delivered == []  # nothing leaves before the store says it is durable
+    third = pending(a, b"3")
+    committer.submit(third)  # arrives while the first batch is in flight: waits for it
+    store.arrived.clear()
+    store.batches[0][1](frozenset())  # the store's answer, as its thread's call_soon_threadsafe would call it
+    assert delivered == [first, second]  # delivered straight from the callback, in order
+    assert len(store.batches) == 2 and [c.state for c in store.batches[1][0]] == [b"3"]  # next batch at once
+    store.batches[1][1](frozenset())
+    assert delivered == [first, second, third]
+    await asyncio.wait_for(committer.wait_idle(), 10)
+
+
+async def test_a_failed_batch_invalidates_answers_unavailable_and_runs_stale_items_again(committed):
+    committer, store, delivered, rejected, retried = committed
+    a = Owner("a")
+    committer.submit(pending(a, b"1", request="r1"))
+    await asyncio.wait_for(store.arrived.wait(), 10)
+    committer.submit(pending(a, b"2", request="r2"))  # built on the state of the batch that will fail
+    store.batches[0][1](StoreError("disk gone"))
+    assert a.epoch == 1  # the CA reloads before its next item
+    assert rejected == [("a", "r1", UNDURABLE)]
+    assert retried == ["a"] and delivered == []  # the stale item runs again instead of being committed
+    assert len(store.batches) == 1
+    await asyncio.wait_for(committer.wait_idle(), 10)
+
+
+async def test_sqlite_commit_soon_answers_once_on_the_loop_thread_after_the_batch_is_durable(tmp_path):
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        loop = asyncio.get_running_loop()
+        answers: list[tuple[Any, threading.Thread]] = []
+        answered = asyncio.Event()
+
+        def done(outcome: Any) -> None:
+            answers.append((outcome, threading.current_thread()))
+            answered.set()
+
+        store.commit_soon([Change("a", b"\xa0", {"s": SessionWrite(b"m")}, [(1, "s", "r1", b"p")]),
+                           Change("b", b"\xa1")], done, loop)
+        await asyncio.wait_for(answered.wait(), 10)
+        assert answers == [(frozenset(), threading.main_thread())]
+        with sqlite3.connect(tmp_path / "s.db") as other:  # durable: another connection sees it
+            assert other.execute("SELECT name, state FROM ca ORDER BY name").fetchall() == [("a", b"\xa0"),
+                                                                                           ("b", b"\xa1")]
+            assert other.execute("SELECT ca, pos, rid FROM dedup").fetchall() == [("a", 1, "r1")]
+        answered.clear()
+        store.commit_soon([Change("a", b"\xa2"), Change("c", b"\xa0", {"s": SessionWrite(b"m", [(1, object())])})],
+                          done, loop)
+        await asyncio.wait_for(answered.wait(), 10)
+        assert len(answers) == 2 and isinstance(answers[1][0], StoreError)
+        assert (await store.load("a")).state == b"\xa0"  # the failed batch changed nothing
+        assert await store.names() == ["a", "b"]
+    finally:
+        await store.close()
+    answered.clear()
+    store.commit_soon([Change("a", b"\xa3")], done, loop)  # closed: refused, still answered once, on the loop
+    await asyncio.wait_for(answered.wait(), 10)
+    assert isinstance(answers[2][0], StoreError)
+
+
+async def test_one_pass_rows_fold_a_batch_like_merge(tmp_path):
+    """Several changes of one CA and session in a batch: the last state wins, a purge drops what came before it
+    in the batch, floors take the maximum (the rows SQLiteStore builds in one pass, checked against MemoryStore)."""
+    batch = [
+        Change("a", b"1", {"s": SessionWrite(b"m1", [(1, b"x"), (2, b"y")])}, [(1, "s", "r1", b"p1")]),
+        Change("a", b"2", {"s": SessionWrite(None, [(3, b"z")], note_floor=2)}, [(2, "s", "r2", b"p2")], {"s": 2}),
+        Change("b", b"3", {"t": SessionWrite(b"mt")}),
+        Change("b", None, {"t": SessionWrite(purge=True)}),
+        Change("b", None, {"u": SessionWrite(b"mu", [(1, b"n")])}, [(1, "u", "q", b"r")], {"u": 1}),
+        Change("a", None, {}, [(3, "s", "r3", b"p3")], {"s": 1}),
+    ]
+    sqlite_store = SQLiteStore(tmp_path / "m.db")
+    memory = MemoryStore()
+    for store in (sqlite_store, memory):
+        await store.open()
+        await store.commit([Change("a", b"0", {"s": SessionWrite(b"m0")}, [(0, "s", "r0", b"p0")])])
+        await store.commit(batch)
+    try:
+        got = {r.name: r for r in await sqlite_store.load_all()}
+        want = {r.name: r for r in await memory.load_all()}
+        assert got == want
+        assert got["a"].state == b"2" and got["a"].sessions["s"].notes == [(2, b"y"), (3, b"z")]
+        assert [d[0] for d in got["a"].dedup] == [2, 3] and set(got["b"].sessions) == {"u"}
+    finally:
+        await sqlite_store.close()
+        await memory.close()
