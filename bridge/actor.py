@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -252,6 +253,7 @@ class Actor:
         return True
 
     async def _call(self, req: Call, future: asyncio.Future[Any] | None) -> None:
+        started = time.perf_counter()
         epoch = self.epoch
         spec = self.ctx.app.methods[req.method]
         txn = self._begin(req.session, req.codec)
@@ -289,7 +291,8 @@ class Actor:
         outcome = error if isinstance(error, AppError) else payload
         result = "ok" if error is None else "app" if isinstance(error, AppError) else "internal"
         self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=notes, future=future,
-                                outcome=outcome, request=req, result=result))
+                                outcome=outcome, request=req, result=result, started=started,
+                                submitted=time.perf_counter()))
 
     def _ack(self, req: Ack) -> None:
         txn = SessionTxn(self.sessions, req.session, self.ctx.limits)

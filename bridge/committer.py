@@ -59,6 +59,8 @@ class Pending:
     # knows. If it is never committed, it is answered through the one rejection path (bridge.admission).
     request: Inbound | None = None
     result: str = ""  # a call's outcome for the metrics: ok, app or internal ("" for anything that is no call)
+    started: float = 0.0  # a call's stage times (time.perf_counter, bridge.metrics.STAGES): its CA started it ...
+    submitted: float = 0.0  # ... and handed it here
 
 
 class Committer:
@@ -84,6 +86,7 @@ class Committer:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.durable_at = 0.0  # time.perf_counter when the batch being delivered became durable (the stage metrics)
 
     def submit(self, pending: Pending) -> None:
         """Queue one call's effects for the next batch."""
@@ -126,7 +129,8 @@ class Committer:
                     pending.owner.invalidate()
                     self._fail(pending)
                 return
-            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.durable_at = time.perf_counter()
+            self._metrics.commit_seconds.observe(self.durable_at - started)
             self._metrics.commit_batch.observe(len(changes))
             faults.hit("after_commit")
         else:

@@ -20,12 +20,23 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["GAUGES", "OUTCOMES", "Collector", "Histogram", "Metrics", "exposition"]
+__all__ = ["GAUGES", "OUTCOMES", "STAGES", "Collector", "Histogram", "Metrics", "exposition"]
 
 OUTCOMES = ("ok", "app", "internal", "bad_request", "busy", "unavailable", "not_found")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+STAGE_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+                 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Where a call spends its time, in order (the ``stage`` label of ca_bridge_stage_seconds; docs/OBSERVABILITY.md):
+# the last four add up to ca_bridge_call_duration_seconds.
+STAGES = (
+    ("ingress_decode", "an inbound message of any kind, from its receipt by the ingress to its decoded request"),
+    ("mailbox_wait", "a call, from admission to its CA starting it (the queue ahead of it; a new CA's on_init)"),
+    ("method", "a call's run on its CA: the method, its reply and state encoded, the session changes"),
+    ("commit_wait", "a call, from its effects handed to the group committer to their durable commit"),
+    ("publish", "a call, from its durable commit to its reply and notifications handed to the MQTT link"),
+)
 GAUGES = (  # (key in the gauges mapping, metric name, help): the runtime's snapshot_counts() keys
     ("cas", "ca_bridge_cas_loaded", "CAs in memory"),
     ("sessions", "ca_bridge_sessions", "Sessions of the loaded CAs"),
@@ -95,6 +106,15 @@ class Metrics:
         self.commit_batch = Histogram(BATCH_BUCKETS)
         self.commit_seconds = Histogram(COMMIT_BUCKETS)
         self.commit_failures = 0
+        # the stage histograms (STAGES), one attribute each for the hot path; ``stages`` names them for export
+        self.stage_decode = Histogram(STAGE_BUCKETS)
+        self.stage_mailbox = Histogram(STAGE_BUCKETS)
+        self.stage_method = Histogram(STAGE_BUCKETS)
+        self.stage_commit = Histogram(STAGE_BUCKETS)
+        self.stage_publish = Histogram(STAGE_BUCKETS)
+        self.stages = dict(zip((name for name, _ in STAGES), (
+            self.stage_decode, self.stage_mailbox, self.stage_method, self.stage_commit, self.stage_publish),
+            strict=True))
         self.presence_changes = 0
         self.mqtt_connects = 0  # MQTT link: connections made (the first one and every reconnect)
         self.mqtt_dropped = 0  # MQTT link: QoS 1 publishes refused because its outbound queue was full
@@ -116,6 +136,13 @@ class Metrics:
         if hist is None:
             hist = self.latency[method] = Histogram(LATENCY_BUCKETS)
         hist.observe(seconds)
+
+    def call_stages(self, admitted: float, started: float, submitted: float, durable: float, sent: float) -> None:
+        """The stage times of one call answered after running (time.perf_counter values; see :data:`STAGES`)."""
+        self.stage_mailbox.observe(started - admitted)
+        self.stage_method.observe(submitted - started)
+        self.stage_commit.observe(durable - submitted)
+        self.stage_publish.observe(sent - durable)
 
     def reject(self, reason: str) -> None:
         """One request answered without running (busy, rate, bad_request, not_found, unavailable, shutdown)."""
@@ -204,6 +231,11 @@ class Collector:
         seconds = HistogramMetricFamily("ca_bridge_commit_duration_seconds", "Durable store commit time")
         seconds.add_metric([], m.commit_seconds.buckets(), m.commit_seconds.total)
         yield seconds
+        stages = HistogramMetricFamily("ca_bridge_stage_seconds", "Where calls spend their time, by stage: "
+                                       + "; ".join(f"{name}: {doc}" for name, doc in STAGES), labels=["stage"])
+        for name, hist in m.stages.items():
+            stages.add_metric([name], hist.buckets(), hist.total)
+        yield stages
         yield CounterMetricFamily("ca_bridge_commit_failures", "Group commits that failed (calls answered "
                                   "unavailable, CAs reloaded)", value=m.commit_failures)
         yield CounterMetricFamily("ca_bridge_mqtt_connects", "Connections to the broker made (the first and every "
