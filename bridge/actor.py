@@ -375,18 +375,23 @@ class Actor:
         for sid, data in txn.working.items():
             old = self.sessions.get(sid)
             write = SessionWrite()
+            meta = data.meta()
             if old is None:
                 write.purge = sid in txn.deleted
-                write.meta = codec.dumps(data.meta())
-                new_notes = data.queue
+                write.meta = codec.dumps(meta)
+                new_notes = list(data.queue)
             else:
-                if data.meta() != old.meta():
-                    write.meta = codec.dumps(data.meta())
-                new_notes = [n for n in data.queue if n[0] >= old.next_seq]
+                if meta != old.meta():
+                    write.meta = codec.dumps(meta)
+                # the queue's seqs are contiguous up to next_seq - 1: the new notes are its tail (what trim left)
+                fresh = min(data.next_seq - old.next_seq, len(data.queue))
+                new_notes = data.queue[-fresh:] if fresh > 0 else []
                 if data.first_seq > old.first_seq:
                     write.note_floor = data.first_seq
-            write.notes = list(new_notes)
-            sends.extend((sid, encode_note(seq, args, data.codec)) for seq, args in new_notes)
+            write.notes = new_notes
+            if new_notes:
+                note_codec = data.codec
+                sends.extend((sid, encode_note(seq, args, note_codec)) for seq, args in new_notes)
             self.sessions[sid] = data
             if write.meta is not None or write.notes or write.note_floor or write.purge:
                 change.sessions[sid] = write

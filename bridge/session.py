@@ -194,6 +194,8 @@ class SessionAPI:
             raise TypeError("notify args must be a list")
         if session_id is None:
             targets = [self._txn.current]
+        elif type(session_id) is str and session_id in self._txn.committed:  # an existing session's id is valid
+            targets = [session_id]
         elif isinstance(session_id, re.Pattern):
             targets = [sid for sid in self._txn.ids() if session_id.search(sid)]
         else:
