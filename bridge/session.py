@@ -77,7 +77,7 @@ class SessionData:
 
     def trim(self, hard_cap: int) -> None:
         """Drop the oldest notifications beyond the limit (and always beyond the hard cap)."""
-        cap = min(self.limit, hard_cap) if self.limit > 0 else hard_cap
+        cap = self.limit if 0 < self.limit < hard_cap else hard_cap
         if len(self.queue) > cap:
             del self.queue[: len(self.queue) - cap]
 
