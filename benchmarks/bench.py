@@ -414,8 +414,8 @@ def profile(args: argparse.Namespace, bench: Bench) -> int:
             + f", p99 {fmt(pct(r['lat'], 0.99))} ms, bridge CPU {r['cpu_pct']['bridge']}% of a core, others "
             f"{r['cpu_pct']['others']}%\n")
     if args.profile != "stages":
-        text += (summarize_pyspy if args.profile == "py-spy" else summarize_cprofile)(raw, top=args.profile_top)
-    text += "\n\nwhere the calls of the window spent their time (ca_bridge_stage_seconds on /metrics):\n" + \
+        text += (summarize_pyspy if args.profile == "py-spy" else summarize_cprofile)(raw, top=args.profile_top) + "\n"
+    text += "\nwhere the calls of the window spent their time (ca_bridge_stage_seconds on /metrics):\n" + \
         table(breakdown(*snaps))
     print(text)
     out.with_suffix(".txt").write_text(text + "\n")
