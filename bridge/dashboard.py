@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from bridge.actor import Actor
     from bridge.app import CA
-    from bridge.metrics import Histogram, Metrics
+    from bridge.metrics import Metrics, StageHistogram
     from bridge.mqtt import BrokerURL
 
 __all__ = ["PAGE", "BridgeView", "Dashboard", "ca_detail", "clip", "overview"]
@@ -288,7 +288,7 @@ def _methods(calls: dict[tuple[str, str], int], latency: dict[str, Any]) -> list
     return top
 
 
-def _stages(stages: Mapping[str, Histogram]) -> list[dict[str, Any]]:
+def _stages(stages: Mapping[str, StageHistogram]) -> list[dict[str, Any]]:
     """Where calls spend their time (bridge.metrics.STAGES, in order): count, mean, and p50/p99 as the upper
     bounds of the histogram buckets they fall in."""
     return [{"stage": name, "count": hist.count, "mean": hist.total / hist.count if hist.count else None,
