@@ -3,7 +3,8 @@
 
     .venv/bin/python benchmarks/bench.py [--quick] [--broker mosquitto|amqtt|both] [--out benchmarks/results/bench]
     .venv/bin/python benchmarks/bench.py --yardstick          # the shared yardstick's table first (the headline)
-    .venv/bin/python benchmarks/bench.py --profile py-spy|cprofile [--profile-out /tmp/profile]
+    .venv/bin/python benchmarks/bench.py --profile py-spy|cprofile|stages [--profile-out /tmp/profile]
+    .venv/bin/python benchmarks/bench.py --fanout [--rounds 3] [--against OTHER_CHECKOUT]   # the fan-out alone
 
 The headline ratio comes from the shared yardstick (../shared/bench/yardstick.sh: MQTT.js load, a Node echo
 beside the bridge); ``--yardstick`` runs it and puts its table on top. This script's own matrix, on the same broker
@@ -22,6 +23,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ ROOT = HERE.parent
 sys.path[:0] = [p for p in (str(HERE), str(ROOT)) if p not in sys.path]
 
 from loadgen import PROCS, Quiet, Workers, fmt, log, options, pct, session  # noqa: E402
+from stages import breakdown, scrape, table  # noqa: E402
 
 from tests.procs import (  # noqa: E402
     PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, spawn, stop, wait_output)
@@ -158,19 +161,35 @@ class Bench:
         return {"kind": "rr", "cid": self.run_id("probe"), "ca": ca, "pub": "ca/{ca}/in", "session": "probe",
                 "sub": f"ca/{ca}/session/probe", "calls": 1}
 
-    def bridge(self, broker: str, port: int, db: Path, sync: str = "FULL", wrap: list[str] | None = None
-               ) -> BridgeProcess:
+    def bridge(self, broker: str, port: int, db: Path, sync: str = "FULL", wrap: list[str] | None = None,
+               metrics: int | None = None, source: str | None = None) -> BridgeProcess:
+        """A bridge on ``broker``; ``metrics``: serve /metrics on that port; ``source``: run the bridge package of
+        another checkout (put first on its PYTHONPATH)."""
         self.bridges += 1
+        extra = ["--pulse", "0", "--synchronous", sync, "--max-sessions", "1000",
+                 "--client-id", f"bench-{os.getpid()}-{self.bridges}"]
+        if metrics is not None:
+            extra += ["--metrics", f"127.0.0.1:{metrics}"]
+        env = {"PYTHONPATH": os.pathsep.join([source, *filter(None, [os.environ.get("PYTHONPATH")])])} \
+            if source else None
+        if source and not wrap:
+            wrap = [PYTHON, "-P"]  # no current directory first on sys.path: the bridge comes from PYTHONPATH
         b = BridgeProcess(APP, db, broker_port=port if broker == "mosquitto" else None, log_level="WARNING",
-                          wrap=wrap, extra=["--pulse", "0", "--synchronous", sync, "--max-sessions", "1000",
-                                            "--client-id", f"bench-{os.getpid()}-{self.bridges}"])
+                          wrap=wrap, extra=extra, env=env)
         return b.start(timeout=300)
 
     def measure(self, broker: str, kind: str, n: int, port: int, clients: list[dict[str, Any]],
-                pids: dict[str, int], label: str, **extra: Any) -> dict[str, Any]:
+                pids: dict[str, int], label: str, metrics: int | None = None, **extra: Any) -> dict[str, Any]:
+        """One measured window; ``metrics``: the bridge's /metrics port, scraped at the start and the end of the
+        window for the stage breakdown (row ``stages``)."""
         extra["busy_before"] = self.wait_quiet()
+        snaps: list[Any] = []
+        hook = (lambda: snaps.append(scrape(metrics))) if metrics is not None else (lambda: None)
         r = self.workers.run(port, clients, self.warmup, self.duration, {k: (lambda p=p: cpu_seconds(p))
-                             for k, p in pids.items()}, PROCS if kind == "fanout" else None)
+                             for k, p in pids.items()}, PROCS if kind == "fanout" else None, on_start=hook,
+                             on_end=hook)
+        if len(snaps) == 2:
+            extra["stages"] = breakdown(*snaps)
         row: dict[str, Any] = {
             "broker": broker, "kind": kind, "n": n, "label": label, "rate": round(r["count"] / self.duration, 1),
             "p50": pct(r["lat"], 0.50), "p99": pct(r["lat"], 0.99), "calls": r["count"], "duration": self.duration,
@@ -359,34 +378,82 @@ def chart(rows: list[dict[str, Any]], path: Path) -> bool:
 
 
 def profile(args: argparse.Namespace, bench: Bench) -> int:
-    """Profile the bridge on mosquitto under 16 clients on 16 CAs, during the measured window only; summarize.
+    """Profile the bridge on mosquitto under 16 clients on 16 CAs (or the fan-out), during the measured window
+    only; summarize, then print where the window's calls spent their time (the stage histograms of /metrics).
     py-spy attaches to the running bridge once the warm-up is over; cProfile runs the whole bridge process (main
-    thread only) and writes its file when the bridge stops."""
+    thread only) and writes its file when the bridge stops; ``stages`` runs no profiler, only the breakdown."""
     from profile_summary import summarize_cprofile, summarize_pyspy
 
     out = Path(args.profile_out)
     raw = out.with_suffix(".raw" if args.profile == "py-spy" else ".prof")
     mq = Mosquitto(bench.tmp, MOSQUITTO_CONF, log=True).start()
     wrap = [PYTHON, "-m", "cProfile", "-o", str(raw)] if args.profile == "cprofile" else None
-    b = bench.bridge("mosquitto", mq.port, bench.tmp / "profile.db", wrap=wrap)
+    mport = free_port()
+    b = bench.bridge("mosquitto", mq.port, bench.tmp / "profile.db", wrap=wrap, metrics=mport)
     secs = int(args.profile_seconds)
     spy = [str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(b.pid),
            "--threads", "--rate", str(args.profile_rate), "--duration", str(secs), "--format", "raw", "-o", str(raw)]
     spies: list[subprocess.Popen[Any]] = []
-    r = bench.workers.run(mq.port, specs("percA", 16, "prof"), 2.0, secs, {"bridge": lambda: cpu_seconds(b.pid)},
-                          on_start=lambda: spies.append(spawn(spy, stdout=subprocess.DEVNULL))
-                          if args.profile == "py-spy" else None)
+    snaps = [scrape(mport)]
+
+    def started() -> None:
+        snaps[0] = scrape(mport)
+        if args.profile == "py-spy":
+            spies.append(spawn(spy, stdout=subprocess.DEVNULL))
+
+    fan = args.profile_workload == "fanout"
+    load = specs("fanout", FANOUT, "prof") if fan else specs("percA", 16, "prof")
+    r = bench.workers.run(mq.port, load, 2.0, secs, {"bridge": lambda: cpu_seconds(b.pid)},
+                          PROCS if fan else None, on_start=started, on_end=lambda: snaps.append(scrape(mport)))
     for p in spies:
         p.wait(60)
     b.stop(30)  # cProfile writes its file when the bridge exits
-    text = (f"load: 16 clients on 16 CAs, mosquitto, {r['count'] / secs:.0f} calls/s while profiled, p99 "
-            f"{fmt(pct(r['lat'], 0.99))} ms, bridge CPU {r['cpu_pct']['bridge']}% of a core, others "
-            f"{r['cpu_pct']['others']}%\n" + (summarize_pyspy if args.profile == "py-spy" else summarize_cprofile)(
-                raw, top=args.profile_top))
+    what = f"1 driver calling fanout({FANOUT}), {FANOUT} devices" if fan else "16 clients on 16 CAs"
+    text = (f"load: {what}, mosquitto, {r['count'] / secs:.0f} calls/s while profiled"
+            + (f" ({r['notes'] / secs:.0f} notifications/s)" if fan else "")
+            + f", p99 {fmt(pct(r['lat'], 0.99))} ms, bridge CPU {r['cpu_pct']['bridge']}% of a core, others "
+            f"{r['cpu_pct']['others']}%\n")
+    if args.profile != "stages":
+        text += (summarize_pyspy if args.profile == "py-spy" else summarize_cprofile)(raw, top=args.profile_top) + "\n"
+    text += "\nwhere the calls of the window spent their time (ca_bridge_stage_seconds on /metrics):\n" + \
+        table(breakdown(*snaps))
     print(text)
     out.with_suffix(".txt").write_text(text + "\n")
-    log(f"raw profile: {raw}; summary: {out.with_suffix('.txt')}")
+    log((f"raw profile: {raw}; " if args.profile != "stages" else "") + f"summary: {out.with_suffix('.txt')}")
     return 0
+
+
+def fanout(args: argparse.Namespace, bench: Bench) -> tuple[str, dict[str, Any]]:
+    """The fan-out workload alone on mosquitto, ``--rounds`` times, each time with a fresh bridge (and, with
+    ``--against DIR``, alternating with a bridge run from that checkout, so both see the same machine)."""
+    mq = Mosquitto(bench.tmp, MOSQUITTO_CONF, log=True).start()
+    assert mq.proc is not None
+    sources = [("this checkout", str(ROOT)), *([(f"{args.against}", args.against)] if args.against else [])]
+    log(f"fan-out: 1 driver calling fanout({FANOUT}), {FANOUT} devices; {args.rounds} round(s) of {bench.duration}s "
+        f"(warm-up {bench.warmup}s) per bridge: {', '.join(label for label, _ in sources)}")
+    for rnd in range(1, args.rounds + 1):
+        for i, (label, src) in enumerate(sources):
+            mport = free_port()
+            b = bench.bridge("mosquitto", mq.port, bench.tmp / f"fanout-{rnd}-{i}.db", metrics=mport, source=src)
+            try:
+                row = bench.measure("mosquitto", "fanout", 1, b.port, specs("fanout", FANOUT, bench.run_id("f")),
+                                    {"bridge": b.pid, "broker": mq.proc.pid}, f"fan-out ({label})"[:28],
+                                    metrics=mport, sessions=FANOUT, source=label, round=rnd)
+            finally:
+                b.stop()
+            if row.get("stages"):
+                log("stages:\n" + table(row["stages"]))
+    mq.stop()
+    lines = [f"fan-out on mosquitto: 1 call -> {FANOUT} sessions, {bench.duration}s windows, notifications "
+             "delivered/s (call-to-device p50/p99 ms) per round"]
+    for label, _ in sources:
+        rows = [r for r in bench.rows if r["source"] == label]
+        rates = sorted(r["notes_rate"] for r in rows)
+        lines.append(f"  {label}: median {rates[len(rates) // 2]:,.0f}/s; rounds: " + ", ".join(
+            f"{r['notes_rate']:,.0f} ({fmt(r['note_p50'])}/{fmt(r['note_p99'])}; bridge CPU "
+            f"{r['cpu_pct']['bridge']:.0f}%, {r.get('cpu_us_per_note', '-')} us/note)" for r in rows))
+    return "\n".join(lines), {"meta": {"warmup_s": bench.warmup, "duration_s": bench.duration,
+                                       "fanout_sessions": FANOUT, "rounds": args.rounds}, "rows": bench.rows}
 
 
 def main() -> int:
@@ -398,18 +465,28 @@ def main() -> int:
     p.add_argument("--yardstick", nargs="?", const="", metavar="SCRIPT", help="run the shared yardstick first "
                    "(default ../shared/bench/yardstick.sh) and put its table on top; --quick sets REPS=1 DUR=4")
     p.add_argument("--active", type=int, help="CAs of the random-CA run (default 10000)")
-    p.add_argument("--profile", choices=["py-spy", "cprofile"],
-                   help="instead of the benchmark: profile the bridge under 16 clients on mosquitto")
+    p.add_argument("--profile", choices=["py-spy", "cprofile", "stages"],
+                   help="instead of the benchmark: profile the bridge under 16 clients on mosquitto, then print "
+                   "the calls' stage breakdown (stages: the breakdown only, no profiler)")
+    p.add_argument("--profile-workload", choices=["incr", "fanout"], default="incr",
+                   help="what runs while profiling: 16 clients calling incr on 16 CAs, or the fan-out")
     p.add_argument("--profile-out", default="/tmp/profile", help="OUT.raw|.prof and OUT.txt")
     p.add_argument("--profile-seconds", type=float, default=20.0)
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--profile-top", type=int, default=15)
+    p.add_argument("--fanout", action="store_true", help="instead of the matrix: only the fan-out, on mosquitto, "
+                   "--rounds times (writes OUT.* with --out only)")
+    p.add_argument("--rounds", type=int, default=3, help="fan-out rounds (default 3)")
+    p.add_argument("--against", metavar="DIR", help="with --fanout: alternate with a bridge run from the checkout "
+                   "DIR (e.g. a `git archive` of another commit)")
     args = p.parse_args()
 
     def body(tmp: Path) -> tuple[str, dict[str, Any]] | int:
         bench = Bench(args, tmp)
         if args.profile:
             return profile(args, bench)
+        if args.fanout:
+            return fanout(args, bench)
         table = yardstick(args.yardstick or None, args.quick) if args.yardstick is not None else None
         log(f"benchmark ({'quick' if args.quick else 'full'}): N in {bench.ns}, warm-up {bench.warmup}s, measure "
             f"{bench.duration}s each, {PROCS} load-generator processes, {os.cpu_count()} CPUs, temp {tmp}")
@@ -423,7 +500,9 @@ def main() -> int:
                 if table else "") + report(bench.rows, bench.scale), {"meta": meta, "rows": bench.rows,
                                                                         "scale": bench.scale}
 
-    return session(args, body, mosquitto=args.broker != "amqtt" or bool(args.profile))
+    if args.fanout and "--out" not in sys.argv:  # keep the matrix's committed results
+        args.out = str(Path(tempfile.gettempdir()) / "ca-bench-fanout")
+    return session(args, body, mosquitto=args.broker != "amqtt" or bool(args.profile) or args.fanout)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -261,6 +262,7 @@ class Actor:
         return True
 
     async def _call(self, req: Call, future: asyncio.Future[Any] | None) -> None:
+        started = time.perf_counter()
         epoch = self.epoch
         spec = self.ctx.app.methods[req.method]
         txn = self._begin(req.session, req.codec)
@@ -298,7 +300,8 @@ class Actor:
         outcome = error if isinstance(error, AppError) else payload
         result = "ok" if error is None else "app" if isinstance(error, AppError) else "internal"
         self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=notes, future=future,
-                                outcome=outcome, request=req, result=result))
+                                outcome=outcome, request=req, result=result, started=started,
+                                submitted=time.perf_counter()))
 
     def _ack(self, req: Ack) -> None:
         txn = SessionTxn(self.sessions, req.session, self.ctx.limits)
@@ -381,18 +384,23 @@ class Actor:
         for sid, data in txn.working.items():
             old = self.sessions.get(sid)
             write = SessionWrite()
+            meta = data.meta()
             if old is None:
                 write.purge = sid in txn.deleted
-                write.meta = codec.dumps(data.meta())
-                new_notes = data.queue
+                write.meta = codec.dumps(meta)
+                new_notes = list(data.queue)
             else:
-                if data.meta() != old.meta():
-                    write.meta = codec.dumps(data.meta())
-                new_notes = [n for n in data.queue if n[0] >= old.next_seq]
+                if meta != old.meta():
+                    write.meta = codec.dumps(meta)
+                # the queue's seqs are contiguous up to next_seq - 1: the new notes are its tail (what trim left)
+                fresh = min(data.next_seq - old.next_seq, len(data.queue))
+                new_notes = data.queue[-fresh:] if fresh > 0 else []
                 if data.first_seq > old.first_seq:
                     write.note_floor = data.first_seq
-            write.notes = list(new_notes)
-            sends.extend((sid, encode_note(seq, args, data.codec)) for seq, args in new_notes)
+            write.notes = new_notes
+            if new_notes:
+                note_codec = data.codec
+                sends.extend((sid, encode_note(seq, args, note_codec)) for seq, args in new_notes)
             self.sessions[sid] = data
             if write.meta is not None or write.notes or write.note_floor or write.purge:
                 change.sessions[sid] = write

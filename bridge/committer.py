@@ -59,6 +59,8 @@ class Pending:
     # knows. If it is never committed, it is answered through the one rejection path (bridge.admission).
     request: Inbound | None = None
     result: str = ""  # a call's outcome for the metrics: ok, app or internal ("" for anything that is no call)
+    started: float = 0.0  # a call's stage times (time.perf_counter, bridge.metrics.STAGES): its CA started it ...
+    submitted: float = 0.0  # ... and handed it here
 
 
 class Committer:
@@ -90,6 +92,7 @@ class Committer:
         self._task: asyncio.Task[None] | None = None  # awaiting a store without commit_soon
         self._idle = asyncio.Event()
         self._idle.set()
+        self.durable_at = 0.0  # time.perf_counter when the batch being delivered became durable (the stage metrics)
 
     def submit(self, pending: Pending) -> None:
         """Queue one call's effects for the next batch."""
@@ -140,6 +143,7 @@ class Committer:
                 else:
                     self._task = self._loop.create_task(self._await_commit(changes))
                 return
+            self.durable_at = time.perf_counter()
             self._release(live, frozenset())  # nothing to write: deliver at once, in order
         if self._batch is None and not self._queue:
             self._idle.set()
@@ -164,7 +168,8 @@ class Committer:
                 pending.owner.invalidate()
                 self._fail(pending)
         else:
-            self._metrics.commit_seconds.observe(time.perf_counter() - self._started)
+            self.durable_at = time.perf_counter()
+            self._metrics.commit_seconds.observe(self.durable_at - self._started)
             self._metrics.commit_batch.observe(self._changes)
             faults.hit("after_commit")
             self._release(live, outcome)

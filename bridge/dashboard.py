@@ -5,8 +5,9 @@ Routes:
 - ``/``: the page (``dashboard.html`` next to this module, as :data:`PAGE`: inline CSS and JS, no framework, no
   external fetches). It holds no data, so it is served without the token; it reads ``?token=`` once and sends it
   on every API call.
-- ``/api/overview[?q=TEXT]``: bridge facts, totals, gauges, the rate history for the charts, recent errors, and
-  the loaded CAs (most recently active first, at most :data:`MAX_CAS`, filtered by name with ``q``).
+- ``/api/overview[?q=TEXT]``: bridge facts, totals, gauges, the rate history for the charts, per-method and
+  per-stage latencies (p50/p99), recent errors, and the loaded CAs (most recently active first, at most
+  :data:`MAX_CAS`, filtered by name with ``q``).
 - ``/api/ca/<name>``: one loaded CA: its committed state, sessions, pending notifications and recent calls.
 
 Handlers run on the event loop and read the runtime directly, so every list is capped and every value
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
     from bridge.actor import Actor
     from bridge.app import CA
-    from bridge.metrics import Metrics
+    from bridge.metrics import Metrics, StageHistogram
     from bridge.mqtt import BrokerURL
 
 __all__ = ["PAGE", "BridgeView", "Dashboard", "ca_detail", "clip", "overview"]
@@ -212,6 +213,7 @@ def overview(bridge: BridgeView, query: str = "") -> dict[str, Any]:
         "gauges": rt.snapshot_counts(),
         "rejected": dict(sorted(m.rejected.items())),
         "methods": _methods(m.calls, m.latency),
+        "stages": _stages(m.stages),
         "rates": [[t, _num(c), _num(e)] for t, c, e in m.rates()[-RATE_POINTS:]],
         "errors": [_error_row(e) for e in reversed(list(m.recent_errors)[-MAX_ERRORS:])],
         "query": query,
@@ -286,6 +288,13 @@ def _methods(calls: dict[tuple[str, str], int], latency: dict[str, Any]) -> list
         row["p50"] = _num(hist.quantile(0.5)) if hist is not None else None
         row["p99"] = _num(hist.quantile(0.99)) if hist is not None else None
     return top
+
+
+def _stages(stages: Mapping[str, StageHistogram]) -> list[dict[str, Any]]:
+    """Where calls spend their time (bridge.metrics.STAGES, in order): count, mean, and p50/p99 as the upper
+    bounds of the histogram buckets they fall in."""
+    return [{"stage": name, "count": hist.count, "mean": hist.total / hist.count if hist.count else None,
+             "p50": _num(hist.quantile(0.5)), "p99": _num(hist.quantile(0.99))} for name, hist in stages.items()]
 
 
 def _store_facts(bridge: BridgeView) -> dict[str, str]:

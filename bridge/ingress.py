@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from bridge.errors import BadRequest
@@ -38,6 +39,7 @@ class Ingress:
         """Take one inbound message. ``target``: the topic it came on (``<prefix>/<ca>/in``, or a cluster's
         forwarded-request topic), or a CA name (a transport that addresses CAs directly); ``reply``: a future
         told the reply of a call (or its rejection) when the caller is in this process."""
+        began = time.perf_counter()
         hops = 0
         if "/" not in target:  # a CA name: no name has a '/'
             ca: str | None = target if valid_name(target) else None
@@ -59,6 +61,8 @@ class Ingress:
         except BadRequest as exc:
             self._admission.refuse(ca, exc, reply)
             return
+        req.at = now = time.perf_counter()
+        self._metrics.stage_decode.observe(now - began)
         self._submit(ca, req, reply, hops=hops)
 
     def _dropped(self, target: str) -> None:

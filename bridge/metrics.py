@@ -20,12 +20,24 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["GAUGES", "OUTCOMES", "Collector", "Histogram", "Metrics", "exposition"]
+__all__ = ["GAUGES", "OUTCOMES", "STAGES", "Collector", "Histogram", "Metrics", "StageHistogram", "exposition"]
 
 OUTCOMES = ("ok", "app", "internal", "bad_request", "busy", "unavailable", "not_found")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+STAGE_BUCKETS = (0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
+                 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+FOLD_AT = 1024  # stage values kept as a list until this many, then sorted into their buckets at once
+# Where a call spends its time, in order (the ``stage`` label of ca_bridge_stage_seconds; docs/OBSERVABILITY.md):
+# the last four add up to ca_bridge_call_duration_seconds.
+STAGES = (
+    ("ingress_decode", "an inbound message of any kind, from its receipt by the ingress to its decoded request"),
+    ("mailbox_wait", "a call, from admission to its CA starting it (the queue ahead of it; a new CA's on_init)"),
+    ("method", "a call's run on its CA: the method, its reply and state encoded, the session changes"),
+    ("commit_wait", "a call, from its effects handed to the group committer to their durable commit"),
+    ("publish", "a call, from its durable commit to its reply and notifications handed to the MQTT link"),
+)
 GAUGES = (  # (key in the gauges mapping, metric name, help): the runtime's snapshot_counts() keys
     ("cas", "ca_bridge_cas_loaded", "CAs resident in memory (idle ones beyond --max-resident are evicted)"),
     ("sessions", "ca_bridge_sessions", "Sessions of the loaded CAs"),
@@ -76,6 +88,71 @@ class Histogram:
         return float("inf")
 
 
+class StageHistogram:
+    """A :class:`Histogram` for values counted several times per call (the stages): observing appends to a list,
+    and the list is sorted into the buckets in bulk (at FOLD_AT values, and before anything reads the histogram),
+    which costs a fraction of a bucket search per value. Reads like a Histogram."""
+
+    __slots__ = ("_hist", "pending")
+
+    def __init__(self, bounds: tuple[float, ...] = STAGE_BUCKETS) -> None:
+        self._hist = Histogram(bounds)
+        self.pending: list[float] = []  # observed, not yet in the buckets
+
+    def observe(self, value: float) -> None:
+        """Count one value."""
+        pending = self.pending
+        pending.append(value)
+        if len(pending) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Move the pending values into the buckets."""
+        pending = self.pending
+        if not pending:
+            return
+        pending.sort()
+        hist = self._hist
+        counts, below = hist.counts, 0
+        for i, bound in enumerate(hist.bounds):  # a bucket holds the values <= its bound, as Histogram.observe
+            upto = bisect.bisect_right(pending, bound)
+            counts[i] += upto - below
+            below = upto
+        counts[-1] += len(pending) - below
+        hist.count += len(pending)
+        hist.total += sum(pending)
+        pending.clear()
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        return self._hist.bounds
+
+    @property
+    def counts(self) -> list[int]:
+        self.fold()
+        return self._hist.counts
+
+    @property
+    def count(self) -> int:
+        self.fold()
+        return self._hist.count
+
+    @property
+    def total(self) -> float:
+        self.fold()
+        return self._hist.total
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """As :meth:`Histogram.buckets`."""
+        self.fold()
+        return self._hist.buckets()
+
+    def quantile(self, q: float) -> float | None:
+        """As :meth:`Histogram.quantile`."""
+        self.fold()
+        return self._hist.quantile(q)
+
+
 def _fmt(bound: float) -> str:
     return repr(float(bound))
 
@@ -95,6 +172,18 @@ class Metrics:
         self.commit_batch = Histogram(BATCH_BUCKETS)
         self.commit_seconds = Histogram(COMMIT_BUCKETS)
         self.commit_failures = 0
+        # the stage histograms (STAGES), one attribute each for the hot path; ``stages`` names them for export
+        self.stage_decode = StageHistogram()
+        self.stage_mailbox = StageHistogram()
+        self.stage_method = StageHistogram()
+        self.stage_commit = StageHistogram()
+        self.stage_publish = StageHistogram()
+        # the pending lists of the call stages, appended to directly (call_stages) as StageHistogram.observe would
+        self._call_stages = (self.stage_mailbox.pending, self.stage_method.pending, self.stage_commit.pending,
+                             self.stage_publish.pending)
+        self.stages = dict(zip((name for name, _ in STAGES), (
+            self.stage_decode, self.stage_mailbox, self.stage_method, self.stage_commit, self.stage_publish),
+            strict=True))
         self.presence_changes = 0
         self.mqtt_connects = 0  # MQTT link: connections made (the first one and every reconnect)
         self.mqtt_dropped = 0  # MQTT link: QoS 1 publishes refused because its outbound queue was full
@@ -119,6 +208,17 @@ class Metrics:
         if hist is None:
             hist = self.latency[method] = Histogram(LATENCY_BUCKETS)
         hist.observe(seconds)
+
+    def call_stages(self, admitted: float, started: float, submitted: float, durable: float, sent: float) -> None:
+        """The stage times of one call answered after running (time.perf_counter values; see :data:`STAGES`)."""
+        mailbox, method, commit, publish = self._call_stages
+        mailbox.append(started - admitted)
+        method.append(submitted - started)
+        commit.append(durable - submitted)
+        publish.append(sent - durable)
+        if len(publish) >= FOLD_AT:
+            for hist in (self.stage_mailbox, self.stage_method, self.stage_commit, self.stage_publish):
+                hist.fold()
 
     def reject(self, reason: str) -> None:
         """One request answered without running (busy, rate, bad_request, not_found, unavailable, shutdown)."""
@@ -207,6 +307,11 @@ class Collector:
         seconds = HistogramMetricFamily("ca_bridge_commit_duration_seconds", "Durable store commit time")
         seconds.add_metric([], m.commit_seconds.buckets(), m.commit_seconds.total)
         yield seconds
+        stages = HistogramMetricFamily("ca_bridge_stage_seconds", "Where calls spend their time, by stage: "
+                                       + "; ".join(f"{name}: {doc}" for name, doc in STAGES), labels=["stage"])
+        for name, stage in m.stages.items():
+            stages.add_metric([name], stage.buckets(), stage.total)
+        yield stages
         yield CounterMetricFamily("ca_bridge_commit_failures", "Group commits that failed (calls answered "
                                   "unavailable, CAs reloaded)", value=m.commit_failures)
         yield CounterMetricFamily("ca_bridge_mqtt_connects", "Connections to the broker made (the first and every "

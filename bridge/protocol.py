@@ -129,7 +129,7 @@ _R = TypeVar("_R", bound="Request")
 @dataclass(slots=True)
 class Request:
     """The base of every inbound message kind: the session it belongs to, its encoding, the payload as received
-    (a bridge in a cluster forwards it unchanged) and its admission time (time.monotonic, for the latency
+    (a bridge in a cluster forwards it unchanged) and its admission time (time.perf_counter, for the latency
     metrics). A subclass is one kind; its class attributes tell admission (bridge.admission) how to treat it."""
 
     kind: ClassVar[str] = ""  # the wire ``t`` value

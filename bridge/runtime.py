@@ -227,7 +227,7 @@ class Runtime:
         ``hops``: how many bridges of a cluster passed it on to here (see MAX_HOPS).
         """
         if not req.at:
-            req.at = time.monotonic()
+            req.at = time.perf_counter()
         if not self.admission.check(ca, req, future):
             return
         actor = self.actors.get(ca)
@@ -492,8 +492,10 @@ class Runtime:
         metrics.notes_published += pending.notes
         req = pending.request
         if pending.result and type(req) is Call:
-            took = time.monotonic() - req.at
+            sent = time.perf_counter()
+            took = sent - req.at
             metrics.call_done(req.method, pending.result, took)
+            metrics.call_stages(req.at, pending.started, pending.submitted, self.committer.durable_at, sent)
             owner.last_active = now = time.time()
             owner.recent.append((now, req.session, req.id, req.method, pending.result, took))
             if pending.result != "ok":

@@ -77,7 +77,7 @@ class SessionData:
 
     def trim(self, hard_cap: int) -> None:
         """Drop the oldest notifications beyond the limit (and always beyond the hard cap)."""
-        cap = min(self.limit, hard_cap) if self.limit > 0 else hard_cap
+        cap = self.limit if 0 < self.limit < hard_cap else hard_cap
         if len(self.queue) > cap:
             del self.queue[: len(self.queue) - cap]
 
@@ -194,6 +194,8 @@ class SessionAPI:
             raise TypeError("notify args must be a list")
         if session_id is None:
             targets = [self._txn.current]
+        elif type(session_id) is str and session_id in self._txn.committed:  # an existing session's id is valid
+            targets = [session_id]
         elif isinstance(session_id, re.Pattern):
             targets = [sid for sid in self._txn.ids() if session_id.search(sid)]
         else:
