@@ -126,6 +126,7 @@ class Bridge:
                 creds = AuthStore(s.auth).bridge_credentials()  # never logged
                 self.broker_url = dataclasses.replace(
                     self.broker_url, username=creds.username, password=creds.password)
+            await self._serve_http()  # before the broker: a busy port fails while nothing else runs yet
             if s.broker is None:
                 tls = (s.tls_cert, s.tls_key, *s.tls_listen) if s.tls_cert and s.tls_key else None
                 await self._stack.enter_async_context(EmbeddedBroker(
@@ -148,7 +149,6 @@ class Bridge:
             self._stack.push_async_callback(self.runtime.aclose)  # drain before the link goes
             if self.cluster is not None:  # ... and first stop taking new requests, so the others get them
                 self._stack.callback(self.link.unsubscribe, subscriptions[0][0])
-            await self._serve_http()
             if not await self.link.wait_connected(10):
                 log.warning("not connected to the broker yet; the bridge keeps trying")
         except BaseException:
