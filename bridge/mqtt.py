@@ -141,26 +141,35 @@ class _Wire(asyncio.Protocol):
             self.skip -= taken
             data = data[taken:]
         buf = self.buf
-        buf += data
-        pos, end = 0, len(buf)
+        if buf:  # the start of a packet came with an earlier read
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        # packets are framed straight out of the bytes read: one copy per packet (its body), no buffer churn
+        pos, end = 0, len(data)
+        packet = self.link._packet
         while end - pos >= 2:
-            length, mult, i, complete = 0, 1, pos + 1, False
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length += (byte & 0x7F) * mult
-                if not byte & 0x80:
-                    complete = True
+            byte = data[pos + 1]
+            i = pos + 2
+            length = byte & 0x7F
+            if byte & 0x80:  # a remaining length of more than one byte
+                mult, complete = 128, False
+                while i < end:
+                    byte = data[i]
+                    i += 1
+                    length += (byte & 0x7F) * mult
+                    if not byte & 0x80:
+                        complete = True
+                        break
+                    mult <<= 7
+                    if mult > 128**3:
+                        self._fail("malformed remaining length")
+                        return
+                if not complete:
                     break
-                mult <<= 7
-                if mult > 128**3:
-                    self._fail("malformed remaining length")
-                    return
-            if not complete:
-                break
-            head = buf[pos]
+            head = data[pos]
             if length > MAX_INBOUND:
-                self._oversized(head, bytes(buf[i : min(end, i + 64)]))
+                self._oversized(head, data[i : min(end, i + 64)])
                 if end - i >= length:
                     pos = i + length
                     continue
@@ -170,8 +179,9 @@ class _Wire(asyncio.Protocol):
             if end - i < length:
                 break
             pos = i + length
-            self.link._packet(head, bytes(buf[i:pos]))
-        del buf[:pos]
+            packet(head, data[i:pos])
+        if pos < end:
+            buf += memoryview(data)[pos:]
 
     def _oversized(self, head: int, start: bytes) -> None:
         """Acknowledge a huge PUBLISH without keeping it (its topic and id are in its first bytes)."""
