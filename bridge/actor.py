@@ -427,14 +427,19 @@ class Actor:
         """Remember a call's reply for dedup, in the same change as its effects. A record is kept while it is among
         the last ``dedup_window`` of its session (if the session exists) or among the CA's last (CA_WINDOW times as
         many), so no load on the CA's other sessions can push out a session's recent calls."""
-        self.dedup_pos += 1
-        pos = self.dedup_pos
+        self.dedup_pos = pos = self.dedup_pos + 1
         self.dedup[(sid, rid)] = (pos, payload)
         change.dedup.append((pos, sid, rid, payload))
-        self.dedup_sessions.setdefault(sid, []).append((pos, rid))
-        self.dedup_recent.append((pos, sid))
-        full = len(self.dedup_recent) > CA_WINDOW * max(1, self.ctx.limits.dedup_window)
-        left = self.dedup_recent.popleft()[1] if full else sid  # no longer among the CA's last records
+        kept = self.dedup_sessions.get(sid)
+        if kept is None:
+            self.dedup_sessions[sid] = [(pos, rid)]
+        else:
+            kept.append((pos, rid))
+        recent = self.dedup_recent
+        recent.append((pos, sid))
+        window = self.ctx.limits.dedup_window
+        full = len(recent) > CA_WINDOW * (window if window > 1 else 1)
+        left = recent.popleft()[1] if full else sid  # no longer among the CA's last records
         self._trim(sid, change)
         if left != sid:
             self._trim(left, change)
@@ -445,20 +450,26 @@ class Actor:
         if not kept:
             return
         floor = self.dedup_recent[0][0] if self.dedup_recent else self.dedup_pos + 1  # below: outside the CA window
-        window = max(1, self.ctx.limits.dedup_window)
         if sid in self.sessions:
-            floor = min(floor, kept[-window][0] if len(kept) >= window else 0)
-        drop = 0
+            window = self.ctx.limits.dedup_window
+            window = window if window > 1 else 1
+            if len(kept) < window:
+                return  # the session's window holds them all
+            if kept[-window][0] < floor:
+                floor = kept[-window][0]
+        if kept[0][0] >= floor:
+            return  # the usual case with room in the windows: nothing to drop
+        drop = 1
         while drop < len(kept) and kept[drop][0] < floor:
             drop += 1
-        if not drop:
-            return
         self._forget(sid, kept[:drop])
         if drop == len(kept):
             del self.dedup_sessions[sid]
         else:
             del kept[:drop]
-        change.dedup_floors[sid] = max(change.dedup_floors.get(sid, 0), floor)
+        floors = change.dedup_floors
+        if floors.get(sid, 0) < floor:
+            floors[sid] = floor
 
     def _forget(self, sid: str, records: list[tuple[int, str]]) -> None:
         for pos, rid in records:
