@@ -8,9 +8,11 @@ working copies until the call succeeds (see bridge.session).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
+import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -63,7 +65,8 @@ class ActorContext:
 
 
 class Actor:
-    """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
+    """A CA in memory. Only its own worker (its drain: inline, then in a Task if it suspends) touches ``ca``,
+    ``sessions`` and ``state_blob``."""
 
     __slots__ = (
         "ca", "ctx", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "in_commit",
@@ -139,11 +142,23 @@ class Actor:
     # -- the worker -------------------------------------------------------------------------------------------
 
     def enqueue(self, item: Item) -> None:
-        """Add to the mailbox and make sure a worker drains it."""
+        """Add to the mailbox and make sure a worker drains it.
+
+        An idle actor drains its mailbox at once, on the caller's stack (in a copy of the caller's context, so the
+        log context it sets stays its own): most calls never suspend, and a Task per call was a large part of the
+        CPU of a call. Only when something suspends (a method that awaits, a hook, a reload) does the rest of the
+        drain go on in a worker Task (``ctx.spawn``), from exactly where it stopped.
+        """
         self.mailbox.append(item)
         if not self.running:
             self.running = True
-            self.ctx.spawn(self._drain(), self.name)
+            context = contextvars.copy_context()
+            drain = self._drain()
+            try:
+                yielded = context.run(drain.send, None)
+            except StopIteration:
+                return
+            self.ctx.spawn(_go_on(drain, yielded, context), self.name)
 
     async def _drain(self) -> None:
         try:
@@ -240,11 +255,27 @@ class Actor:
         self.ca.state = codec.loads(self.state_blob)
 
     async def _run(self, fn: Any, args: Any) -> Any:
+        """Run a method or hook; an async one is bounded by the call's deadline (``call_timeout``, counted from here).
+
+        A coroutine is started by hand: one that finishes without suspending (the usual case) needs neither a Task
+        nor a timer, and could not have been interrupted anyway (a deadline is enforced only where the method
+        awaits, today as with asyncio.timeout). One that suspends goes on in a Task of its own under what is left of
+        the deadline; its exceptions (TimeoutError included) come out of here as they did before.
+        """
         result = fn(*args)
-        if inspect.isawaitable(result):
-            async with asyncio.timeout(self.ctx.call_timeout):
-                result = await result
-        return result
+        if type(result) is types.CoroutineType:
+            started = time.monotonic()
+            try:
+                yielded = result.send(None)
+            except StopIteration as stop:
+                return stop.value
+            rest: Awaitable[Any] = _Drive(result, yielded, None)
+        elif inspect.isawaitable(result):
+            started, rest = time.monotonic(), result
+        else:
+            return result
+        left = self.ctx.call_timeout - (time.monotonic() - started)
+        return await asyncio.create_task(_bounded(rest, left))
 
     async def _hook(self, name: str) -> bool:
         epoch = self.epoch
@@ -413,14 +444,19 @@ class Actor:
         """Remember a call's reply for dedup, in the same change as its effects. A record is kept while it is among
         the last ``dedup_window`` of its session (if the session exists) or among the CA's last (CA_WINDOW times as
         many), so no load on the CA's other sessions can push out a session's recent calls."""
-        self.dedup_pos += 1
-        pos = self.dedup_pos
+        self.dedup_pos = pos = self.dedup_pos + 1
         self.dedup[(sid, rid)] = (pos, payload)
         change.dedup.append((pos, sid, rid, payload))
-        self.dedup_sessions.setdefault(sid, []).append((pos, rid))
-        self.dedup_recent.append((pos, sid))
-        full = len(self.dedup_recent) > CA_WINDOW * max(1, self.ctx.limits.dedup_window)
-        left = self.dedup_recent.popleft()[1] if full else sid  # no longer among the CA's last records
+        kept = self.dedup_sessions.get(sid)
+        if kept is None:
+            self.dedup_sessions[sid] = [(pos, rid)]
+        else:
+            kept.append((pos, rid))
+        recent = self.dedup_recent
+        recent.append((pos, sid))
+        window = self.ctx.limits.dedup_window
+        full = len(recent) > CA_WINDOW * (window if window > 1 else 1)
+        left = recent.popleft()[1] if full else sid  # no longer among the CA's last records
         self._trim(sid, change)
         if left != sid:
             self._trim(left, change)
@@ -431,20 +467,26 @@ class Actor:
         if not kept:
             return
         floor = self.dedup_recent[0][0] if self.dedup_recent else self.dedup_pos + 1  # below: outside the CA window
-        window = max(1, self.ctx.limits.dedup_window)
         if sid in self.sessions:
-            floor = min(floor, kept[-window][0] if len(kept) >= window else 0)
-        drop = 0
+            window = self.ctx.limits.dedup_window
+            window = window if window > 1 else 1
+            if len(kept) < window:
+                return  # the session's window holds them all
+            if kept[-window][0] < floor:
+                floor = kept[-window][0]
+        if kept[0][0] >= floor:
+            return  # the usual case with room in the windows: nothing to drop
+        drop = 1
         while drop < len(kept) and kept[drop][0] < floor:
             drop += 1
-        if not drop:
-            return
         self._forget(sid, kept[:drop])
         if drop == len(kept):
             del self.dedup_sessions[sid]
         else:
             del kept[:drop]
-        change.dedup_floors[sid] = max(change.dedup_floors.get(sid, 0), floor)
+        floors = change.dedup_floors
+        if floors.get(sid, 0) < floor:
+            floors[sid] = floor
 
     def _forget(self, sid: str, records: list[tuple[int, str]]) -> None:
         for pos, rid in records:
@@ -454,3 +496,39 @@ class Actor:
     def _dedup_hit(self, req: Call) -> bytes | None:
         hit = self.dedup.get((req.session, req.id))
         return None if hit is None else hit[1]
+
+
+class _Drive:
+    """Await a coroutine that was started by hand and suspended yielding ``yielded``: the Task that awaits this
+    waits on ``yielded`` and then resumes the coroutine (sends and throws go on to it, each run in ``context``
+    when one is given)."""
+
+    __slots__ = ("context", "coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any, context: contextvars.Context | None) -> None:
+        self.coro, self.yielded, self.context = coro, yielded, context
+
+    def __await__(self) -> Any:
+        coro, yielded, context = self.coro, self.yielded, self.context
+        while True:
+            step: Callable[[Any], Any]
+            try:
+                value = yield yielded
+            except BaseException as exc:  # a cancellation, or the exception of the awaited future
+                step, value = coro.throw, exc
+            else:
+                step = coro.send
+            try:
+                yielded = step(value) if context is None else context.run(step, value)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _go_on(drain: Coroutine[Any, Any, None], yielded: Any, context: contextvars.Context) -> None:
+    """The rest of a drain that suspended: a CA's worker Task."""
+    await _Drive(drain, yielded, context)
+
+
+async def _bounded(rest: Awaitable[Any], seconds: float) -> Any:
+    async with asyncio.timeout(seconds):
+        return await rest

@@ -35,6 +35,12 @@ log = logging.getLogger("bridge.mqtt")
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
 MAX_INBOUND: Final = 4 * 1024 * 1024  # larger inbound packets are skipped (acknowledged, not delivered)
+# An inbound QoS 1/2 PUBLISH's PUBACK/PUBREC is held so that it leaves in the same write as what the bridge sends
+# next (at one device: the call's reply, one write per call instead of two), at most ACK_HOLD seconds, and never
+# more than ACK_HELD of them: each one held keeps one of the broker's in-flight slots for the bridge busy, and a
+# broker sends no more than its window (mosquitto's max_inflight_messages, 20 by default) before it hears a PUBACK.
+ACK_HOLD: Final = 0.005
+ACK_HELD: Final = 8
 CONNACK_CODES: Final = {1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
                         4: "bad user name or password", 5: "not authorized"}
 
@@ -86,8 +92,14 @@ def _packet(head: int, body: bytes) -> bytes:
 
 def _publish(topic: bytes, payload: bytes, qos: int, pid: int, dup: bool = False) -> bytes:
     head = 0x30 | (0x08 if dup else 0) | (qos << 1)
-    body = _string(topic) + (pid.to_bytes(2, "big") if qos else b"") + payload
-    return bytes((head,)) + _length(len(body)) + body
+    size = 2 + len(topic) + (2 if qos else 0) + len(payload)
+    if size < 128:  # the usual reply: a one-byte remaining length
+        fixed = bytes((head, size, len(topic) >> 8, len(topic) & 0xFF))
+    else:
+        fixed = bytes((head,)) + _length(size) + len(topic).to_bytes(2, "big")
+    if qos:
+        return b"".join((fixed, topic, pid.to_bytes(2, "big"), payload))
+    return b"".join((fixed, topic, payload))
 
 
 def backoff_delays(first: float, cap: float,
@@ -129,26 +141,35 @@ class _Wire(asyncio.Protocol):
             self.skip -= taken
             data = data[taken:]
         buf = self.buf
-        buf += data
-        pos, end = 0, len(buf)
+        if buf:  # the start of a packet came with an earlier read
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        # packets are framed straight out of the bytes read: one copy per packet (its body), no buffer churn
+        pos, end = 0, len(data)
+        packet = self.link._packet
         while end - pos >= 2:
-            length, mult, i, complete = 0, 1, pos + 1, False
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length += (byte & 0x7F) * mult
-                if not byte & 0x80:
-                    complete = True
+            byte = data[pos + 1]
+            i = pos + 2
+            length = byte & 0x7F
+            if byte & 0x80:  # a remaining length of more than one byte
+                mult, complete = 128, False
+                while i < end:
+                    byte = data[i]
+                    i += 1
+                    length += (byte & 0x7F) * mult
+                    if not byte & 0x80:
+                        complete = True
+                        break
+                    mult <<= 7
+                    if mult > 128**3:
+                        self._fail("malformed remaining length")
+                        return
+                if not complete:
                     break
-                mult <<= 7
-                if mult > 128**3:
-                    self._fail("malformed remaining length")
-                    return
-            if not complete:
-                break
-            head = buf[pos]
+            head = data[pos]
             if length > MAX_INBOUND:
-                self._oversized(head, bytes(buf[i : min(end, i + 64)]))
+                self._oversized(head, data[i : min(end, i + 64)])
                 if end - i >= length:
                     pos = i + length
                     continue
@@ -158,8 +179,9 @@ class _Wire(asyncio.Protocol):
             if end - i < length:
                 break
             pos = i + length
-            self.link._packet(head, bytes(buf[i:pos]))
-        del buf[:pos]
+            packet(head, data[i:pos])
+        if pos < end:
+            buf += memoryview(data)[pos:]
 
     def _oversized(self, head: int, start: bytes) -> None:
         """Acknowledge a huge PUBLISH without keeping it (its topic and id are in its first bytes)."""
@@ -215,6 +237,9 @@ class MqttLink:
         self._wire: _Wire | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._acks: list[bytes] = []  # PUBACKs (PUBRECs) held for the next write, oldest first
+        self._acks_since = 0.0  # loop time the oldest of them was held
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._inflight: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # pid -> (topic, payload)
         self._waiting: deque[tuple[bytes, bytes]] = deque()  # QoS 1 publishes not yet sent
         self._pid = 0
@@ -257,6 +282,9 @@ class MqttLink:
         """Flush (bounded), disconnect cleanly and stop the link's tasks."""
         await self.flush(flush_timeout)
         self._closing = True
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -312,8 +340,34 @@ class MqttLink:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def _hold_ack(self, ack: bytes) -> None:
+        """Queue the acknowledgement of an inbound publish for the next write (see ACK_HOLD)."""
+        acks = self._acks
+        if not acks:
+            self._acks_since = self._loop.time()
+            if self._ack_timer is None:
+                self._ack_timer = self._loop.call_later(ACK_HOLD, self._acks_due)
+        acks.append(ack)
+        if len(acks) >= ACK_HELD and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _acks_due(self) -> None:
+        """The hold timer: send acknowledgements held for ACK_HOLD now; look again later for younger ones."""
+        self._ack_timer = None
+        if not self._acks:
+            return
+        left = self._acks_since + ACK_HOLD - self._loop.time()
+        if left > 0:  # the ones held when the timer was set left with a write since
+            self._ack_timer = self._loop.call_later(left, self._acks_due)
+        elif not self._flush_scheduled:
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._acks:  # acknowledgements first: they answer what came in before anything queued here
+            self._out[:0] = self._acks
+            self._acks.clear()
         if not self._out:
             return
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
@@ -341,7 +395,7 @@ class MqttLink:
             start = 2 + tlen + (2 if qos else 0)
             if qos:
                 pid = body[2 + tlen : start]
-                self._send(b"\x40\x02" + pid if qos == 1 else b"\x50\x02" + pid)  # PUBACK, or PUBREC for QoS 2
+                self._hold_ack(b"\x40\x02" + pid if qos == 1 else b"\x50\x02" + pid)  # PUBACK, or PUBREC for QoS 2
             try:
                 topic = body[2 : 2 + tlen].decode()
             except UnicodeDecodeError:
@@ -397,6 +451,7 @@ class MqttLink:
             lambda: _Wire(self), url.host, url.port, ssl=self._tls, server_hostname=url.host if self._tls else None)
         self._wire = wire
         self._out.clear()  # nothing written for the previous connection may precede CONNECT
+        self._acks.clear()  # the broker sends the unacknowledged publishes again
         self._heard = self._loop.time()
         self._connack = self._loop.create_future()
         self._send(self._connect_packet())

@@ -55,9 +55,21 @@ def _encodable(text: str) -> bool:
 ErrorKind = Literal["app", "internal", "bad_request", "busy", "unavailable", "not_found"]
 
 
+_CHECKED: dict[str, bool] = {}  # name -> valid: the answers so far (the same few names come back on every message)
+_CHECKED_MAX: Final = 65536  # forgotten all at once when full, so names a peer makes up cannot grow it
+
+
 def valid_name(name: object) -> bool:
     """True if ``name`` is a safe CA name or session id (see PROTOCOL.md)."""
-    return type(name) is str and NAME_RE.fullmatch(name) is not None
+    if type(name) is not str:
+        return False
+    valid = _CHECKED.get(name)
+    if valid is None:
+        valid = NAME_RE.fullmatch(name) is not None
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[name] = valid
+    return valid
 
 
 def check_name(name: object, what: str) -> str:
@@ -77,6 +89,7 @@ class Topics:
         self.inbound_filter = f"{prefix}/+/in"
         self._head = prefix + "/"
         self._depth = prefix.count("/") + 1
+        self._cas: dict[str, str | None] = {}  # inbound topic -> its CA (or None): the answers so far (bounded)
 
     def session(self, ca: str, session: str) -> str:
         """The topic of one logical session's replies and notifications."""
@@ -115,10 +128,18 @@ class Topics:
 
     def ca_of(self, topic: str) -> str | None:
         """The CA name of an inbound topic, or None if the topic is not a valid ``<prefix>/<ca>/in``."""
+        cas = self._cas
+        if topic in cas:
+            return cas[topic]
         if not topic.startswith(self._head) or not topic.endswith("/in"):
-            return None
-        name = topic[len(self._head) : -3]
-        return name if valid_name(name) else None
+            ca = None
+        else:
+            name = topic[len(self._head) : -3]
+            ca = name if valid_name(name) else None
+        if len(cas) >= _CHECKED_MAX:
+            cas.clear()
+        cas[topic] = ca
+        return ca
 
 
 # -- inbound kinds --------------------------------------------------------------------------------------------
@@ -205,7 +226,8 @@ class Call(Request):
         rid = _field(msg, "id", str)
         if not 0 < len(rid) <= MAX_ID_LEN:
             raise BadRequest(f"field 'id' must have 1 to {MAX_ID_LEN} characters")
-        if "\x00" in rid or not _encodable(rid):
+        # CBOR text is valid UTF-8 by construction (cbor2 decodes strictly): only JSON's escapes make surrogates
+        if "\x00" in rid or (codec != CBOR and not _encodable(rid)):
             raise BadRequest("field 'id' must be text without NUL or unpaired surrogates")
         return cls(session, codec, rid, _field(msg, "method", str), _field(msg, "args", list, []))
 
