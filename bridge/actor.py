@@ -8,11 +8,9 @@ working copies until the call succeeds (see bridge.session).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
 import time
-import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -142,23 +140,11 @@ class Actor:
     # -- the worker -------------------------------------------------------------------------------------------
 
     def enqueue(self, item: Item) -> None:
-        """Add to the mailbox and make sure a worker drains it.
-
-        An idle actor drains its mailbox at once, on the caller's stack (in a copy of the caller's context, so the
-        log context it sets stays its own): most calls never suspend, and a Task per call was a large part of the
-        CPU of a call. Only when something suspends (a method that awaits, a hook, a reload) does the rest of the
-        drain go on in a worker Task (``ctx.spawn``), from exactly where it stopped.
-        """
+        """Add to the mailbox and make sure a worker drains it."""
         self.mailbox.append(item)
         if not self.running:
             self.running = True
-            context = contextvars.copy_context()
-            drain = self._drain()
-            try:
-                yielded = context.run(drain.send, None)
-            except StopIteration:
-                return
-            self.ctx.spawn(_go_on(drain, yielded, context), self.name)
+            self.ctx.spawn(self._drain(), self.name)
 
     async def _drain(self) -> None:
         try:
@@ -255,27 +241,11 @@ class Actor:
         self.ca.state = codec.loads(self.state_blob)
 
     async def _run(self, fn: Any, args: Any) -> Any:
-        """Run a method or hook; an async one is bounded by the call's deadline (``call_timeout``, counted from here).
-
-        A coroutine is started by hand: one that finishes without suspending (the usual case) needs neither a Task
-        nor a timer, and could not have been interrupted anyway (a deadline is enforced only where the method
-        awaits, today as with asyncio.timeout). One that suspends goes on in a Task of its own under what is left of
-        the deadline; its exceptions (TimeoutError included) come out of here as they did before.
-        """
         result = fn(*args)
-        if type(result) is types.CoroutineType:
-            started = time.monotonic()
-            try:
-                yielded = result.send(None)
-            except StopIteration as stop:
-                return stop.value
-            rest: Awaitable[Any] = _Drive(result, yielded, None)
-        elif inspect.isawaitable(result):
-            started, rest = time.monotonic(), result
-        else:
-            return result
-        left = self.ctx.call_timeout - (time.monotonic() - started)
-        return await asyncio.create_task(_bounded(rest, left))
+        if inspect.isawaitable(result):
+            async with asyncio.timeout(self.ctx.call_timeout):
+                result = await result
+        return result
 
     async def _hook(self, name: str) -> bool:
         epoch = self.epoch
@@ -496,39 +466,3 @@ class Actor:
     def _dedup_hit(self, req: Call) -> bytes | None:
         hit = self.dedup.get((req.session, req.id))
         return None if hit is None else hit[1]
-
-
-class _Drive:
-    """Await a coroutine that was started by hand and suspended yielding ``yielded``: the Task that awaits this
-    waits on ``yielded`` and then resumes the coroutine (sends and throws go on to it, each run in ``context``
-    when one is given)."""
-
-    __slots__ = ("context", "coro", "yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any, context: contextvars.Context | None) -> None:
-        self.coro, self.yielded, self.context = coro, yielded, context
-
-    def __await__(self) -> Any:
-        coro, yielded, context = self.coro, self.yielded, self.context
-        while True:
-            step: Callable[[Any], Any]
-            try:
-                value = yield yielded
-            except BaseException as exc:  # a cancellation, or the exception of the awaited future
-                step, value = coro.throw, exc
-            else:
-                step = coro.send
-            try:
-                yielded = step(value) if context is None else context.run(step, value)
-            except StopIteration as stop:
-                return stop.value
-
-
-async def _go_on(drain: Coroutine[Any, Any, None], yielded: Any, context: contextvars.Context) -> None:
-    """The rest of a drain that suspended: a CA's worker Task."""
-    await _Drive(drain, yielded, context)
-
-
-async def _bounded(rest: Awaitable[Any], seconds: float) -> Any:
-    async with asyncio.timeout(seconds):
-        return await rest

@@ -263,7 +263,7 @@ class Runtime:
                     if parked.coalesced and parked.session == req.session:
                         waiting[i] = (req, future, hops)
                         return False
-            if not self.admission.full(len(waiting) - 1):  # as many as a loaded CA takes: one running, a full mailbox
+            if not self.admission.full(len(waiting)):  # as many as a loaded CA's mailbox takes
                 waiting.append((req, future, hops))
             else:
                 self.admission.reject(ca, req, future, BUSY)
