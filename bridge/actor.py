@@ -63,8 +63,7 @@ class ActorContext:
 
 
 class Actor:
-    """A CA in memory. Only its own worker (its drain: inline, then in a Task if it suspends) touches ``ca``,
-    ``sessions`` and ``state_blob``."""
+    """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
         "ca", "ctx", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "in_commit",

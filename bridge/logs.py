@@ -1,8 +1,8 @@
 """Logging set-up: readable text, or one JSON object per line (``--log-format json``) carrying the CA, session and
 request id of the work being done.
 
-The ids come from context variables that a CA's worker sets for each item it processes (each worker runs in a
-context of its own, so they never leak between CAs), or from ``extra={"ca": ...}`` on the log call.
+The ids come from context variables that a CA's worker sets for each item it processes (each worker is its own
+asyncio task, so they never leak between CAs), or from ``extra={"ca": ...}`` on the log call.
 """
 
 from __future__ import annotations
