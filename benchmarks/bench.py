@@ -24,7 +24,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from loadgen import PROCS, Quiet, Workers, fmt, log, options, pct, session  # no
 from stages import breakdown, scrape, table  # noqa: E402
 
 from tests.procs import (  # noqa: E402
-    PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, spawn, stop, wait_output)
+    PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, settle_rss, spawn, stop, wait_output)
 
 APP = f"{HERE / 'apps.py'}:Bench"
 FANOUT = 100  # sessions notified per fan-out call
@@ -104,17 +103,6 @@ def populate(db: Path, count: int, sessions: list[str] | tuple[str, ...] = ()) -
         con.execute("COMMIT")
     finally:
         con.close()
-
-
-def settle_rss(pid: int, limit: float = 5.0) -> float:
-    last, deadline = rss_mb(pid), time.monotonic() + limit
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = rss_mb(pid)
-        if abs(now - last) <= 0.005 * max(now, 1):
-            break
-        last = now
-    return last
 
 
 def specs(kind: str, n: int, run: str, count: int = 0) -> list[dict[str, Any]]:

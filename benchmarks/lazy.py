@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.procs import Mosquitto, rss_mb, spawn, stop  # noqa: E402
+from tests.procs import Mosquitto, rss_mb, settle_rss, spawn, stop  # noqa: E402
 
 WINDOW = 64  # calls in flight during the active phase
 
@@ -55,17 +55,6 @@ def populate(db: Path, count: int, initialized: bool) -> None:
         con.execute("COMMIT")
     finally:
         con.close()
-
-
-def settle_rss(pid: int, limit: float = 5.0) -> float:
-    last, deadline = rss_mb(pid), time.monotonic() + limit
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = rss_mb(pid)
-        if abs(now - last) <= 0.005 * max(now, 1):
-            break
-        last = now
-    return last
 
 
 class Caller:

@@ -260,3 +260,15 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def settle_rss(pid: int, limit: float = 5.0) -> float:
+    """RSS in MB once it stops moving (within 0.5% between two reads 0.25 s apart), or after ``limit`` seconds."""
+    last, deadline = rss_mb(pid), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = rss_mb(pid)
+        if abs(now - last) <= 0.005 * max(now, 1):
+            break
+        last = now
+    return last
