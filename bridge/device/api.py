@@ -56,14 +56,12 @@ class Bundle:
 class DeviceAPI:
     """``self.device``: both maps, bundles and results of the CA's own gadget (session ``iot``)."""
 
-    __slots__ = ("_clock", "_limits", "_online", "_record")
+    __slots__ = ("_limits", "_online", "_record")
 
-    def __init__(self, record: DeviceRecord, limits: DeviceLimits, online: Callable[[], bool],
-                 clock: Callable[[], int] = wall_ms) -> None:
+    def __init__(self, record: DeviceRecord, limits: DeviceLimits, online: Callable[[], bool]) -> None:
         self._record = record
         self._limits = limits
         self._online = online
-        self._clock = clock
 
     @property
     def to_cloud(self) -> Mapping[str, Any]:
@@ -101,8 +99,8 @@ class DeviceAPI:
         return MappingProxyType(self._record.cmds or {})
 
     def now_ms(self) -> int:
-        """Cloud time in Unix epoch milliseconds."""
-        return self._clock()
+        """Cloud time in Unix epoch milliseconds (tests replace ``bridge.device.api.wall_ms``)."""
+        return wall_ms()
 
     def bundle(self, margin_ms: int | None = None) -> Bundle:
         """A new empty bundle; ``margin_ms`` (default --bundle-margin) is added to its start when sent."""
@@ -128,7 +126,7 @@ class DeviceAPI:
                 offset_ms = 0
             elif type(offset_ms) is not int:
                 raise AppError(f"offset_ms must be an int, not {offset_ms!r}")
-            start = self._clock() + offset_ms + bundle.margin_ms
+            start = wall_ms() + offset_ms + bundle.margin_ms
         return self._add(start, [list(c) for c in bundle.cmds], "at")
 
     def apply(self, method: str, *args: Any, safe: bool = False) -> int:
@@ -136,7 +134,7 @@ class DeviceAPI:
         dropped and reported False); returns the bundle index."""
         self._record.check_cmd(method, args)
         codec.check_subset(list(args))
-        now = self._clock()
+        now = wall_ms()
         return self._add(now + SAFE_MS if safe else now, [[0, method, list(args)]], "safe" if safe else "now")
 
     def _add(self, start: int, cmds: list[list[Any]], mode: str) -> int:
