@@ -389,7 +389,7 @@ def _call(session, rid, name, *args):
     ({"t": "dstart", "session": "iot", "cmds": {}}, "'id'"),
     ({"t": "dsync", "session": "iot", "id": "a", "fv": 0}, "'boot'"),
     ({"t": "dsync", "session": "iot", "id": "a", "boot": 1, "fv": -1}, "'fv'"),
-    ({"t": "dsync", "session": "iot", "id": "a", "boot": 1, "fv": 0, "d": {"a": 1}, "tb": 0, "tv": 2}, r"'tv' = 'tb' \+ 1"),
+    ({"t": "dsync", "session": "iot", "id": "a", "boot": 1, "fv": 0, "d": {"a": 1}, "tb": 0, "tv": 2}, r"'tb' \+ 1"),
     ({"t": "dsync", "session": "iot", "id": "a", "boot": 1, "fv": 0, "d": {1: 1}}, "'d'"),
     ({"t": "dsync", "session": "iot", "id": "a", "boot": 1, "fv": 0, "ba": [-1]}, "'ba'"),
     ({"t": "dsync", "session": "iot", "id": "a", "boot": 1, "fv": 0, "bd": [[1]]}, "'bd'"),
