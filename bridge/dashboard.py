@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import codec
+from bridge.device import device_view
 from bridge.http import Handler, HttpServer, Request, Response
 from bridge.inspect import session_view
 from bridge.store import is_postgres_url, redact_url
@@ -252,7 +253,18 @@ def ca_detail(bridge: BridgeView, actor: Actor) -> dict[str, Any]:
             for t, sid, rid, method, outcome, seconds in reversed(actor.recent)
         ],
         "errors": [_error_row(e) for e in reversed(bridge.runtime.metrics.recent_errors) if e[1] == actor.name],
+        "device": _device(actor.dev_blob),
     }
+
+
+def _device(blob: bytes | None) -> dict[str, Any] | None:
+    view = device_view(blob)
+    if view is not None:
+        for key in ("to_cloud", "from_cloud"):
+            view[key], _ = clip(view[key], nodes=400)
+        if view["pending"] is not None:
+            view["pending"]["commands"], _ = clip(view["pending"]["commands"], nodes=200)
+    return view
 
 
 def _ca_row(actor: Actor) -> dict[str, Any]:

@@ -6,6 +6,6 @@
 """
 
 from bridge.device.api import Bundle, DeviceAPI, wall_ms
-from bridge.device.model import DeviceLimits, DeviceRecord, StoredBundle
+from bridge.device.model import DeviceLimits, DeviceRecord, StoredBundle, device_view
 
-__all__ = ["Bundle", "DeviceAPI", "DeviceLimits", "DeviceRecord", "StoredBundle", "wall_ms"]
+__all__ = ["Bundle", "DeviceAPI", "DeviceLimits", "DeviceRecord", "StoredBundle", "device_view", "wall_ms"]

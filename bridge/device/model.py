@@ -13,7 +13,7 @@ from typing import Any, Final
 from bridge import codec
 from bridge.errors import AppError
 
-__all__ = ["MAX_RESULTS", "MAX_TOMBSTONES", "DeviceLimits", "DeviceRecord", "StoredBundle"]
+__all__ = ["MAX_RESULTS", "MAX_TOMBSTONES", "DeviceLimits", "DeviceRecord", "StoredBundle", "device_view"]
 
 MAX_RESULTS: Final = 32  # results kept (the last ones)
 MAX_TOMBSTONES: Final = 256  # deleted from_cloud keys remembered; a device older than the forgotten ones gets all
@@ -174,3 +174,23 @@ class DeviceRecord:
             raise AppError(f"the device has no command {method[:100]!r}", command=method[:100])
         if arity != len(args):
             raise AppError(f"command {method!r} takes {arity} arguments, not {len(args)}", command=method)
+
+
+def device_view(blob: bytes | None) -> dict[str, Any] | None:
+    """A device record as `ca-bridge inspect` and the dashboard show it (None: the CA has no device data): both
+    maps and versions, boot, commands, the pending (newest unfinished) bundle, and the recent results."""
+    if not blob:
+        return None
+    r = DeviceRecord.decode(blob)
+    newest = r.bundles[-1] if r.bundles else None
+    return {
+        "boot": r.boot,
+        "commands": r.cmds,
+        "to_cloud": r.to_cloud, "tv": r.tv,
+        "from_cloud": r.from_cloud, "fv": r.fv,
+        "unfinished": len(r.bundles),
+        "pending": None if newest is None else {
+            "index": newest.index, "start": newest.start, "mode": newest.mode, "commands": newest.cmds,
+            "done": newest.done, "received": newest.recv == r.boot and r.boot > 0},
+        "results": [[i, ok] for i, ok in reversed(r.results.items())],  # newest first
+    }
