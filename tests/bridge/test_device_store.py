@@ -91,7 +91,7 @@ async def _greenhouse(db):
 
 
 async def test_the_dashboard_shows_both_maps_versions_boot_pending_bundle_and_results(tmp_path):
-    index, first, detail = await _greenhouse(None)
+    _, first, detail = await _greenhouse(None)
     dev = detail["device"]
     assert dev["boot"] == 1 and dev["commands"] == CMDS
     assert (dev["to_cloud"], dev["tv"], dev["from_cloud"], dev["fv"]) == ({"temp": 21}, 1, {"target": 19}, 1)
@@ -107,7 +107,7 @@ async def test_the_dashboard_shows_both_maps_versions_boot_pending_bundle_and_re
 
 async def test_inspect_shows_the_device(tmp_path):
     db = tmp_path / "i.db"
-    index, first, _ = await _greenhouse(db)
+    _, first, _ = await _greenhouse(db)
 
     def inspect(*args):
         done = subprocess.run([sys.executable, "-m", "bridge", "inspect", "--db", str(db), "gh", *args], cwd=ROOT,
