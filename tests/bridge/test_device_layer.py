@@ -448,3 +448,41 @@ def test_bundle_is_exported_and_a_record_round_trips():
     assert Bundle.__module__ == "bridge.device.api"
     r = DeviceRecord(to_cloud={"a": [1, 2]}, tv=3, cmds={"x": 1}, boot=2, start_id="s")
     assert DeviceRecord.decode(r.encode()) == r
+
+
+class FailingResume(Greenhouse):
+    async def on_device_resume(self):
+        self.state["resumes"] += 1
+        self.device.from_cloud["resumed"] = True
+        raise RuntimeError("resume hook fails on purpose")
+
+
+async def test_a_failing_resume_hook_keeps_the_start_and_rolls_back_its_own_effects():
+    async with Harness(FailingResume) as h:
+        start = ok(await h.device_start("gh", CMDS, request_id="s1"))
+        assert start["boot"] == 1 and start["fc"] == {}
+        record = h.device("gh")
+        assert record.boot == 1 and record.cmds == CMDS and record.from_cloud == {}
+        assert h.state("gh")["resumes"] == 0
+        assert h.runtime.metrics.device_hook_errors == 1
+        assert ok(await h.device_sync("gh", {"temp": 20}))["tv"] == 1  # the start stands: syncs work
+
+
+async def test_an_online_device_is_poked_even_if_it_started_under_another_bridge_process(h):
+    await h.device_start("gh", CMDS)
+    await h.restart()  # no dstart in this process
+    await h.call("gh", "default", "put", "a", 1)
+    assert _pokes(h) == 0
+    await h.presence("gh", IOT_SESSION, True)
+    await h.call("gh", "default", "put", "a", 2)
+    assert _pokes(h) == 1
+
+
+@pytest.mark.parametrize("codec_name", ["cbor", "json"])
+def test_stamped_replies_decode_with_both_times(codec_name):
+    from bridge import codec
+    from bridge.protocol import reply_err, reply_ok, stamp_reply
+
+    for reply in (reply_ok("r", {"a": [1]}), reply_err("r", {"kind": "app"})):
+        stamped = codec.decode(stamp_reply(codec.encode(reply, codec_name), 5, 7), codec_name)
+        assert stamped == {**reply, "rx": 5, "tx": 7}
