@@ -63,3 +63,29 @@ async def test_a_schema_5_database_is_upgraded_and_keeps_its_cas(pg_empty_url, p
         assert a.device == record(boot=3) and a.dedup == [(1, "s", "r", b"p")]
     finally:
         await s.close()
+
+
+async def test_migrate_copies_the_device_record(tmp_path, pg_empty_url):
+    from bridge.migrate import migrate
+    from bridge.store.sqlite import SQLiteStore
+
+    src = SQLiteStore(tmp_path / "m.db")
+    await src.open()
+    await src.commit([Change("a", b"\xa0", device=record(tv=4)), Change("b", b"\xa0")])
+    await src.close()
+    assert await migrate(tmp_path / "m.db", pg_empty_url) == 2
+    dst = PostgresStore(pg_empty_url)
+    await dst.open()
+    try:
+        await dst.commit([Change("b", None, device=record(tv=1))])
+        await dst.commit([Change("b", b"\xa1")])
+        assert {r.name: r.device for r in await dst.load_all()} == {"a": record(tv=4), "b": record(tv=1)}
+    finally:
+        await dst.close()
+    assert await migrate(tmp_path / "m.db", pg_empty_url, replace=True) == 2  # replaced whole: b has none again
+    dst = PostgresStore(pg_empty_url)
+    await dst.open()
+    try:
+        assert (await dst.load("b")).device is None and (await dst.load("a")).device == record(tv=4)
+    finally:
+        await dst.close()
