@@ -499,3 +499,11 @@ async def test_a_json_device_gets_json_answers_with_both_times(h):
     reply = await h.send("gh", json.dumps({"t": "dsync", "session": "iot", "id": "j2", "boot": 1, "fv": 0,
                                            "tb": 0, "tv": 1, "d": {"x": [1, 2]}}).encode())
     assert reply["ok"]["tv"] == 1 and reply["ok"]["fc"] == {"a": 1} and "rx" in reply
+
+
+async def test_a_start_already_past_is_accepted_the_device_reports_it_late(h):
+    await h.device_start("gh", CMDS)
+    i = await h.call("gh", "default", "send", [[0, "beep", []]], None, NOW - 60_000)
+    assert h.device("gh").bundles[0].start == NOW - 60_000
+    ok(await h.device_sync("gh", ba=[i], br=[(i, False)]))
+    assert h.device("gh").results == {i: False} and h.runtime.metrics.bundles_late == 1
