@@ -176,29 +176,11 @@ class Device:
             self.client.close()
         return self._next_ms()
 
-    async def arun(self, interval_ms=1000, once=False):
-        """run() for asyncio: yields to other tasks while waiting (in steps of at most 10 ms)."""
-        import asyncio
+    def arun(self, interval_ms=1000, once=False):
+        """run() for asyncio (a coroutine): yields to other tasks while waiting (in steps of at most 10 ms)."""
+        from firmware_client.aio import arun
 
-        self._begin(interval_ms)
-        try:
-            while not self._stop:
-                w = self._step()
-                if once and self._quiet():
-                    return self._next_ms()
-                end = deadline_in(w)
-                while True:
-                    self._pump(0)
-                    if self._woken() or self._stop:
-                        break
-                    left = remaining(end)
-                    if left <= 0:
-                        break
-                    await asyncio.sleep(min(left, 10) / 1000)
-                await asyncio.sleep(0)
-        finally:
-            self.client.close()
-        return self._next_ms()
+        return arun(self, interval_ms, once)
 
     # ------------------------------------------------------------------ the cycle
 

@@ -1,6 +1,6 @@
 """A Device against the fake device bridge (tests/firmware/test_device_session.py), on both interpreters.
 
-argv: port skew_ms mode   (mode: run | arun | once)
+argv: port skew_ms mode [bufsize]   (mode: run | arun | once)
 The device's clock is skewed by ``skew_ms``; it runs until from_cloud["stop"] is set, then prints
 "R <json [key, value]>" lines describing what happened.
 """
@@ -52,7 +52,8 @@ def out(k, v):
     print("R " + json.dumps([k, v]))
 
 
-d = Dev("dev", host="127.0.0.1", port=PORT, heartbeat=30, log=lambda s: print("LOG " + s))
+BUF = int(sys.argv[4]) if len(sys.argv) > 4 else None
+d = Dev("dev", host="127.0.0.1", port=PORT, heartbeat=30, bufsize=BUF, log=lambda s: print("LOG " + s))
 if MODE == "arun":
     import asyncio
 
