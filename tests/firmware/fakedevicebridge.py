@@ -30,7 +30,7 @@ class FakeDeviceBridge(FakeBroker):
         self.next_index = 1
         self.changes = []  # the `changed` key sets, per applied to_cloud change
         self.drop_device_replies = 0
-        self.device_requests = []  # (t, id) per dstart/dsync received
+        self.device_requests = []  # (t, id, payload bytes) per dstart/dsync received
 
     # ------------------------------------------------------------ CA side helpers
 
@@ -68,7 +68,7 @@ class FakeDeviceBridge(FakeBroker):
         if t in ("dstart", "dsync"):
             self.log(t, msg)
             rx = now_ms()
-            self.device_requests.append((t, msg.get("id")))
+            self.device_requests.append((t, msg.get("id"), bytes(payload)))
             with self.lock:
                 reply = self._dstart(msg) if t == "dstart" else self._dsync(msg)
                 reply["t"] = "reply"
