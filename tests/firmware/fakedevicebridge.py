@@ -49,8 +49,9 @@ class FakeDeviceBridge(FakeBroker):
         with self.lock:
             i = self.next_index
             self.next_index += 1
-            self.bundles.append({"i": i, "start": start, "c": cmds, "mode": mode, "done": set(),
-                                 "acked_boot": None, "first_boot": None})
+            self.bundles.append(
+                {"i": i, "start": start, "c": cmds, "mode": mode, "done": set(), "acked_boot": None, "first_boot": None}
+            )
         if poke:
             self.poke()
         return i
@@ -108,8 +109,16 @@ class FakeDeviceBridge(FakeBroker):
         if msg["id"] != self.start_id:
             self.boot += 1
             self.start_id = msg["id"]
-        return {"ok": {"boot": self.boot, "tc": dict(self.tc), "tv": self.tv, "fc": dict(self.fc), "fv": self.fv,
-                       "b": self._deliver()}}
+        return {
+            "ok": {
+                "boot": self.boot,
+                "tc": dict(self.tc),
+                "tv": self.tv,
+                "fc": dict(self.fc),
+                "fv": self.fv,
+                "b": self._deliver(),
+            }
+        }
 
     def _dsync(self, msg):
         if msg.get("boot") != self.boot:

@@ -29,8 +29,12 @@ def bridge():
 
 class Dev:
     def __init__(self, cmd, bridge, mode="run", path=None):
-        self.p = subprocess.Popen([*cmd, str(SCRIPT), str(bridge.port), str(SKEW), mode],
-                                  env=device_env(path=path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.p = subprocess.Popen(
+            [*cmd, str(SCRIPT), str(bridge.port), str(SKEW), mode],
+            env=device_env(path=path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def result(self, bridge, timeout=30):
         bridge.set_fc("stop", True)
@@ -175,8 +179,13 @@ def test_device_in_64k_heap_with_mpy(bridge, tmp_path):
     path = _compile(tmp_path / "mpy")
     assert not list((tmp_path / "mpy").rglob("*.py"))
     # cwd: the mpy folder, so MicroPython's "" path entry cannot pick up the sources of the checkout
-    p = subprocess.Popen([MICROPYTHON, "-X", "heapsize=64k", "-m", "device_heap", str(bridge.port), "1024"],
-                         env=device_env(path=str(path)), cwd=str(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [MICROPYTHON, "-X", "heapsize=64k", "-m", "device_heap", str(bridge.port), "1024"],
+        env=device_env(path=str(path)),
+        cwd=str(path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         started(bridge)
         i = bridge.send_bundle(now_ms() + 400, [[0, "heater", [True]], [200, "heater", [False]]])

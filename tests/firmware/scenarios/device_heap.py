@@ -12,7 +12,7 @@ gc.collect()
 
 
 class Heater(Device):
-    commands = {"heater": 1}
+    commands = {"heater": 1}  # noqa: RUF012
 
     def setup(self):
         self.ran = []

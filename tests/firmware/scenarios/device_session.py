@@ -16,7 +16,7 @@ MODE = sys.argv[3]
 
 
 class Dev(Device):
-    commands = {"heater": 1, "boom": 0, "mark": 1}
+    commands = {"heater": 1, "boom": 0, "mark": 1}  # noqa: RUF012
 
     def setup(self):
         self.setups = getattr(self, "setups", 0) + 1
