@@ -17,6 +17,7 @@ from firmware_client.timesync import Offset
 
 _MICRO = sys.implementation.name == "micropython"
 _Y2024 = 1704067200000  # 2024-01-01 in Unix epoch ms: a wall clock below this is taken as not set
+_EPOCH = 946684800000 if time.gmtime(0)[0] == 2000 else 0  # MicroPython ports counting from 2000
 _MAX_NOTES = 16  # notifications waiting for the serial queue
 _MAX_WAIT = 1000  # ms: the longest single wait (re-sends and stop() are checked at least this often)
 _START, _RUN, _STOPPED = 0, 1, 2
@@ -28,8 +29,7 @@ def wall_ms():
         ms = time.time_ns() // 1000000
     except AttributeError:
         ms = int(time.time() * 1000)
-    if time.gmtime(0)[0] == 2000:  # MicroPython ports with the 2000 epoch
-        ms += 946684800000
+    ms += _EPOCH
     return ms if ms >= _Y2024 else None
 
 
@@ -43,7 +43,7 @@ class Device:
     ``Device(name, host=..., port=None, user=None, password=None, ssl=None)`` plus tuning keywords:
     ``heartbeat`` (s, 30: a sync at least this often), ``prefix``, ``timeout`` and
     ``connect_timeout`` (s, 3: one connection attempt blocks at most this long), ``resend``,
-    ``keepalive``, ``codec``, ``bufsize``, ``log`` (fn(str), default print).
+    ``keepalive``, ``codec``, ``bufsize``; override ``log(text)`` to redirect messages.
     """
 
     commands = {}  # noqa: RUF012 - the fixed API (issue 18). name -> number of arguments: what a bundle may call (announced at start)
@@ -65,7 +65,6 @@ class Device:
         keepalive=30,
         codec="cbor",
         bufsize=None,
-        log=None,
     ):
         for k in self.commands:
             n = self.commands[k]
@@ -95,7 +94,6 @@ class Device:
         self.from_cloud = FromCloud()
         self.boot = None  # the bridge's start number of this device (from dstart)
         self.heartbeat = heartbeat
-        self._log = log
         self.clock = Offset(absolute=wall_ms() is not None or type(self).local_ms is not Device.local_ms)
         self.sched = Scheduler()
         self._timed = self.clock.absolute  # a cloud time is known (else: wait for the first sample)
@@ -115,7 +113,6 @@ class Device:
         self._sync_after = None  # ticks: no sync before this (after an error answer)
         self._backoff = 0
         self._restart = False
-        self.syncs = 0  # dsync requests sent
         self.starts = 0  # dstart answers taken
 
     # ------------------------------------------------------------------ overridable
@@ -146,10 +143,8 @@ class Device:
         return self._tbase
 
     def log(self, text):
-        if self._log is not None:
-            self._log(text)
-        else:
-            print("device %s: %s" % (self.name, text))
+        """Where the runtime's messages go (override to redirect)."""
+        print("device %s: %s" % (self.name, text))
 
     # ------------------------------------------------------------------ public
 
@@ -306,7 +301,6 @@ class Device:
             self.to_cloud.delta(msg)
         counts = self.sched.taken(msg)
         self._poke = False
-        self.syncs += 1
         self._hb_at = deadline_in(self.heartbeat * 1000 if self._timed else 1000)
         rid = self.client.send(msg)
         self._rid = (rid, "dsync", counts)
@@ -341,7 +335,8 @@ class Device:
                 self.to_cloud.answered(None)
             self._backoff = min(max(self._backoff * 2, 1000), self.heartbeat * 1000)
             self._sync_after = deadline_in(self._backoff)  # dstart is re-sent after this too
-            self._call(self._raise, e)
+            if self.error(e) is not None:
+                self._restart = True
             return
         self._backoff = 0
         if req[1] == "dstart":
@@ -354,9 +349,6 @@ class Device:
         self.sched.confirm(req[2])
         self.from_cloud.apply(ok)
         self._bundles(ok.get("b"))
-
-    def _raise(self, e):
-        raise e
 
     def _started(self, ok):
         boot = ok.get("boot")

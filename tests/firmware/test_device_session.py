@@ -202,11 +202,15 @@ def test_device_in_64k_heap_with_mpy(bridge, tmp_path):
         stderr=subprocess.PIPE,
     )
     try:
-        started(bridge)
-        i = bridge.send_bundle(now_ms() + 400, [[0, "heater", [True]], [200, "heater", [False]]])
-        assert bridge.wait_for(lambda: i in bridge.results, 20)
+        ok = bridge.wait_for(lambda: bridge.tc.get("n", 0) >= 2, 20)
+        if ok:
+            i = bridge.send_bundle(now_ms() + 400, [[0, "heater", [True]], [200, "heater", [False]]])
+            ok = bridge.wait_for(lambda: i in bridge.results, 20)
         bridge.set_fc("stop", True)
+        if not ok and p.poll() is None:
+            p.kill()
         out, err = p.communicate(timeout=30)
+        assert ok, out.decode(errors="replace")[-1500:] + err.decode(errors="replace")
     finally:
         if p.poll() is None:
             p.kill()
