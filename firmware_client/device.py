@@ -10,7 +10,7 @@ import sys
 import time
 
 from firmware_client.bundles import Scheduler
-from firmware_client.client import CAError, Client
+from firmware_client.client import CAError, Client, valid_name
 from firmware_client.compat import deadline_in, remaining, ticks_add, ticks_diff, ticks_ms
 from firmware_client.maps import FromCloud, ToCloud
 from firmware_client.timesync import Offset
@@ -68,8 +68,11 @@ class Device:
     ):
         for k in self.commands:
             n = self.commands[k]
-            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 16 or not hasattr(self, k):
+            if not valid_name(k) or not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 16 \
+                    or not hasattr(self, k):
                 raise ValueError("commands: %r needs a method and an argument count 0..16" % (k,))
+        if len(self.commands) > 64:
+            raise ValueError("commands: at most 64")
         self.name = name
         self.client = Client(
             name,
@@ -286,7 +289,12 @@ class Device:
             return False
 
     def _run_cmd(self, cmd):
-        ok = self._call(getattr(self, cmd[3]), *cmd[4])
+        n = self.commands.get(cmd[3])
+        if n is None or not isinstance(cmd[4], list) or len(cmd[4]) != n:
+            self.log("bundle %s: %r is not a command with %s arguments" % (cmd[1], cmd[3], n))
+            ok = False  # only the announced commands are callable
+        else:
+            ok = self._call(getattr(self, cmd[3]), *cmd[4])
         self.sched.finished(cmd, ok)
 
     # ------------------------------------------------------------------ requests

@@ -104,6 +104,19 @@ def test_error_restart_reloads_maps_and_never_repeats(cmd, bridge):
     assert r["setups"] == 2 and r["starts"] == 2 and r["errors"] == 1
 
 
+def test_only_announced_commands_run(cmd, bridge):
+    """A bundle naming a method that is not in `commands` (or with the wrong arity) runs nothing of it:
+    reported done, result False; the device goes on."""
+    d = Dev(cmd, bridge)
+    started(bridge)
+    i = bridge.send_bundle(0, [[0, "stop", []]], mode="now")
+    j = bridge.send_bundle(0, [[0, "mark", [1, 2]]], mode="now")
+    assert bridge.wait_for(lambda: i in bridge.results and j in bridge.results, 20)
+    r = d.result(bridge)
+    assert bridge.results[i] is False and bridge.results[j] is False and r["ran"] == []
+    assert bridge.tc["n"] >= 2
+
+
 def test_stale_boot_restarts_runtime(cmd, bridge):
     """A StaleBoot answer (the bridge's boot moved on) makes the device start again: new dstart."""
     d = Dev(cmd, bridge)
