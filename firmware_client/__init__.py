@@ -1,6 +1,6 @@
 """firmware_client: talk to a CA through the MQTT bridge from MicroPython or CPython.
 
-Public names: Client, PersistentSession, CAError, Timeout, MQTTError, CBORError, __version__.
+Public names: Client, Device, PersistentSession, CAError, Timeout, MQTTError, CBORError, __version__.
 
 Errors:
     CAError      the CA answered with an error (.kind .name .message .data)
@@ -17,4 +17,19 @@ from firmware_client.compat import Timeout
 from firmware_client.packet import MQTTError
 
 __version__ = "0.1.0"
-__all__ = ["CAError", "CBORError", "Client", "MQTTError", "PersistentSession", "Timeout", "__version__"]
+__all__ = ["CAError", "CBORError", "Client", "Device", "MQTTError", "PersistentSession", "Timeout", "__version__"]
+
+
+def __getattr__(name):
+    # Device is imported on first use: a plain Client does not pay its heap (about 20 KB on MicroPython).
+    # MicroPython's `from firmware_client import jsoncodec` asks here first, so submodules are imported too.
+    import sys
+
+    if name == "Device":
+        from firmware_client.device import Device
+
+        return Device
+    if name in ("aio", "bundles", "device", "jsoncodec", "maps", "timesync"):
+        __import__("firmware_client." + name)
+        return sys.modules["firmware_client." + name]
+    raise AttributeError(name)
