@@ -51,6 +51,7 @@ SCHEMA_VERSION = 3
 # collected session does not take them along. Upgrading from 1 drops the old records (at worst a retry in flight
 # during the upgrade runs again). Version 3 adds the meta table (the app the store belongs to): nothing to convert.
 MIGRATIONS = {1: "DROP TABLE dedup;"}
+_UPSERT_STATE = "INSERT INTO ca (name, state) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state"
 
 
 def _take_lock(db: Path) -> int:
@@ -95,6 +96,7 @@ class SQLiteStore:
         # transaction beside a running bridge (README: with --no-autocreate), which SQLite's own locking keeps safe.
         self.exclusive = exclusive and not read_only
         self._db: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None  # the commits' cursor (one for all of them: no cursor per statement)
         self._jobs: queue.SimpleQueue[Job | None] | None = None  # the store thread's queue (None: closed)
         self._thread: threading.Thread | None = None
         self._lock: int | None = None  # the descriptor holding the flock on <db>.lock
@@ -192,6 +194,7 @@ class SQLiteStore:
 
     def _close(self) -> None:
         if self._db is not None:
+            self._cursor = None
             self._db.close()
             self._db = None
 
@@ -304,23 +307,52 @@ class SQLiteStore:
         states: dict[str, bytes] = {}
         dedups: list[tuple[str, int, str, str, bytes]] = []
         dedup_floors: dict[tuple[str, str], int] = {}
-        sessions: dict[tuple[str, str], SessionWrite] = {}
+        sessions: dict[tuple[str, str], SessionWrite] | None = None
         for change in changes:
             ca = change.ca
             if change.state is not None:
                 states[ca] = change.state
-            if change.dedup:
-                dedups.extend([(ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup])
+            for pos, sid, rid, reply in change.dedup:
+                dedups.append((ca, pos, sid, rid, reply))
             if change.dedup_floors:
                 for sid, floor in change.dedup_floors.items():
                     if floor > dedup_floors.get((ca, sid), 0):
                         dedup_floors[(ca, sid)] = floor
             if change.sessions:
+                if sessions is None:
+                    sessions = {}
                 for sid, write in change.sessions.items():
                     have = sessions.get((ca, sid))
                     if have is None:
                         have = sessions[(ca, sid)] = SessionWrite()
                     have.absorb(write)
+        cur = self._cursor
+        if cur is None:
+            cur = self._cursor = db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                if sessions:
+                    self._write_sessions(cur, sessions, states)
+                elif states:
+                    cur.executemany(_UPSERT_STATE, states.items())
+                if dedups:
+                    cur.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
+                if dedup_floors:
+                    cur.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?",
+                                    [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
+                faults.hit("in_commit")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"commit failed: {exc}") from None
+
+    @staticmethod
+    def _write_sessions(cur: sqlite3.Cursor, sessions: dict[tuple[str, str], SessionWrite],
+                        states: dict[str, bytes]) -> None:
+        """The session rows of a batch, and its states between the purges and the rest (the order of old)."""
         purges: list[tuple[str, str]] = []
         metas: list[tuple[str, str, bytes]] = []
         notes: list[tuple[str, str, int, bytes]] = []
@@ -334,40 +366,21 @@ class SQLiteStore:
                 notes.extend([(ca, sid, seq, blob) for seq, blob in w.notes])
             if w.note_floor:
                 note_floors.append((ca, sid, w.note_floor))
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if purges:
-                    for table in ("session", "note"):
-                        db.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
-                if states:
-                    db.executemany(
-                        "INSERT INTO ca (name, state) VALUES (?, ?) "
-                        "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
-                        states.items(),
-                    )
-                if metas:
-                    db.executemany(
-                        "INSERT INTO session (ca, sid, meta) VALUES (?, ?, ?) "
-                        "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta",
-                        metas,
-                    )
-                if notes:
-                    db.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
-                if dedups:
-                    db.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
-                if note_floors:
-                    db.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
-                if dedup_floors:
-                    db.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?",
-                                   [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
-                faults.hit("in_commit")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"commit failed: {exc}") from None
+        if purges:
+            for table in ("session", "note"):
+                cur.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
+        if states:
+            cur.executemany(_UPSERT_STATE, states.items())
+        if metas:
+            cur.executemany(
+                "INSERT INTO session (ca, sid, meta) VALUES (?, ?, ?) "
+                "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta",
+                metas,
+            )
+        if notes:
+            cur.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
+        if note_floors:
+            cur.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
 
     def integrity_check(self) -> list[str]:
         """Run SQLite's integrity check plus the store's own invariants (synchronously, for tools and tests)."""
