@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import queue
 import sqlite3
@@ -51,7 +52,12 @@ SCHEMA_VERSION = 3
 # collected session does not take them along. Upgrading from 1 drops the old records (at worst a retry in flight
 # during the upgrade runs again). Version 3 adds the meta table (the app the store belongs to): nothing to convert.
 MIGRATIONS = {1: "DROP TABLE dedup;"}
-_UPSERT_STATE = "INSERT INTO ca (name, state) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state"
+# The commit's inserts as (head, columns, tail): rows go in multi-row statements (_insert)
+_STATE = ("INSERT INTO ca (name, state)", 2, " ON CONFLICT (name) DO UPDATE SET state = excluded.state")
+_META = ("INSERT INTO session (ca, sid, meta)", 3, " ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta")
+_NOTE = ("INSERT OR REPLACE INTO note (ca, sid, seq, args)", 4, "")
+_DEDUP = ("INSERT OR REPLACE INTO dedup (ca, pos, sid, rid, reply)", 5, "")
+_ROWS = 16  # rows per statement at most: a few dozen statement texts in all, in sqlite3's cache (128)
 
 
 def _take_lock(db: Path) -> int:
@@ -305,7 +311,7 @@ class SQLiteStore:
         fold them), then one transaction with a statement only for the kinds of rows there are."""
         db = self._conn()
         states: dict[str, bytes] = {}
-        dedups: list[tuple[str, int, str, str, bytes]] = []
+        dedups: list[Any] = []  # flat: ca, pos, sid, rid, reply of each record
         dedup_floors: dict[tuple[str, str], int] = {}
         sessions: dict[tuple[str, str], SessionWrite] | None = None
         for change in changes:
@@ -313,7 +319,7 @@ class SQLiteStore:
             if change.state is not None:
                 states[ca] = change.state
             for pos, sid, rid, reply in change.dedup:
-                dedups.append((ca, pos, sid, rid, reply))
+                dedups += (ca, pos, sid, rid, reply)
             if change.dedup_floors:
                 for sid, floor in change.dedup_floors.items():
                     if floor > dedup_floors.get((ca, sid), 0):
@@ -335,9 +341,9 @@ class SQLiteStore:
                 if sessions:
                     self._write_sessions(cur, sessions, states)
                 elif states:
-                    cur.executemany(_UPSERT_STATE, states.items())
+                    _insert(cur, _STATE, [v for item in states.items() for v in item])
                 if dedups:
-                    cur.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
+                    _insert(cur, _DEDUP, dedups)
                 if dedup_floors:
                     cur.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?",
                                     [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
@@ -354,31 +360,27 @@ class SQLiteStore:
                         states: dict[str, bytes]) -> None:
         """The session rows of a batch, and its states between the purges and the rest (the order of old)."""
         purges: list[tuple[str, str]] = []
-        metas: list[tuple[str, str, bytes]] = []
-        notes: list[tuple[str, str, int, bytes]] = []
+        metas: list[Any] = []  # flat, as _insert takes them
+        notes: list[Any] = []
         note_floors: list[tuple[str, str, int]] = []
         for (ca, sid), w in sessions.items():
             if w.purge:
                 purges.append((ca, sid))
             if w.meta is not None:
-                metas.append((ca, sid, w.meta))
-            if w.notes:
-                notes.extend([(ca, sid, seq, blob) for seq, blob in w.notes])
+                metas += (ca, sid, w.meta)
+            for seq, blob in w.notes:
+                notes += (ca, sid, seq, blob)
             if w.note_floor:
                 note_floors.append((ca, sid, w.note_floor))
         if purges:
             for table in ("session", "note"):
                 cur.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
         if states:
-            cur.executemany(_UPSERT_STATE, states.items())
+            _insert(cur, _STATE, [v for item in states.items() for v in item])
         if metas:
-            cur.executemany(
-                "INSERT INTO session (ca, sid, meta) VALUES (?, ?, ?) "
-                "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta",
-                metas,
-            )
+            _insert(cur, _META, metas)
         if notes:
-            cur.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
+            _insert(cur, _NOTE, notes)
         if note_floors:
             cur.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
 
@@ -396,6 +398,23 @@ class SQLiteStore:
             return problems
         finally:
             db.close()
+
+
+def _insert(cur: sqlite3.Cursor, insert: tuple[str, int, str], values: list[Any]) -> None:
+    """Insert rows given flat (``columns`` values each) with one statement per _ROWS rows. SQLite steps a
+    statement once for all its rows, and the store's thread lets go of the GIL and takes it back at every step,
+    where ``executemany`` steps (and waits for the event loop's thread to hand back the GIL) once per row."""
+    head, columns, tail = insert
+    step = _ROWS * columns
+    for start in range(0, len(values), step):
+        chunk = values if len(values) <= step else values[start:start + step]
+        cur.execute(_values_sql(head, columns, len(chunk) // columns, tail), chunk)
+
+
+@functools.cache
+def _values_sql(head: str, columns: int, rows: int, tail: str) -> str:
+    row = "(" + ", ".join("?" * columns) + ")"
+    return f"{head} VALUES {', '.join([row] * rows)}{tail}"
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
