@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import functools
 import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,12 +52,24 @@ SCHEMA_VERSION = 3
 # collected session does not take them along. Upgrading from 1 drops the old records (at worst a retry in flight
 # during the upgrade runs again). Version 3 adds the meta table (the app the store belongs to): nothing to convert.
 MIGRATIONS = {1: "DROP TABLE dedup;"}
-# The commit's inserts as (head, columns, tail): rows go in multi-row statements (_insert)
-_STATE = ("INSERT INTO ca (name, state)", 2, " ON CONFLICT (name) DO UPDATE SET state = excluded.state")
-_META = ("INSERT INTO session (ca, sid, meta)", 3, " ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta")
-_NOTE = ("INSERT OR REPLACE INTO note (ca, sid, seq, args)", 4, "")
-_DEDUP = ("INSERT OR REPLACE INTO dedup (ca, pos, sid, rid, reply)", 5, "")
-_ROWS = 16  # rows per statement at most: a few dozen statement texts in all, in sqlite3's cache (128)
+_ROWS = 16  # rows per insert statement at most: 64 statement texts in all, which sqlite3's cache (128) keeps
+
+
+class _Insert:
+    """One of the commit's inserts, as multi-row statements: ``sql[n]`` inserts n rows (1 <= n <= _ROWS)."""
+
+    __slots__ = ("columns", "sql")
+
+    def __init__(self, head: str, columns: int, tail: str = "") -> None:
+        row = "(" + ", ".join("?" * columns) + ")"
+        self.columns = columns
+        self.sql = [""] + [f"{head} VALUES {', '.join([row] * n)}{tail}" for n in range(1, _ROWS + 1)]
+
+
+_STATE = _Insert("INSERT INTO ca (name, state)", 2, " ON CONFLICT (name) DO UPDATE SET state = excluded.state")
+_META = _Insert("INSERT INTO session (ca, sid, meta)", 3, " ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta")
+_NOTE = _Insert("INSERT OR REPLACE INTO note (ca, sid, seq, args)", 4)
+_DEDUP = _Insert("INSERT OR REPLACE INTO dedup (ca, pos, sid, rid, reply)", 5)
 
 
 def _take_lock(db: Path) -> int:
@@ -340,8 +352,10 @@ class SQLiteStore:
             try:
                 if sessions:
                     self._write_sessions(cur, sessions, states)
+                elif len(states) == 1:  # a lone device's batch
+                    cur.execute(_STATE.sql[1], next(iter(states.items())))
                 elif states:
-                    _insert(cur, _STATE, [v for item in states.items() for v in item])
+                    _insert(cur, _STATE, list(chain.from_iterable(states.items())))
                 if dedups:
                     _insert(cur, _DEDUP, dedups)
                 if dedup_floors:
@@ -376,7 +390,7 @@ class SQLiteStore:
             for table in ("session", "note"):
                 cur.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
         if states:
-            _insert(cur, _STATE, [v for item in states.items() for v in item])
+            _insert(cur, _STATE, list(chain.from_iterable(states.items())))
         if metas:
             _insert(cur, _META, metas)
         if notes:
@@ -400,21 +414,17 @@ class SQLiteStore:
             db.close()
 
 
-def _insert(cur: sqlite3.Cursor, insert: tuple[str, int, str], values: list[Any]) -> None:
-    """Insert rows given flat (``columns`` values each) with one statement per _ROWS rows. SQLite steps a
+def _insert(cur: sqlite3.Cursor, insert: _Insert, values: list[Any]) -> None:
+    """Insert rows given flat (``insert.columns`` values each) with one statement per _ROWS rows. SQLite steps a
     statement once for all its rows, and the store's thread lets go of the GIL and takes it back at every step,
     where ``executemany`` steps (and waits for the event loop's thread to hand back the GIL) once per row."""
-    head, columns, tail = insert
-    step = _ROWS * columns
+    step = _ROWS * insert.columns
+    if len(values) <= step:
+        cur.execute(insert.sql[len(values) // insert.columns], values)
+        return
     for start in range(0, len(values), step):
-        chunk = values if len(values) <= step else values[start:start + step]
-        cur.execute(_values_sql(head, columns, len(chunk) // columns, tail), chunk)
-
-
-@functools.cache
-def _values_sql(head: str, columns: int, rows: int, tail: str) -> str:
-    row = "(" + ", ".join("?" * columns) + ")"
-    return f"{head} VALUES {', '.join([row] * rows)}{tail}"
+        chunk = values[start:start + step]
+        cur.execute(insert.sql[len(chunk) // insert.columns], chunk)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
