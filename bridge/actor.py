@@ -77,7 +77,7 @@ class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "ctx", "dapi", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "dev", "dev_blob",
+        "ca", "ctx", "dapi", "dedup", "dedup_lag", "dedup_pos", "dedup_recent", "dedup_sessions", "dev", "dev_blob",
         "dev_started", "dtxn", "durable", "epoch", "in_commit", "last_active", "mailbox", "name", "owned_epoch",
         "presence", "pulse_at", "pulse_queued", "ready", "recent", "running", "sessions", "stale", "state_blob",
         "tokens", "tokens_at", "used",
@@ -122,6 +122,9 @@ class Actor:
         self.dedup: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.dedup_sessions: dict[str, list[tuple[int, str]]] = {}  # session -> (position, id), oldest first
         self.dedup_recent: deque[tuple[int, str]] = deque()  # (position, session) of the CA's last records (CA_WINDOW)
+        # live session -> (its floor as last written to the store, its floor in memory): the store may still hold
+        # its records between the two, as a live session's floor is written once it has moved by a window (_trim)
+        self.dedup_lag: dict[str, tuple[int, int]] = {}
         self.dedup_pos = 0
         self.ready = False
         self.owned_epoch = record.epoch if record is not None else 0  # clusters: the fence of every change
@@ -144,6 +147,10 @@ class Actor:
                 self.dedup_pos = pos
             while len(self.dedup_recent) > CA_WINDOW * max(1, self.ctx.limits.dedup_window):
                 self.dedup_recent.popleft()
+            # the store may hold records that memory had dropped already (their floor was not written yet): keep
+            # exactly what memory kept, by the same rule; the next trim of each session writes its floor
+            for sid in list(self.dedup_sessions):
+                self._trim(sid, None)
         self.ca.state = codec.loads(self.state_blob)
 
     def invalidate(self) -> None:
@@ -585,6 +592,9 @@ class Actor:
         for sid in txn.deleted:
             if sid not in self.sessions:  # collected: its records stay while they are among the CA's last ones
                 self._trim(sid, change)
+                lag = self.dedup_lag.pop(sid, None)
+                if lag is not None and change.dedup_floors.get(sid, 0) < lag[1]:
+                    change.dedup_floors[sid] = lag[1]  # no floor left unwritten for a session that is gone
         return change, sends
 
     def _record(self, sid: str, rid: str, payload: bytes, change: Change) -> None:
@@ -608,8 +618,14 @@ class Actor:
         if left != sid:
             self._trim(left, change)
 
-    def _trim(self, sid: str, change: Change) -> None:
-        """Drop the records of ``sid`` that neither its session's window nor the CA's window holds."""
+    def _trim(self, sid: str, change: Change | None) -> None:
+        """Drop the records of ``sid`` that neither its session's window nor the CA's window holds.
+
+        Memory drops them at once. The store deletes them with the floor written into ``change`` (None: nothing to
+        write, as when loading): for a live session only once the floor has moved by its window since the store's
+        floor, which saves a DELETE on most calls; the few records left below it are dropped again, by this same
+        rule, when the CA is loaded (reset). A session that is gone gets its floor at once.
+        """
         kept = self.dedup_sessions.get(sid)
         if not kept:
             return
@@ -631,6 +647,17 @@ class Actor:
             del self.dedup_sessions[sid]
         else:
             del kept[:drop]
+        if change is None:
+            return
+        if sid in self.sessions:
+            window = self.ctx.limits.dedup_window
+            stored = self.dedup_lag.get(sid, (0, 0))[0]  # 0 after a load: the first trim catches up
+            if floor - stored < (window if window > 1 else 1):
+                self.dedup_lag[sid] = (stored, floor)
+                return
+            self.dedup_lag[sid] = (floor, floor)
+        else:
+            self.dedup_lag.pop(sid, None)  # gone: everything below the CA's floor goes now (this floor covers it)
         floors = change.dedup_floors
         if floors.get(sid, 0) < floor:
             floors[sid] = floor

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +54,24 @@ SCHEMA_VERSION = 4
 # during the upgrade runs again). Version 3 adds the meta table (the app the store belongs to): nothing to convert.
 # Version 4 adds the device table (bridge.device: one row per CA that has device data): nothing to convert.
 MIGRATIONS = {1: "DROP TABLE dedup;"}
+_ROWS = 16  # rows per insert statement at most: 64 statement texts in all, which sqlite3's cache (128) keeps
+
+
+class _Insert:
+    """One of the commit's inserts, as multi-row statements: ``sql[n]`` inserts n rows (1 <= n <= _ROWS)."""
+
+    __slots__ = ("columns", "sql")
+
+    def __init__(self, head: str, columns: int, tail: str = "") -> None:
+        row = "(" + ", ".join("?" * columns) + ")"
+        self.columns = columns
+        self.sql = [""] + [f"{head} VALUES {', '.join([row] * n)}{tail}" for n in range(1, _ROWS + 1)]
+
+
+_STATE = _Insert("INSERT INTO ca (name, state)", 2, " ON CONFLICT (name) DO UPDATE SET state = excluded.state")
+_META = _Insert("INSERT INTO session (ca, sid, meta)", 3, " ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta")
+_NOTE = _Insert("INSERT OR REPLACE INTO note (ca, sid, seq, args)", 4)
+_DEDUP = _Insert("INSERT OR REPLACE INTO dedup (ca, pos, sid, rid, reply)", 5)
 
 
 def _take_lock(db: Path) -> int:
@@ -97,6 +116,7 @@ class SQLiteStore:
         # transaction beside a running bridge (README: with --no-autocreate), which SQLite's own locking keeps safe.
         self.exclusive = exclusive and not read_only
         self._db: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None  # the commits' cursor (one for all of them: no cursor per statement)
         self._jobs: queue.SimpleQueue[Job | None] | None = None  # the store thread's queue (None: closed)
         self._thread: threading.Thread | None = None
         self._lock: int | None = None  # the descriptor holding the flock on <db>.lock
@@ -196,6 +216,7 @@ class SQLiteStore:
 
     def _close(self) -> None:
         if self._db is not None:
+            self._cursor = None
             self._db.close()
             self._db = None
 
@@ -311,76 +332,84 @@ class SQLiteStore:
         db = self._conn()
         states: dict[str, bytes] = {}
         devices: dict[str, bytes] = {}
-        dedups: list[tuple[str, int, str, str, bytes]] = []
+        dedups: list[Any] = []  # flat: ca, pos, sid, rid, reply of each record
         dedup_floors: dict[tuple[str, str], int] = {}
-        sessions: dict[tuple[str, str], SessionWrite] = {}
+        sessions: dict[tuple[str, str], SessionWrite] | None = None
         for change in changes:
             ca = change.ca
             if change.state is not None:
                 states[ca] = change.state
             if change.device is not None:
                 devices[ca] = change.device
-            if change.dedup:
-                dedups.extend([(ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup])
+            for pos, sid, rid, reply in change.dedup:
+                dedups += (ca, pos, sid, rid, reply)
             if change.dedup_floors:
                 for sid, floor in change.dedup_floors.items():
                     if floor > dedup_floors.get((ca, sid), 0):
                         dedup_floors[(ca, sid)] = floor
             if change.sessions:
+                if sessions is None:
+                    sessions = {}
                 for sid, write in change.sessions.items():
                     have = sessions.get((ca, sid))
                     if have is None:
                         have = sessions[(ca, sid)] = SessionWrite()
                     have.absorb(write)
+        cur = self._cursor
+        if cur is None:
+            cur = self._cursor = db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                if sessions:
+                    self._write_sessions(cur, sessions, states)
+                elif len(states) == 1:  # a lone device's batch
+                    cur.execute(_STATE.sql[1], next(iter(states.items())))
+                elif states:
+                    _insert(cur, _STATE, list(chain.from_iterable(states.items())))
+                if devices:
+                    cur.executemany("INSERT OR REPLACE INTO device (ca, data) VALUES (?, ?)", devices.items())
+                if dedups:
+                    _insert(cur, _DEDUP, dedups)
+                if dedup_floors:
+                    cur.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?",
+                                    [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
+                faults.hit("in_commit")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"commit failed: {exc}") from None
+
+    @staticmethod
+    def _write_sessions(cur: sqlite3.Cursor, sessions: dict[tuple[str, str], SessionWrite],
+                        states: dict[str, bytes]) -> None:
+        """The session rows of a batch, and its states between the purges and the rest (the order of old)."""
         purges: list[tuple[str, str]] = []
-        metas: list[tuple[str, str, bytes]] = []
-        notes: list[tuple[str, str, int, bytes]] = []
+        metas: list[Any] = []  # flat, as _insert takes them
+        notes: list[Any] = []
         note_floors: list[tuple[str, str, int]] = []
         for (ca, sid), w in sessions.items():
             if w.purge:
                 purges.append((ca, sid))
             if w.meta is not None:
-                metas.append((ca, sid, w.meta))
-            if w.notes:
-                notes.extend([(ca, sid, seq, blob) for seq, blob in w.notes])
+                metas += (ca, sid, w.meta)
+            for seq, blob in w.notes:
+                notes += (ca, sid, seq, blob)
             if w.note_floor:
                 note_floors.append((ca, sid, w.note_floor))
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if purges:
-                    for table in ("session", "note"):
-                        db.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
-                if states:
-                    db.executemany(
-                        "INSERT INTO ca (name, state) VALUES (?, ?) "
-                        "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
-                        states.items(),
-                    )
-                if devices:
-                    db.executemany("INSERT OR REPLACE INTO device (ca, data) VALUES (?, ?)", devices.items())
-                if metas:
-                    db.executemany(
-                        "INSERT INTO session (ca, sid, meta) VALUES (?, ?, ?) "
-                        "ON CONFLICT (ca, sid) DO UPDATE SET meta = excluded.meta",
-                        metas,
-                    )
-                if notes:
-                    db.executemany("INSERT OR REPLACE INTO note VALUES (?, ?, ?, ?)", notes)
-                if dedups:
-                    db.executemany("INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)", dedups)
-                if note_floors:
-                    db.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
-                if dedup_floors:
-                    db.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?",
-                                   [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
-                faults.hit("in_commit")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"commit failed: {exc}") from None
+        if purges:
+            for table in ("session", "note"):
+                cur.executemany(f"DELETE FROM {table} WHERE ca = ? AND sid = ?", purges)
+        if states:
+            _insert(cur, _STATE, list(chain.from_iterable(states.items())))
+        if metas:
+            _insert(cur, _META, metas)
+        if notes:
+            _insert(cur, _NOTE, notes)
+        if note_floors:
+            cur.executemany("DELETE FROM note WHERE ca = ? AND sid = ? AND seq < ?", note_floors)
 
     def integrity_check(self) -> list[str]:
         """Run SQLite's integrity check plus the store's own invariants (synchronously, for tools and tests)."""
@@ -396,6 +425,19 @@ class SQLiteStore:
             return problems
         finally:
             db.close()
+
+
+def _insert(cur: sqlite3.Cursor, insert: _Insert, values: list[Any]) -> None:
+    """Insert rows given flat (``insert.columns`` values each) with one statement per _ROWS rows. SQLite steps a
+    statement once for all its rows, and the store's thread lets go of the GIL and takes it back at every step,
+    where ``executemany`` steps (and waits for the event loop's thread to hand back the GIL) once per row."""
+    step = _ROWS * insert.columns
+    if len(values) <= step:
+        cur.execute(insert.sql[len(values) // insert.columns], values)
+        return
+    for start in range(0, len(values), step):
+        chunk = values[start:start + step]
+        cur.execute(insert.sql[len(chunk) // insert.columns], chunk)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
