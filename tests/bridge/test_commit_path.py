@@ -157,3 +157,54 @@ async def test_one_pass_rows_fold_a_batch_like_merge(tmp_path):
     finally:
         await sqlite_store.close()
         await memory.close()
+
+
+async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_path: Any) -> None:
+    """A batch of one change (a lone device's call) is committed on the caller's thread when the store's thread is
+    idle: no hand-off there and back. Its outcome still arrives through ``done`` on the loop, later."""
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        loop = asyncio.get_running_loop()
+        outcomes: list[Any] = []
+        got = asyncio.Event()
+
+        def done(outcome: Any) -> None:
+            outcomes.append(outcome)
+            got.set()
+
+        store.commit_soon([Change("a", state=b"\xa0")], done, loop)
+        assert outcomes == []  # never called back from inside commit_soon
+        with sqlite3.connect(tmp_path / "s.db") as other:  # durable before commit_soon returned
+            assert other.execute("SELECT state FROM ca WHERE name = 'a'").fetchall() == [(b"\xa0",)]
+        await asyncio.wait_for(got.wait(), 10)
+        assert outcomes == [frozenset()]
+
+        # the store's thread busy with another job: the batch waits in its queue, committed there, in order
+        got.clear()
+        with store._busy:
+            store.commit_soon([Change("b", state=b"\xa1")], done, loop)
+            with sqlite3.connect(tmp_path / "s.db") as other:
+                assert other.execute("SELECT count(*) FROM ca WHERE name = 'b'").fetchone() == (0,)
+        await asyncio.wait_for(got.wait(), 10)
+        assert outcomes == [frozenset(), frozenset()]
+        assert (await store.load("b")) is not None
+
+        # a slow disk (the last lone commit took longer than INLINE_MAX_S): the loop never waits for it
+        got.clear()
+        store._lone_s = 1.0
+        threads: list[int] = []
+        write = store._write
+
+        def traced(changes: Any) -> None:
+            threads.append(threading.get_ident())
+            write(changes)
+
+        store._write = traced  # type: ignore[method-assign]
+        store.commit_soon([Change("c", state=b"\xa2")], done, loop)
+        await asyncio.wait_for(got.wait(), 10)
+        assert len(threads) == 1 and threads[0] != threading.get_ident()
+        assert outcomes == [frozenset()] * 3
+        assert store._lone_s < 1.0  # measured again on the thread: a disk that got fast goes inline again
+    finally:
+        await store.close()
