@@ -1,0 +1,137 @@
+"""The device layer end to end (issue 18 "Proof"): a real mosquitto, the real bridge, the device under CPython and
+the real MicroPython (firmware_client.Device). The test drives the CA (tests/devices/lab.py) on session "ctl"; the
+device programs are tests/devices/scenarios/*.py; commands a device runs are appended to a file the test reads.
+
+No timed assertions except the issue's "a bundle runs at the right cloud time within 50 ms".
+"""
+
+from __future__ import annotations
+
+import signal
+
+from tests.conftest import wait_until
+from tests.devices.conftest import stopped_device
+
+ON_TIME_MS = 50  # the issue's bound for a command's run time against its cloud time
+
+
+def test_maps_round_trip(lab, interp):
+    """to_cloud written by setup()/loop() reaches the CA (on_device_sync gets the changed keys, deletions included);
+    from_cloud written by CA methods reaches the device, which sees it between handler calls and echoes it back."""
+    d = lab.device(interp)
+    info = lab.wait(lambda i: i["tc"] == {"hello": "world", "gone": 1}, "the device's first sync")
+    assert info["resumes"] == 1
+    assert ["gone", "hello"] in info["changes"]  # the first sync after a start: the keys setup() wrote
+    assert info["online"] is True
+    value = [1, "two", {"three": 3.5, "four": None}, b"\x00\xff", -(2**40)]
+    lab.call("set_fc", "echo", value)
+    lab.wait(lambda i: i["tc"].get("echo") == value, "the device echoed from_cloud['echo']")
+    lab.call("set_fc", "drop", True)
+    info = lab.wait(lambda i: "gone" not in i["tc"], "the device deleted to_cloud['gone']")
+    assert ["gone"] in info["changes"]  # a deletion is a change
+    lab.call("del_fc", "echo")
+    res = stopped_device(lab, d)
+    assert res["fc"] == {"drop": True, "stop": True}  # the deleted key is gone on the device too
+    assert res["tc"] == {"hello": "world", "echo": value}
+    assert lab.info()["fc"] == res["fc"]
+
+
+def test_bundle_runs_at_the_right_cloud_time_with_a_clock_37_s_off(lab, interp):
+    """The device's clock (local_ms) is 37 s ahead: time sync makes each command run within 50 ms of its cloud
+    time (the commands record the real clock, which is the bridge's: same machine)."""
+    lab.device(interp, SKEW_MS=37000)
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    start = lab.now() + 2500
+    index = lab.call("send", [[0, "mark", "a"], [700, "mark", "b"], [300, "mark", "c"]], start)
+    assert lab.result(index) is True
+    runs = {tag: ms for tag, ms, _ in lab.runs()}
+    assert sorted(runs) == ["a", "b", "c"]
+    late = {tag: runs[tag] - due for tag, due in (("a", start), ("b", start + 700), ("c", start + 1000))}
+    assert all(abs(x) <= ON_TIME_MS for x in late.values()), late
+
+
+def test_bundle_late_on_arrival_is_reported_false(lab, interp):
+    """A bundle whose start has passed when it reaches the device runs nothing and is reported False: sent with a
+    start in the past, and sent while the device is away with a start that passes before it comes back."""
+    d = lab.device(interp)
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    index = lab.call("send", [[0, "mark", "past"], [5000, "mark", "past2"]], lab.now() - 1000)
+    assert lab.result(index) is False
+    stopped_device(lab, d)
+    lab.call("del_fc", "stop")
+    lab.wait(lambda i: i["online"] is False, "the device is offline")
+    start = lab.now() + 300
+    away = lab.call("send", [[0, "mark", "away"]], start)
+    wait_until(lambda: lab.now() > start + 100, "the bundle's start has passed")
+    lab.device(interp)
+    assert lab.result(away) is False
+    lab.wait(lambda i: i["resumes"] == 2, "the device restarted")
+    assert lab.runs() == []
+
+
+def test_device_killed_mid_bundle_finishes_the_tail_without_repeating(lab, interp):
+    """SIGKILL after the second of four commands: the restarted device gets the bundle again, never reruns a
+    command it ran (done or past), and runs the tail on time."""
+    first = lab.device(interp)
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    index = lab.call("send", [[0, "mark", "c0"], [1000, "mark", "c1"], [4000, "mark", "c2"], [1000, "mark", "c3"]],
+                     lab.now() + 2000)
+    lab.wait_run("c1")
+    first.kill()
+    lab.device(interp)
+    lab.wait_run("c3")
+    lab.result(index)  # reported (True if c1's run reached the CA before the kill, else False: c1 is past)
+    runs = lab.runs()
+    assert [tag for tag, _, _ in runs] == ["c0", "c1", "c2", "c3"], runs
+    pids = [pid for _, _, pid in runs]
+    assert pids[0] == pids[1] != pids[2] == pids[3], runs  # the tail ran in the restarted device
+    assert lab.info()["resumes"] == 2
+
+
+def test_bridge_killed_mid_sync_loses_no_committed_map_change(lab, interp):
+    """The device changes to_cloud every 50 ms; the bridge is SIGKILLed among those syncs and restarted on its
+    store. What the CA had committed is still there, a from_cloud change committed just before the kill reaches the
+    device, the device catches up without restarting, and the CA ends with the device's latest map."""
+    lab.device(interp, STEP=1, INTERVAL_MS=50)
+    lab.wait(lambda i: i["tc"].get("n", 0) >= 10, "the device counts")
+    lab.call("set_fc", "mark1", 7)
+    before = lab.info()["tc"]["n"]  # committed: a reply leaves after its commit, and after the syncs before it
+    lab.bridge.kill()
+    lab.bridge.start()
+    after = lab.info()
+    assert after["tc"]["n"] >= before
+    assert after["fc"]["mark1"] == 7
+    lab.wait(lambda i: i["tc"].get("mark1_seen") == 7 and i["tc"]["n"] > after["tc"]["n"],
+             "the device sees the from_cloud change and syncs again")
+    lab.call("set_fc", "hold", True)
+    info = lab.wait(lambda i: "held" in i["tc"], "the device stopped counting")
+    assert info["tc"]["n"] == info["tc"]["held"]  # the device's last value
+    assert info["resumes"] == 1  # a bridge crash does not restart the device
+
+
+def test_partition_lets_the_recovery_tail_run(lab, interp):
+    """A bundle "on now, off 2.5 s later": the broker dies after "on"; "off" runs anyway during the partition; when
+    the broker is back the device reports the bundle ran (True)."""
+    lab.device(interp)
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    index = lab.call("send", [[0, "mark", "on"], [2500, "mark", "off"]], lab.now() + 1500)
+    lab.wait_run("on")
+    lab.broker.stop(signal.SIGKILL)
+    lab.wait_run("off")
+    assert lab.broker.proc is None  # still down: the tail ran during the partition
+    lab.broker.start()
+    assert lab.result(index) is True
+    assert [tag for tag, _, _ in lab.runs()] == ["on", "off"]
+
+
+def test_arun_inside_an_asyncio_program(lab, interp):
+    """Device.arun() shares the program's event loop: a ticker task keeps running while the device loops, syncs and
+    runs a bundle; from_cloud['stop'] ends arun() and the program goes on."""
+    d = lab.device(interp, script="arun_device.py")
+    lab.wait(lambda i: i["tc"].get("ticks", 0) >= 5, "the ticker ran beside the device")
+    index = lab.call("send", [[0, "mark", "x"]], lab.now() + 1500)
+    assert lab.result(index) is True
+    res = stopped_device(lab, d)
+    assert res["ticks"] >= res["tc"]["ticks"] >= 5
+    assert "DONE" in d.text()
+    assert [tag for tag, _, _ in lab.runs()] == ["x"]
