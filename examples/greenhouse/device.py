@@ -28,18 +28,21 @@ class Heater(Device):
         self.on = False  # a board: self.pin = machine.Pin(5, machine.Pin.OUT); self.pin.value(0)
         self.temp = self.to_cloud.get("temp", float(getenv("TEMP", "16")))
         self.began = self.local_ms()
-        print("greenhouse: started at %.2f degrees, target %s" % (self.temp, self.from_cloud.get("target")))
+        self.target = self.from_cloud.get("target")
+        print("greenhouse: started at %.2f degrees, target %s" % (self.temp, self.target))
 
     def loop(self):
         self.temp += 0.5 if self.on else -0.25  # the simulated greenhouse: a board reads its sensor here
         self.to_cloud["temp"] = round(self.temp, 2)
+        if self.from_cloud.get("target") != self.target:  # set by the CA's set_target
+            self.target = self.from_cloud.get("target")
+            print("greenhouse: target now %s" % self.target)
         if SECONDS and self.local_ms() - self.began >= SECONDS * 1000:
             self.stop()
 
     def heater(self, on):
         self.on = bool(on)  # a board: self.pin.value(1 if on else 0)
-        print("greenhouse: heater %s at %.2f degrees (target %s)" % (
-            "on" if on else "off", self.temp, self.from_cloud.get("target")))
+        print("greenhouse: heater %s at %.2f degrees" % ("on" if on else "off", self.temp))
 
 
 try:
