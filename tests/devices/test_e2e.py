@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 
 from tests.conftest import wait_until
-from tests.devices.conftest import stopped_device
+from tests.devices.conftest import interpreter, stopped_device
 
 ON_TIME_MS = 50  # the issue's bound for a command's run time against its cloud time
 
@@ -135,3 +135,57 @@ def test_arun_inside_an_asyncio_program(lab, interp):
     assert res["ticks"] >= res["tc"]["ticks"] >= 5
     assert "DONE" in d.text()
     assert [tag for tag, _, _ in lab.runs()] == ["x"]
+
+
+def test_a_new_bundle_cancels_the_old_tail_at_its_own_start(lab, interp):
+    """One active bundle: bundle b starts while a's tail is pending; a's offset-0 command ran, its tail is cancelled
+    at b's start (a reports False), b runs whole (True)."""
+    lab.device(interp)
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    start = lab.now() + 2000
+    a = lab.call("send", [[0, "mark", "a0"], [4000, "mark", "a1"]], start)
+    b = lab.call("send", [[0, "mark", "b0"], [1000, "mark", "b1"]], start + 1500)
+    assert lab.result(b) is True
+    assert lab.result(a) is False
+    assert [tag for tag, _, _ in lab.runs()] == ["a0", "b0", "b1"]
+    assert lab.info()["pending"] is None
+
+
+def test_apply_runs_on_arrival_and_a_raising_command_fails_its_bundle(lab, interp):
+    d = lab.device(interp)
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    now = lab.call("apply", "mark", ["now"])
+    assert lab.result(now) is True
+    assert [tag for tag, _, _ in lab.runs()] == ["now"]
+    bad = lab.call("send", [[0, "boom"]], lab.now() + 1500)
+    assert lab.result(bad) is False
+    again = lab.call("apply", "mark", ["still-alive"], True)  # NOW_SAFE, well within its 10 minutes
+    assert lab.result(again) is True
+    assert [tag for tag, _, _ in lab.runs()] == ["now", "still-alive"]
+    assert d.proc.poll() is None
+    assert lab.info()["resumes"] == 1  # error() not overridden: logged, the device went on
+
+
+def test_the_ca_refuses_commands_the_device_did_not_announce(lab):
+    """cmd() checks names and arities against the device's announcement (and refuses before any announcement); a
+    refused call changes nothing."""
+    from firmware_client import CAError
+
+    def refused(*args):
+        try:
+            lab.call(*args)
+        except CAError as e:
+            return e
+        raise AssertionError(f"{args} was not refused")
+
+    e = refused("send", [[0, "mark", "x"]], lab.now() + 5000)
+    assert e.kind == "app" and "mark" in e.message
+    lab.device(interpreter("cpython"))
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    for cmds in ([[0, "nope"]], [[0, "mark"]], [[0, "mark", 1, 2]], [[0, "mark", 1], [100, "boom", 1]]):
+        e = refused("send", cmds, lab.now() + 5000)
+        assert e.kind == "app" and cmds[-1][1] in e.message, (cmds, e.message)
+    for cmds in ([], [[-1, "mark", 1]], [[0.5, "mark", 1]]):
+        assert refused("send", cmds, lab.now() + 5000).kind == "app", cmds
+    info = lab.info()
+    assert info["pending"] is None and info["results"] == {}
