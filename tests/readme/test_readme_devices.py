@@ -96,7 +96,8 @@ def test_greenhouse_from_the_readme(interp, readme_bridge):
         assert info["min"] == 18 and info["from_cloud"] == {"target": 18}
         assert isinstance(info["to_cloud"]["temp"], float)
         seen = [info]  # the device reports the first bundle's result once it reaches the bridge again
-        wait_until(lambda: seen.append(status(cli, bridge.port, "gh1")) or seen[-1]["results"], "a bundle result")
+        wait_until(lambda: seen.append(status(cli, bridge.port, "gh1")) or seen[-1]["results"], "a bundle result",
+                   timeout=60)
         results = seen[-1]["results"]
         assert results[min(results, key=int)] is True, (results, device.text)
         assert device.proc.poll() is None  # the device went on through the partition
