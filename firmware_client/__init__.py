@@ -1,6 +1,6 @@
 """firmware_client: talk to a CA through the MQTT bridge from MicroPython or CPython.
 
-Public names: Client, PersistentSession, CAError, Timeout, MQTTError, CBORError, __version__.
+Public names: Client, Device, PersistentSession, CAError, Timeout, MQTTError, CBORError, __version__.
 
 Errors:
     CAError      the CA answered with an error (.kind .name .message .data)
@@ -14,7 +14,8 @@ Errors:
 from firmware_client.cbor import CBORError
 from firmware_client.client import CAError, Client, PersistentSession
 from firmware_client.compat import Timeout
+from firmware_client.device import Device
 from firmware_client.packet import MQTTError
 
 __version__ = "0.1.0"
-__all__ = ["CAError", "CBORError", "Client", "MQTTError", "PersistentSession", "Timeout", "__version__"]
+__all__ = ["CAError", "CBORError", "Client", "Device", "MQTTError", "PersistentSession", "Timeout", "__version__"]

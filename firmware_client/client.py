@@ -115,7 +115,10 @@ class Client:
         self._syncs = 0  # sync requests without an answer yet
         self._sync_at = ticks_ms()
         self._resync_ms = int(resync * 1000)
-        self._calls = {}  # request id -> [payload, reply or None]
+        self._calls = {}  # request id -> [payload, reply or None, t1 or None, t4 or None]
+        self.clock = None  # fn() -> local ms: when set, send() records t1/t4 for time samples
+        self.on_other = None  # fn(msg): replies' other kinds on the session topic (e.g. "poke")
+        self._req = None  # send(): [rid, next re-send (ticks), silence ms]
         self._rid = hexlify(os.urandom(6))  # fresh per boot: ids never repeat across reboots
         self._count = 0
         self.presence = presence
@@ -170,9 +173,10 @@ class Client:
     def connected(self):
         return self.mqtt.connected
 
-    def poll(self, timeout=0):
-        """Handle traffic for ``timeout`` seconds (0: what is already there), then return."""
-        self._run(deadline_in(timeout * 1000), None)
+    def poll(self, timeout=0, until=None):
+        """Handle traffic for ``timeout`` seconds (0: what is already there), then return; with
+        ``until`` (fn() -> bool), return as soon as it is true."""
+        self._run(deadline_in(timeout * 1000), until)
 
     def call(self, method, *args, timeout=None):
         """Call ``method(*args)`` on the CA; return its result or raise CAError / Timeout / OSError.
@@ -186,7 +190,7 @@ class Client:
         self._count += 1
         rid = "%s-%d" % (self._rid, self._count)
         msg = {"t": "call", "id": rid, "session": self.session, "method": method, "args": list(args)}
-        entry = [self._dumps(msg), None]
+        entry = [self._dumps(msg), None, None, None]
         self._calls[rid] = entry
         pause = 50
         silence = int(self.resend * 1000) if self.resend else 0
@@ -209,6 +213,64 @@ class Client:
                 pause = min(pause * 2, 2000)
         finally:
             del self._calls[rid]
+
+    # ------------------------------------------------------------------ non-blocking requests
+
+    def send(self, msg):
+        """Start a request without waiting (one at a time): ``msg`` gets a fresh ``id`` and
+        ``session``; returns the id. ``poll()`` re-sends it unchanged (same id, same bytes) after
+        ``resend`` seconds of silence and after a reconnect, until ``collect()`` takes its reply.
+        The local send and receive times (``clock``) are kept only if it was sent once."""
+        if self._req is not None:
+            raise ValueError("a request is already in flight")
+        self._count += 1
+        rid = "%s-%d" % (self._rid, self._count)
+        msg["id"] = rid
+        msg["session"] = self.session
+        entry = [self._dumps(msg), None, self.clock() if self.clock else None, None]
+        self._calls[rid] = entry
+        silence = int(self.resend * 1000) if self.resend else 0
+        self._req = [rid, deadline_in(silence), silence]
+        self.mqtt.publish(self.in_topic, entry[0], 1, rid)
+        return rid
+
+    def collect(self, rid):
+        """The reply to ``send()``'s request ``rid`` as ``(reply, t1, t4)`` (t1/t4 None unless it
+        was sent once), or None while it has not arrived. A busy/unavailable answer is not
+        returned: the request is sent again after a pause."""
+        entry = self._calls.get(rid)
+        if entry is None or entry[1] is None:
+            return None
+        err = entry[1].get("err")
+        if isinstance(err, dict) and err.get("kind") in _RETRY_KINDS:
+            entry[1] = None
+            entry[2] = None
+            self._req[1] = deadline_in(200 + rand_below(200))  # re-sent by _resend_due
+            if self._req[2] <= 0:
+                self._req[2] = 1000
+            return None
+        del self._calls[rid]
+        self._req = None
+        return (entry[1], entry[2], entry[3])
+
+    def forget(self, rid):
+        """Abandon ``send()``'s request ``rid`` (its reply, if any, is ignored)."""
+        self._calls.pop(rid, None)
+        if self._req is not None and self._req[0] == rid:
+            self._req = None
+
+    def _resend_due(self):
+        r = self._req
+        entry = self._calls.get(r[0])
+        if entry is None or entry[1] is not None or not self.mqtt.connected:
+            return
+        if r[2] <= 0 or remaining(r[1]) > 0:
+            return
+        entry[2] = None  # sent more than once: no time sample
+        self.resent += 1
+        self.mqtt.publish(self.in_topic, entry[0], 1, r[0])
+        r[2] = min(r[2] * 2, _RESEND_MAX)
+        r[1] = deadline_in(r[2] * 3 // 4 + rand_below(r[2] // 2 + 1))
 
     # ------------------------------------------------------------------ internals
 
@@ -246,6 +308,8 @@ class Client:
     def _housekeeping(self):
         if not self.mqtt.connected:
             return
+        if self._req is not None:
+            self._resend_due()
         if self._held and not self._delivering:
             self._deliver()
             if self._held and ticks_diff(ticks_ms(), self._sync_at) > self._resync_ms:
@@ -276,6 +340,8 @@ class Client:
             self.mqtt.publish(self.in_topic, self._presence_msg(True), 1, "presence")
         for rid in self._calls:
             entry = self._calls[rid]
+            if entry[1] is None:
+                entry[2] = None  # sent again (here or as a DUP): no time sample from its reply
             if entry[1] is None and not self.mqtt.has_key(rid):
                 self.mqtt.publish(self.in_topic, entry[0], 1, rid)  # reply may be lost: ask again
 
@@ -294,6 +360,8 @@ class Client:
             entry = self._calls.get(msg.get("id"))
             if entry is not None:
                 entry[1] = msg
+                if entry[2] is not None and self.clock is not None:
+                    entry[3] = self.clock()
         elif t == "note":
             seq = msg.get("seq")
             if isinstance(seq, int) and not isinstance(seq, bool):
@@ -302,6 +370,8 @@ class Client:
             first, nxt = msg.get("first"), msg.get("next")
             if isinstance(first, int) and isinstance(nxt, int):
                 self._on_sync(first, nxt)
+        elif self.on_other is not None:
+            self.on_other(msg)
 
     def _on_note(self, seq, args):
         if seq <= self.last_seq or seq in self._held:
