@@ -2,7 +2,7 @@
 
 Public API::
 
-    from bridge import CA, method, AppError
+    from bridge import CA, method, AppError, Bundle
 
 Module map (each one concept; arrows are imports; tests/test_layers.py enforces the layers, lowest first: a module
 imports only its own layer or lower ones, never in a circle):
@@ -11,6 +11,10 @@ imports only its own layer or lower ones, never in a circle):
                                  (validation beside each), outbound builders and encoders
     app                          CA base class, @method
     session                      session data and the per-call transactional session view
+    device/                      the device layer (docs/DEVICES.md), beside session:
+      model                        the device record: maps, versions, tombstones, commands, boot, bundles, results
+      api                          ``self.device`` (a working copy per transaction, made on first use) and Bundle
+      handlers                     what dstart / dsync do to a record and their answers (run by actor)
     store/                       durable storage and cluster ownership, each behind one interface:
       base, memory                 the Store protocol, its records, merge; MemoryStore (tests, Harness)
       sqlite, postgres             SQLite and PostgreSQL stores (pgconn: pooled transactions; urls: --db URLs)
@@ -36,6 +40,7 @@ imports only its own layer or lower ones, never in a circle):
 """
 
 from bridge.app import CA, method
+from bridge.device import Bundle
 from bridge.errors import AppError, BadRequest, BridgeError, CallError, CodecError, ConfigError, StoreError
 from bridge.session import SessionAPI, SessionLimits
 
@@ -44,6 +49,7 @@ __all__ = [
     "AppError",
     "BadRequest",
     "BridgeError",
+    "Bundle",
     "CallError",
     "CodecError",
     "ConfigError",

@@ -13,17 +13,20 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, assert_never
 
 from bridge import codec, faults
 from bridge.app import CA
 from bridge.committer import Pending, Reject
+from bridge.device import DeviceAPI, DeviceLimits, DeviceRecord
+from bridge.device.handlers import apply_dstart, apply_dsync, dstart_answer, dsync_answer
 from bridge.errors import AppError, CodecError, StoreError
 from bridge.logs import set_context
 from bridge.metrics import Metrics
 from bridge.protocol import (
-    DEFAULT_SESSION, Ack, Call, Inbound, Presence, Sync, encode_note, error_body, reply_err, reply_ok, sync_answer,
+    DEFAULT_SESSION, IOT_SESSION, Ack, Call, DStart, DSync, Inbound, Presence, Sync, encode_note, encode_poke,
+    error_body, reply_err, reply_ok, sync_answer,
 )
 from bridge.session import SessionAPI, SessionData, SessionLimits, SessionTxn
 from bridge.store import CARecord, Change, SessionWrite
@@ -42,6 +45,8 @@ CA_WINDOW: Final = 8
 
 Item = tuple[Inbound, "asyncio.Future[Any] | None"] | str  # a request and who waits for it; or PULSE, RESUME
 NOT_READY: Final = error_body("internal", "NotReady", "the CA failed to initialize")
+STALE_BOOT: Final = error_body("bad_request", "StaleBoot", "this sync belongs to an earlier start of the device; "
+                               "start again (dstart)")
 UNAVAILABLE: Final = error_body("unavailable", "Unavailable", "the bridge could not run the call")
 
 
@@ -60,15 +65,22 @@ class ActorContext:
     # its queued requests, the item first, to the new owner); True if reloaded and the item may run
     reload: Callable[[Actor, Item], Awaitable[bool]]
     fenced: bool  # in a cluster: even an answer with nothing to write passes the ownership fence
+    device: DeviceLimits = field(default_factory=DeviceLimits)  # the device layer's options (bridge.device)
+
+
+def _wall_ms(admitted: float) -> int:
+    """The wall clock (Unix epoch ms) at ``admitted``, a time.perf_counter value."""
+    return int((time.time() - (time.perf_counter() - admitted)) * 1000)
 
 
 class Actor:
     """A CA in memory. Only its own worker task touches ``ca``, ``sessions`` and ``state_blob``."""
 
     __slots__ = (
-        "ca", "ctx", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "durable", "epoch", "in_commit",
-        "last_active", "mailbox", "name", "owned_epoch", "presence", "pulse_at", "pulse_queued", "ready", "recent",
-        "running", "sessions", "stale", "state_blob", "tokens", "tokens_at", "used",
+        "ca", "ctx", "dapi", "dedup", "dedup_pos", "dedup_recent", "dedup_sessions", "dev", "dev_blob",
+        "dev_started", "dtxn", "durable", "epoch", "in_commit", "last_active", "mailbox", "name", "owned_epoch",
+        "presence", "pulse_at", "pulse_queued", "ready", "recent", "running", "sessions", "stale", "state_blob",
+        "tokens", "tokens_at", "used",
     )
 
     def __init__(self, ctx: ActorContext, name: str, record: CARecord | None) -> None:
@@ -78,6 +90,7 @@ class Actor:
         self.ca.name = name
         self.ca.scratch = {}
         self.ca.log = logging.LoggerAdapter(log, {"ca": name})
+        self.ca._device = self._open_device
         self.mailbox: deque[Item] = deque()
         # session -> its presence message waiting in the mailbox (one per session: later ones update it in place)
         self.presence: dict[str, Presence] = {}
@@ -93,6 +106,13 @@ class Actor:
         self.tokens_at = 0.0
         self.in_commit = 0  # effects of the current epoch handed to the committer and not delivered yet (runtime)
         self.used = 0  # the runtime's LRU clock at the last request placed here (eviction)
+        # the device record (bridge.device): committed blob (None: no device data), its decoded copy (made when
+        # first needed), and the running transaction's working copy with its API (None: not touched)
+        self.dev_blob: bytes | None = None
+        self.dev: DeviceRecord | None = None
+        self.dtxn: DeviceRecord | None = None
+        self.dapi: DeviceAPI | None = None
+        self.dev_started = False  # the device started (dstart) while this process holds the CA: poke it
         self.reset(record)
 
     def reset(self, record: CARecord | None) -> None:
@@ -105,6 +125,8 @@ class Actor:
         self.dedup_pos = 0
         self.ready = False
         self.owned_epoch = record.epoch if record is not None else 0  # clusters: the fence of every change
+        self.dev_blob = record.device if record is not None else None
+        self.dev = self.dtxn = self.dapi = None
         if record is None or not record.state:  # never created, or registered by `ca-bridge create` only
             self.durable = False
             self.state_blob = _EMPTY_STATE
@@ -180,7 +202,8 @@ class Actor:
             set_context(self.name)
         else:
             req = item[0]
-            set_context(self.name, req.session, req.id if type(req) is Call else "")
+            set_context(self.name, req.session, req.id if type(req) is Call or type(req) is DSync or type(req) is DStart
+                        else "")
             if req.coalesced and self.presence.get(req.session) is req:
                 del self.presence[req.session]  # from now on, a new presence message waits on its own
         if self.stale:
@@ -210,6 +233,16 @@ class Actor:
                 await self._presence(req)
             case Ack():
                 self._ack(req)
+            case DStart():
+                if await self._ready():
+                    await self._dstart(req, future)
+                else:
+                    self.ctx.reject(self.name, req, future, NOT_READY)
+            case DSync():
+                if await self._ready():
+                    await self._dsync(req, future)
+                else:
+                    self.ctx.reject(self.name, req, future, NOT_READY)
             case _:
                 assert_never(req)
 
@@ -238,6 +271,7 @@ class Actor:
 
     def _rollback(self) -> None:
         self.ca.state = codec.loads(self.state_blob)
+        self.dtxn = self.dapi = None
 
     async def _run(self, fn: Any, args: Any) -> Any:
         result = fn(*args)
@@ -252,13 +286,18 @@ class Actor:
         try:
             await self._run(getattr(self.ca, name), ())
             blob = codec.dumps(self.ca.state)
+            if self.dtxn is not None:
+                self.dtxn.settle(self._committed_device(), self.ctx.device.map_max)
         except Exception:
             log.exception("CA %s: %s failed; rolled back", self.name, name)
             self._rollback()
             return False
         change, sends = self._apply(txn, blob)
+        notes = len(sends)
+        if self.dtxn is not None:
+            self._commit_device(change, sends)
         if not change.empty() or sends:
-            self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=len(sends)))
+            self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=notes))
         return True
 
     async def _call(self, req: Call, future: asyncio.Future[Any] | None) -> None:
@@ -273,6 +312,8 @@ class Actor:
             reply = reply_ok(req.id, result)
             payload = codec.encode(reply, req.codec)
             blob = codec.dumps(self.ca.state)
+            if self.dtxn is not None:
+                self.dtxn.settle(self._committed_device(), self.ctx.device.map_max)
         except AppError as exc:
             error, reply = exc, reply_err(req.id, error_body("app", exc.name, exc.message, exc.data))
         except TimeoutError as exc:
@@ -297,11 +338,14 @@ class Actor:
         self._record(req.session, req.id, payload, change)
         notes = len(sends)
         sends.insert(0, (req.session, payload))
+        if self.dtxn is not None:
+            self._commit_device(change, sends)
         outcome = error if isinstance(error, AppError) else payload
         result = "ok" if error is None else "app" if isinstance(error, AppError) else "internal"
         self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=notes, future=future,
                                 outcome=outcome, request=req, result=result, started=started,
-                                submitted=time.perf_counter()))
+                                submitted=time.perf_counter(),
+                                rx=_wall_ms(req.at) if req.session == IOT_SESSION else 0))
 
     def _ack(self, req: Ack) -> None:
         txn = SessionTxn(self.sessions, req.session, self.ctx.limits)
@@ -345,14 +389,148 @@ class Actor:
             try:
                 await self._run(self.ca.on_presence, (req.session, req.online))
                 blob = codec.dumps(self.ca.state)
+                if self.dtxn is not None:
+                    self.dtxn.settle(self._committed_device(), self.ctx.device.map_max)
             except Exception:
                 log.exception("CA %s: on_presence(%s, %s) failed; rolled back", self.name, req.session, req.online)
                 self._rollback()
                 txn = self._presence_txn(req, changed)
                 blob = self.state_blob
         change, sends = self._apply(txn, blob, initialized=ready)
+        notes = len(sends)
+        if self.dtxn is not None:
+            self._commit_device(change, sends)
         if not change.empty() or sends:
-            self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=len(sends)))
+            self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=notes))
+
+    # -- the device layer (bridge.device) --------------------------------------------------------------------
+
+    def _open_device(self) -> DeviceAPI:
+        """``self.device`` of the running transaction: its working copy, made on first use."""
+        api = self.dapi
+        if api is None:
+            record = self.dtxn
+            if record is None:
+                record = self.dtxn = DeviceRecord.decode(self.dev_blob) if self.dev_blob else DeviceRecord()
+            api = self.dapi = DeviceAPI(record, self.ctx.device, self._iot_online)
+        return api
+
+    def _iot_online(self) -> bool:
+        data = self.sessions.get(IOT_SESSION)
+        return data is not None and data.online
+
+    def _committed_device(self) -> DeviceRecord | None:
+        if self.dev is None and self.dev_blob:
+            self.dev = DeviceRecord.decode(self.dev_blob)
+        return self.dev
+
+    def _commit_device(self, change: Change, sends: list[tuple[str, bytes]] | None) -> None:
+        """Make the transaction's device copy (settled) the committed one, and write it if it changed. With
+        ``sends``: a poke is added if the device has something new to fetch and is there to hear it."""
+        record = self.dtxn
+        assert record is not None
+        self.dtxn = self.dapi = None
+        blob = record.encode()
+        if blob == self.dev_blob:
+            return
+        before = self._committed_device()
+        change.device = blob
+        self.dev_blob, self.dev = blob, record
+        sent = record.next_index - (before.next_index if before is not None else 1)
+        if sent > 0:
+            self.ctx.metrics.bundles_sent += sent
+        if sends is None or not (self.dev_started or self._iot_online()):
+            return
+        news = record.fv != (before.fv if before is not None else 0)
+        if not news:
+            old = {b.index for b in before.to_deliver()} if before is not None else set()
+            news = any(b.index not in old for b in record.to_deliver())
+        if news:
+            data = self.sessions.get(IOT_SESSION)
+            sends.append((IOT_SESSION, encode_poke(data.codec if data is not None else codec.CBOR)))
+
+    async def _device_hook(self, req: DStart | DSync, fn: Any, args: tuple[Any, ...]) -> tuple[SessionTxn, bytes]:
+        """Run a device hook in the transaction holding the device's own change (the working copy): if it
+        raises, only its effects roll back (the device's change stays), and the error is logged and counted."""
+        assert self.dtxn is not None
+        kept = self.dtxn.encode()
+        txn = self._begin(req.session, req.codec)
+        try:
+            await self._run(fn, args)
+            blob = codec.dumps(self.ca.state)
+            self.dtxn.settle(self._committed_device(), self.ctx.device.map_max)
+            return txn, blob
+        except Exception:
+            self.ctx.metrics.device_hook_errors += 1
+            log.exception("CA %s: %s failed; its effects rolled back, the device's change kept", self.name,
+                          getattr(fn, "__name__", "hook"))
+            self._rollback()
+            self.dtxn = DeviceRecord.decode(kept)
+            return self._begin(req.session, req.codec), self.state_blob
+
+    def _device_reply(self, req: DStart | DSync, future: asyncio.Future[Any] | None, epoch: int,
+                      change: Change | None, sends: list[tuple[str, bytes]], reply: dict[str, Any]) -> None:
+        payload = codec.encode(reply, req.codec)
+        notes = len(sends)
+        sends.insert(0, (req.session, payload))
+        if change is not None and change.empty() and not self.ctx.fenced:
+            change = None
+        self.ctx.commit(Pending(owner=self, epoch=epoch, change=change, sends=sends, notes=notes, future=future,
+                                outcome=payload, request=req, rx=_wall_ms(req.at)))
+
+    async def _dstart(self, req: DStart, future: asyncio.Future[Any] | None) -> None:
+        """The device (re)started: record its commands; on a new start bump the boot and run on_device_resume.
+        Answer with both maps and the bundles to run."""
+        epoch = self.epoch
+        self._open_device()
+        assert self.dtxn is not None
+        fresh = apply_dstart(self.dtxn, req)
+        self.dev_started = True
+        if fresh:
+            txn, blob = await self._device_hook(req, self.ca.on_device_resume, ())
+        else:
+            txn, blob = self._begin(req.session, req.codec), self.state_blob
+        change, sends = self._apply(txn, blob)
+        self._commit_device(change, None)
+        record = self._committed_device() or DeviceRecord()
+        self._device_reply(req, future, epoch, change, sends, reply_ok(req.id, dstart_answer(record)))
+
+    async def _dsync(self, req: DSync, future: asyncio.Future[Any] | None) -> None:
+        """A device's sync: its to_cloud delta, acks, done commands and results; on_device_sync if to_cloud
+        changed. Answer with what the device lacks."""
+        epoch = self.epoch
+        metrics = self.ctx.metrics
+        metrics.device_syncs += 1
+        committed = self._committed_device()
+        if committed is None or committed.cmds is None or req.boot != committed.boot:
+            self._device_reply(req, future, epoch, None, [], reply_err(req.id, STALE_BOOT))
+            return
+        self._open_device()
+        assert self.dtxn is not None
+        try:
+            out = apply_dsync(self.dtxn, req, self.ctx.device.map_max)
+        except CodecError as exc:
+            self.dtxn = self.dapi = None
+            self._device_reply(req, future, epoch, None, [],
+                               reply_err(req.id, error_body("bad_request", "DeviceMapTooBig", str(exc))))
+            return
+        if out.delta:
+            metrics.device_deltas += 1
+        if out.resync:
+            metrics.device_resyncs += 1
+        for ok in out.finished:
+            if ok:
+                metrics.bundles_run += 1
+            else:
+                metrics.bundles_late += 1
+        if out.changed:
+            txn, blob = await self._device_hook(req, self.ca.on_device_sync, (set(out.changed),))
+        else:
+            txn, blob = self._begin(req.session, req.codec), self.state_blob
+        change, sends = self._apply(txn, blob)
+        self._commit_device(change, None)
+        record = self._committed_device() or DeviceRecord()
+        self._device_reply(req, future, epoch, change, sends, reply_ok(req.id, dsync_answer(record, req, out.resync)))
 
     def _presence_txn(self, req: Presence, changed: bool) -> SessionTxn:
         """A transaction in ``req.session`` (created if new, like a call's) that already holds the new presence."""

@@ -18,7 +18,7 @@ from bridge.actor import Actor
 from bridge.app import CA
 from bridge.errors import BadRequest
 from bridge.metrics import Metrics
-from bridge.protocol import Call, Inbound, Presence, error_body, error_message, reply_err
+from bridge.protocol import Call, DStart, DSync, Inbound, Presence, error_body, error_message, reply_err
 
 __all__ = ["BUSY", "CLOSING", "Admission", "Sink"]
 
@@ -114,7 +114,7 @@ class Admission:
         reply are answered; the others are dropped."""
         if not req.replied:
             return
-        assert type(req) is Call
+        assert type(req) is Call or type(req) is DStart or type(req) is DSync
         self.metrics.reject(err["name"])
         payload = codec.encode(reply_err(req.id, err), req.codec)
         self.sink.send(ca, req.session, payload)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
+    from bridge.device.api import DeviceAPI
     from bridge.session import SessionAPI
 
 __all__ = ["CA", "MethodSpec", "method"]
@@ -63,6 +64,7 @@ class CA:
     session: SessionAPI
     scratch: dict[str, Any]
     log: logging.LoggerAdapter[logging.Logger]
+    _device: Callable[[], DeviceAPI]  # set by the runtime: the running transaction's device view
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -91,6 +93,22 @@ class CA:
         in that session (``self.session.get_session_id() == session_id``, ``self.session.is_online()`` already
         shows the new state): on an exception its effects are rolled back, but the presence change itself is kept.
         """
+
+    @property
+    def device(self) -> DeviceAPI:
+        """The CA's own gadget (session ``iot``, docs/DEVICES.md): ``to_cloud`` (read-only), ``from_cloud`` (a
+        dict committed with the call), ``bundle()`` / ``send()`` / ``apply()``, ``results``, ``pending``,
+        ``online``, ``now_ms()``. Changes are rolled back with a call that raises."""
+        return self._device()
+
+    async def on_device_sync(self, changed: set[str]) -> None:
+        """Runs when a device sync changed ``self.device.to_cloud`` (``changed``: the keys whose value changed or
+        that were deleted), in the sync's transaction. If it raises, its effects roll back but the map change
+        stays (the error is logged and counted)."""
+
+    async def on_device_resume(self) -> None:
+        """Runs when the device (re)started and loaded its maps (every start, the first included); like
+        on_device_sync, a failure rolls back only its own effects."""
 
     @classmethod
     def has_pulse(cls) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.app import CA
+from bridge.device import DeviceLimits
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import configure as configure_logging
 from bridge.service import Bridge, Settings
@@ -103,6 +104,15 @@ def _max_resident(value: str) -> int:
     return int(value)
 
 
+def _count(least: int, what: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if not value.isdigit() or int(value) < least:
+            raise argparse.ArgumentTypeError(f"expected {what} (an int >= {least}), got {value!r}")
+        return int(value)
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ca-bridge", description="Run Cloud Assistants for gadgets over MQTT.")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -146,6 +156,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dedup-window", type=int, default=8,
                      help="replies remembered per session: a retry of one of its last N calls is not run again "
                           "(and the CA's last 8 x N calls; default 8)")
+    run.add_argument("--bundle-margin", type=_count(0, "milliseconds"), default=2000, metavar="MS",
+                     help="devices: added to a command bundle's start when a CA sends it (default 2000)")
+    run.add_argument("--device-map-max", type=_count(64, "bytes"), default=16384, metavar="BYTES",
+                     help="devices: the largest to_cloud or from_cloud map, encoded (default 16384)")
+    run.add_argument("--max-bundles", type=_count(1, "a count"), default=8, metavar="N",
+                     help="devices: unfinished bundles kept per CA; beyond N the oldest is dropped with result "
+                          "false (default 8)")
     run.add_argument("--max-queue", type=int, default=10_000,
                      help="hard cap of any session queue, even an 'unlimited' one (oldest dropped)")
     run.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "EXTRA"], help="SQLite durability")
@@ -215,6 +232,7 @@ async def _run(args: argparse.Namespace) -> None:
         tls_listen=args.tls_listen, autocreate=args.autocreate, rate=args.rate, burst=args.burst,
         node=args.node, share_group=args.share_group or None, node_ttl=args.node_ttl, db_pool=args.db_pool,
         metrics=args.metrics, http=args.http, http_token=args.http_token,
+        device=DeviceLimits(args.bundle_margin, args.device_map_max, args.max_bundles),
     )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")

@@ -61,6 +61,8 @@ class Pending:
     result: str = ""  # a call's outcome for the metrics: ok, app or internal ("" for anything that is no call)
     started: float = 0.0  # a call's stage times (time.perf_counter, bridge.metrics.STAGES): its CA started it ...
     submitted: float = 0.0  # ... and handed it here
+    rx: int = 0  # a reply on the device's session (iot): the wall clock (epoch ms) at admission; the first send is
+    # stamped with it and the send time when delivered (bridge.protocol.stamp_reply); 0: no stamp (dedup replays)
 
 
 class Committer:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge import codec
+from bridge.device import device_view
 from bridge.http import Handler, HttpServer, Request, Response
 from bridge.inspect import session_view
 from bridge.store import is_postgres_url, redact_url
@@ -209,6 +210,9 @@ def overview(bridge: BridgeView, query: str = "") -> dict[str, Any]:
             "presence_changes": m.presence_changes, "mqtt_connects": m.mqtt_connects, "mqtt_dropped": m.mqtt_dropped,
             "mqtt_oversized": m.mqtt_oversized, "dropped_topics": m.dropped_topics, "http_requests": m.http_requests,
             "cas_loads": m.cas_loaded, "cas_evicted": m.cas_evicted,
+            "device_syncs": m.device_syncs, "device_deltas": m.device_deltas, "device_resyncs": m.device_resyncs,
+            "bundles_sent": m.bundles_sent, "bundles_run": m.bundles_run, "bundles_late": m.bundles_late,
+            "device_hook_errors": m.device_hook_errors,
         },
         "gauges": rt.snapshot_counts(),
         "rejected": dict(sorted(m.rejected.items())),
@@ -249,7 +253,18 @@ def ca_detail(bridge: BridgeView, actor: Actor) -> dict[str, Any]:
             for t, sid, rid, method, outcome, seconds in reversed(actor.recent)
         ],
         "errors": [_error_row(e) for e in reversed(bridge.runtime.metrics.recent_errors) if e[1] == actor.name],
+        "device": _device(actor.dev_blob),
     }
+
+
+def _device(blob: bytes | None) -> dict[str, Any] | None:
+    view = device_view(blob)
+    if view is not None:
+        for key in ("to_cloud", "from_cloud"):
+            view[key], _ = clip(view[key], nodes=400)
+        if view["pending"] is not None:
+            view["pending"]["commands"], _ = clip(view["pending"]["commands"], nodes=200)
+    return view
 
 
 def _ca_row(actor: Actor) -> dict[str, Any]:

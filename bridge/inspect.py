@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from bridge import codec
+from bridge.device import device_view
 from bridge.session import SessionData
 from bridge.store import CARecord
 
@@ -38,7 +39,7 @@ def describe(record: CARecord) -> dict[str, Any]:
         sessions[sid] = {**session_view(data, srec.notes), "dedup_records": dedup_by_session.get(sid, 0)}
     state = codec.loads(record.state) if record.state else None  # empty: created, on_init not run yet
     return {"name": record.name, "state": state, "sessions": sessions,
-            "dedup_records": len(record.dedup)}
+            "dedup_records": len(record.dedup), "device": device_view(record.device)}
 
 
 def _plain(value: Any) -> Any:
@@ -68,4 +69,16 @@ def render(value: Any, as_json: bool) -> str:
             f"memento {'yes' if s['has_memento'] else 'no'}, {s['dedup_records']} dedup records, {s['codec']}"
             f"{', online' if s.get('online') else ''}"
         )
+    device = value.get("device")
+    if device is not None:
+        lines.append(f"device: boot {device['boot']}, commands {json.dumps(device['commands'], sort_keys=True)}")
+        lines.append(f"  to_cloud (version {device['tv']}): {json.dumps(_plain(device['to_cloud']), sort_keys=True)}")
+        lines.append(f"  from_cloud (version {device['fv']}): "
+                     f"{json.dumps(_plain(device['from_cloud']), sort_keys=True)}")
+        b = device["pending"]
+        lines.append("  pending bundle: none" if b is None else
+                     f"  pending bundle {b['index']} ({b['mode']}, start {b['start']}, done {b['done']}): "
+                     f"{json.dumps(_plain(b['commands']))}; {device['unfinished']} unfinished")
+        lines.append("  recent results: " + (", ".join(f"{i}: {'true' if ok else 'false'}"
+                                                       for i, ok in device["results"]) or "none"))
     return "\n".join(lines)

@@ -38,6 +38,15 @@ STAGES = (
     ("commit_wait", "a call, from its effects handed to the group committer to their durable commit"),
     ("publish", "a call, from its durable commit to its reply and notifications handed to the MQTT link"),
 )
+DEVICE_COUNTERS = (  # (metric name, Metrics attribute, help): the device layer (docs/DEVICES.md)
+    ("ca_bridge_device_syncs", "device_syncs", "Device syncs (dsync) received"),
+    ("ca_bridge_device_deltas", "device_deltas", "to_cloud deltas (or whole maps) applied"),
+    ("ca_bridge_device_resyncs", "device_resyncs", "Device syncs answered with a resync (a version gap)"),
+    ("ca_bridge_bundles_sent", "bundles_sent", "Command bundles sent by CAs"),
+    ("ca_bridge_bundles_run", "bundles_run", "Bundles the device reported done: every command ran on time"),
+    ("ca_bridge_bundles_late", "bundles_late", "Bundles reported false: late, superseded, dropped or failed"),
+    ("ca_bridge_device_hook_errors", "device_hook_errors", "on_device_sync / on_device_resume hooks that raised"),
+)
 GAUGES = (  # (key in the gauges mapping, metric name, help): the runtime's snapshot_counts() keys
     ("cas", "ca_bridge_cas_loaded", "CAs resident in memory (idle ones beyond --max-resident are evicted)"),
     ("sessions", "ca_bridge_sessions", "Sessions of the loaded CAs"),
@@ -195,6 +204,15 @@ class Metrics:
         # lazy loading (bridge.runtime): CAs loaded from the store when asked for, and idle CAs evicted (LRU)
         self.cas_loaded = 0
         self.cas_evicted = 0
+        # the device layer (bridge.device): dsync requests, to_cloud deltas applied, resyncs asked, bundles sent by
+        # CAs, bundles finished with result True (run) or False (late, superseded or failed), failed device hooks
+        self.device_syncs = 0
+        self.device_deltas = 0
+        self.device_resyncs = 0
+        self.bundles_sent = 0
+        self.bundles_run = 0
+        self.bundles_late = 0
+        self.device_hook_errors = 0
         self.history: deque[tuple[float, int, int]] = deque(maxlen=600)  # (time, calls, errors): the rate charts
         self.recent_errors: deque[tuple[float, str, str, str, str]] = deque(maxlen=50)  # (time, ca, method, kind, name)
 
@@ -326,6 +344,8 @@ class Collector:
                                   "(first use since start, or after eviction)", value=m.cas_loaded)
         yield CounterMetricFamily("ca_bridge_cas_evicted", "Idle CAs evicted from memory (least recently used, "
                                   "beyond --max-resident)", value=m.cas_evicted)
+        for name, attr, doc in DEVICE_COUNTERS:
+            yield CounterMetricFamily(name, doc, value=getattr(m, attr))
         yield CounterMetricFamily("ca_bridge_http_requests", "Requests answered by the metrics and dashboard "
                                   "HTTP servers", value=m.http_requests)
         view = self.gauges() if self.gauges is not None else {}

@@ -29,6 +29,7 @@ def record_change(record: CARecord) -> Change:
             sid: SessionWrite(meta=s.meta, notes=list(s.notes), purge=True) for sid, s in record.sessions.items()
         },
         dedup=list(record.dedup),
+        device=record.device,  # the device record (bridge.device), if any
     )
 
 

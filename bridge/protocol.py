@@ -18,9 +18,12 @@ from bridge.errors import BadRequest
 
 __all__ = [
     "DEFAULT_SESSION",
+    "IOT_SESSION",
     "KINDS",
     "Ack",
     "Call",
+    "DStart",
+    "DSync",
     "ErrorKind",
     "Inbound",
     "Presence",
@@ -29,11 +32,13 @@ __all__ = [
     "Topics",
     "check_name",
     "encode_note",
+    "encode_poke",
     "error_body",
     "error_message",
     "parse_request",
     "reply_err",
     "reply_ok",
+    "stamp_reply",
     "sync_answer",
     "valid_name",
 ]
@@ -286,7 +291,149 @@ class Presence(Request):
         return {"t": self.kind, "session": self.session, "online": self.online}
 
 
-Inbound = Call | Ack | Sync | Presence  # every inbound kind: mypy checks that bridge.actor handles each one
+IOT_SESSION: Final = "iot"  # the session of a CA's own gadget: device kinds live there (docs/DEVICES.md)
+MAX_CMDS: Final = 64  # commands a device may announce
+MAX_ARITY: Final = 16  # arguments a command may take
+MAX_INDEX: Final = 2**53  # bundle indices, versions and positions on the wire stay below this
+
+
+def _request_id(msg: dict[str, Any], codec: Codec) -> str:
+    rid: str = _field(msg, "id", str)
+    if not 0 < len(rid) <= MAX_ID_LEN:
+        raise BadRequest(f"field 'id' must have 1 to {MAX_ID_LEN} characters")
+    # CBOR text is valid UTF-8 by construction (cbor2 decodes strictly): only JSON's escapes make surrogates
+    if "\x00" in rid or (codec != CBOR and not _encodable(rid)):
+        raise BadRequest("field 'id' must be text without NUL or unpaired surrogates")
+    return rid
+
+
+def _iot(kind: str, session: str) -> None:
+    if session != IOT_SESSION:
+        raise BadRequest(f"{kind} must be sent on session {IOT_SESSION!r}, not {session!r}")
+
+
+def _count(msg: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = msg.get(key, default)
+    if type(value) is not int or not 0 <= value < MAX_INDEX:
+        raise BadRequest(f"field {key!r} must be an int between 0 and {MAX_INDEX - 1}")
+    return value
+
+
+def _ints(msg: dict[str, Any], key: str) -> list[int]:
+    value = msg.get(key, [])
+    if type(value) is not list or any(type(v) is not int or not 0 <= v < MAX_INDEX for v in value):
+        raise BadRequest(f"field {key!r} must be a list of non-negative ints")
+    return value
+
+
+def _pairs(msg: dict[str, Any], key: str, second: type) -> list[tuple[int, Any]]:
+    value = msg.get(key, [])
+    what = f"field {key!r} must be a list of [index, {second.__name__}] pairs"
+    if type(value) is not list:
+        raise BadRequest(what)
+    pairs = []
+    for item in value:
+        if type(item) is not list or len(item) != 2:
+            raise BadRequest(what)
+        index, other = item
+        if type(index) is not int or not 0 <= index < MAX_INDEX or type(other) is not second \
+                or (type(other) is int and not 0 <= other < MAX_INDEX):
+            raise BadRequest(what)
+        pairs.append((index, other))
+    return pairs
+
+
+@inbound("dstart")
+@dataclass(slots=True)
+class DStart(Request):
+    """The CA's device (re)started and announces its commands (name -> number of arguments); answered with both
+    maps, their versions, the boot number and the bundles to run (docs/DEVICES.md). Session ``iot`` only."""
+
+    creates: ClassVar[bool] = True
+    replied: ClassVar[bool] = True
+    limited: ClassVar[bool] = True
+
+    id: str
+    cmds: dict[str, int]
+
+    @classmethod
+    def parse(cls, msg: dict[str, Any], session: str, codec: Codec) -> DStart:
+        rid = _request_id(msg, codec)
+        _iot("dstart", session)
+        cmds = msg.get("cmds", {})
+        if type(cmds) is not dict or len(cmds) > MAX_CMDS:
+            raise BadRequest(f"field 'cmds' must be a map of at most {MAX_CMDS} command names to argument counts")
+        for name, arity in cmds.items():
+            if not valid_name(name):
+                raise BadRequest(f"command names in 'cmds' must match {NAME_RE.pattern}")
+            if type(arity) is not int or not 0 <= arity <= MAX_ARITY:
+                raise BadRequest(f"command {name!r} in 'cmds': argument count must be an int 0..{MAX_ARITY}")
+        return cls(session, codec, rid, cmds)
+
+    def wire(self) -> dict[str, Any]:
+        return {"t": self.kind, "session": self.session, "id": self.id, "cmds": self.cmds}
+
+
+@inbound("dsync")
+@dataclass(slots=True)
+class DSync(Request):
+    """The device's to_cloud delta (or its whole map), the from_cloud version it holds, and its bundle acks, done
+    commands and results; answered with what it lacks (docs/DEVICES.md). Session ``iot`` only."""
+
+    replied: ClassVar[bool] = True
+    limited: ClassVar[bool] = True
+
+    id: str
+    boot: int
+    fv: int
+    tb: int = 0
+    tv: int = 0
+    d: dict[str, Any] = field(default_factory=dict)
+    x: list[str] = field(default_factory=list)
+    full: bool = False
+    ba: list[int] = field(default_factory=list)
+    bd: list[tuple[int, int]] = field(default_factory=list)
+    br: list[tuple[int, bool]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, msg: dict[str, Any], session: str, codec: Codec) -> DSync:
+        rid = _request_id(msg, codec)
+        _iot("dsync", session)
+        boot, fv = _count(msg, "boot"), _count(msg, "fv")
+        d = msg.get("d", {})
+        if type(d) is not dict or any(type(k) is not str for k in d):
+            raise BadRequest("field 'd' must be a map with text keys")
+        x = msg.get("x", [])
+        if type(x) is not list or any(type(k) is not str for k in x):
+            raise BadRequest("field 'x' must be a list of text keys")
+        full = msg.get("full", False)
+        if type(full) is not bool:
+            raise BadRequest("field 'full' must be bool")
+        if full and x:
+            raise BadRequest("a full map ('full': true) deletes nothing: 'x' must be empty")
+        delta = bool(d or x or full)
+        tb = _count(msg, "tb", 0)
+        tv = _count(msg, "tv", 0)
+        if delta and not full and tv != tb + 1:
+            raise BadRequest("an incremental delta must have 'tv' = 'tb' + 1")
+        return cls(session, codec, rid, boot, fv, tb, tv, d, x, full, _ints(msg, "ba"), _pairs(msg, "bd", int),
+                   _pairs(msg, "br", bool))
+
+    def wire(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"t": self.kind, "session": self.session, "id": self.id, "boot": self.boot,
+                               "fv": self.fv}
+        if self.d or self.x or self.full:
+            msg.update(tb=self.tb, tv=self.tv, d=self.d, x=self.x, full=self.full)
+        if self.ba:
+            msg["ba"] = self.ba
+        if self.bd:
+            msg["bd"] = [list(p) for p in self.bd]
+        if self.br:
+            msg["br"] = [list(p) for p in self.br]
+        return msg
+
+
+Inbound = Call | Ack | Sync | Presence | DStart | DSync  # every inbound kind: bridge.actor handles each one
 _KIND_NAMES: Final = ", ".join(repr(k) for k in list(KINDS)[:-1]) + f" or {list(KINDS)[-1]!r}"
 
 
@@ -359,3 +506,23 @@ def encode_note(seq: int, args_cbor: bytes, codec: Codec) -> bytes:
     if codec == CBOR:
         return b"\xa3" + _NOTE_HEAD + dumps(seq) + _ARGS_KEY + args_cbor
     return encode({"t": "note", "seq": seq, "args": loads(args_cbor)}, codec)
+
+
+_POKES: Final = {CBOR: encode({"t": "poke"}, CBOR), "json": encode({"t": "poke"}, "json")}
+
+
+def encode_poke(codec: Codec) -> bytes:
+    """The hint ``{"t": "poke"}`` that makes a device sync soon (something new is there for it)."""
+    return _POKES[codec]
+
+
+_RX: Final = dumps("rx")
+_TX: Final = dumps("tx")
+
+
+def stamp_reply(payload: bytes, rx: int, tx: int) -> bytes:
+    """Add the bridge's receive and send times (``rx``, ``tx``: Unix epoch ms) to an encoded reply
+    ``{"t", "id", "ok" | "err"}``, for the device's clock estimate. The stored reply (dedup) has neither."""
+    if payload[:1] == b"\xa3":  # CBOR: a map of 3 members becomes one of 5
+        return b"\xa5" + payload[1:] + _RX + dumps(rx) + _TX + dumps(tx)
+    return b"%s,\"rx\":%d,\"tx\":%d}" % (payload.rstrip()[:-1], rx, tx)

@@ -50,9 +50,10 @@ from bridge.actor import PULSE, RESUME, Actor, ActorContext, Item
 from bridge.admission import BUSY, Admission, Sink
 from bridge.app import CA
 from bridge.committer import Committer, Pending
+from bridge.device import DeviceLimits
 from bridge.errors import AppError, ConfigError
 from bridge.metrics import Metrics
-from bridge.protocol import Call, Inbound, Sync, error_body
+from bridge.protocol import Call, Inbound, Sync, error_body, stamp_reply
 from bridge.router import MAX_HOPS, Router
 from bridge.session import SessionLimits
 from bridge.store import CARecord, Store
@@ -101,6 +102,7 @@ class Runtime:
         metrics: Metrics | None = None,
         max_resident: int = 10_000,
         preload: bool = False,
+        device: DeviceLimits | None = None,
     ) -> None:
         if not (isinstance(app, type) and issubclass(app, CA)):
             raise TypeError("app must be a subclass of bridge.CA")
@@ -129,7 +131,8 @@ class Runtime:
                                    metrics=self.metrics)
         self.context = ActorContext(
             app=app, limits=self.limits, call_timeout=call_timeout, metrics=self.metrics, commit=self._commit,
-            reject=self.admission.reject, spawn=self.spawn, reload=self._reload, fenced=cluster is not None)
+            reject=self.admission.reject, spawn=self.spawn, reload=self._reload, fenced=cluster is not None,
+            device=device or DeviceLimits())
         self._bound = False  # bind_app done
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy_workers = 0
@@ -486,6 +489,8 @@ class Runtime:
             owner.in_commit -= 1
         ca = owner.name
         send = self.sink.send
+        if pending.rx:  # a fresh reply to the device: the times for its clock estimate (bridge.device)
+            self._stamp(pending)
         for session, payload in pending.sends:
             send(ca, session, payload)
         metrics = self.metrics
@@ -509,6 +514,14 @@ class Runtime:
                 future.set_result(codec.decode(outcome, codec.detect(outcome)))
             else:
                 future.set_result(outcome)
+
+    @staticmethod
+    def _stamp(pending: Pending) -> None:
+        session, payload = pending.sends[0]
+        stamped = stamp_reply(payload, pending.rx, time.time_ns() // 1_000_000)
+        pending.sends[0] = (session, stamped)
+        if pending.outcome is payload:
+            pending.outcome = stamped
 
     async def _pulse_loop(self, interval: float) -> None:
         loop = asyncio.get_running_loop()

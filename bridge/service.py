@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.app import CA
+from bridge.device import DeviceLimits
 from bridge.broker import EmbeddedBroker, load_config
 from bridge.cluster import Cluster
 from bridge.errors import ConfigError
@@ -83,6 +84,7 @@ class Settings:
     metrics: tuple[str, int] | None = None  # serve Prometheus metrics at http://HOST:PORT/metrics
     http: tuple[str, int] | None = None  # serve the dashboard
     http_token: str | None = None  # the dashboard's token (with auth on and none given: DIR/dashboard.token)
+    device: DeviceLimits = field(default_factory=DeviceLimits)  # --bundle-margin, --device-map-max, --max-bundles
 
 
 class Bridge:
@@ -105,7 +107,7 @@ class Bridge:
         self.runtime = Runtime(
             app, self.store, self, limits=s.limits, mailbox=s.mailbox, pulse=s.pulse, call_timeout=s.call_timeout,
             autocreate=s.autocreate, rate=s.rate, burst=s.burst, cluster=self.cluster, metrics=self.metrics,
-            max_resident=s.max_resident,
+            max_resident=s.max_resident, device=s.device,
         )
         self.ingress = Ingress(self.runtime, self.topics, s.max_payload)
         self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)

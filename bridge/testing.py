@@ -4,6 +4,10 @@ Every request is encoded and goes through the same ingress (bridge.ingress) as a
 
     async with Harness(Shop, db=tmp_path / "t.db") as h:
         assert await h.call("shop1", "default", "buy", nonce, 0, "apple") == {"apple": 1}
+
+A test can act as the CA's device (docs/DEVICES.md): :meth:`Harness.device_start` and :meth:`Harness.device_sync`
+send the device messages and return the decoded reply; :meth:`Harness.device` reads the committed device record.
+Device options: ``Harness(App, device=DeviceLimits(bundle_margin=..., map_max=..., max_bundles=...))``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from bridge.actor import PULSE
 from bridge.app import CA
 from bridge.errors import CallError
 from bridge.ingress import Ingress
-from bridge.protocol import Ack, Call, Inbound, Presence, Sync, Topics, check_name
+from bridge.device import DeviceRecord
+from bridge.protocol import IOT_SESSION, Ack, Call, DStart, DSync, Inbound, Presence, Sync, Topics, check_name
 from bridge.runtime import Runtime
 from bridge.session import SessionLimits
 from bridge.store import Store, open_store
@@ -166,6 +171,39 @@ class Harness:
     def sessions(self, ca: str) -> list[str]:
         """The session ids of ``ca``."""
         return list(self._rt().actors[ca].sessions)
+
+    # -- acting as the device (session iot) -------------------------------------------------------------------
+
+    async def device_start(self, ca: str, cmds: dict[str, int] | None = None, *,
+                           request_id: str | None = None) -> Any:
+        """Send ``dstart`` (the device started, announcing ``cmds``: name -> number of arguments); return the
+        decoded reply (``{"t": "reply", "id", "ok": {"boot", "tc", "tv", "fc", "fv", "b"}, "rx", "tx"}``). The
+        same ``request_id`` again is a re-sent announcement of the same start."""
+        rid = request_id or f"{self._prefix}-{next(self._ids)}"
+        return await self.send(ca, DStart(IOT_SESSION, "cbor", rid, dict(cmds or {})))
+
+    async def device_sync(
+        self, ca: str, d: dict[str, Any] | None = None, x: list[str] | None = None, *, full: bool = False,
+        fv: int = 0, boot: int | None = None, tb: int | None = None, tv: int | None = None,
+        ba: list[int] | None = None, bd: list[tuple[int, int]] | None = None, br: list[tuple[int, bool]] | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """Send ``dsync`` and return the decoded reply. Defaults act as an up-to-date device: ``boot`` the stored
+        boot, ``tb`` the stored to_cloud version and ``tv`` = ``tb`` + 1 (for a full map: ``tv`` = ``tb``);
+        ``fv`` 0 (so the answer carries the whole from_cloud as changes)."""
+        record = self.device(ca) or DeviceRecord()
+        base = record.tv if tb is None else tb
+        rid = request_id or f"{self._prefix}-{next(self._ids)}"
+        req = DSync(IOT_SESSION, "cbor", rid, record.boot if boot is None else boot, fv, base,
+                    (base if full else base + 1) if tv is None else tv, dict(d or {}), list(x or []), full,
+                    list(ba or []), list(bd or []), list(br or []))
+        return await self.send(ca, req)
+
+    def device(self, ca: str) -> DeviceRecord | None:
+        """The committed device record of ``ca`` (a fresh copy; None: no device data yet)."""
+        actor = self._rt().actors.get(ca)
+        blob = actor.dev_blob if actor is not None else None
+        return DeviceRecord.decode(blob) if blob else None
 
     def sent(self, ca: str, session_id: str) -> list[Any]:
         """Every message published to a session so far (replies, notes, sync answers), decoded."""

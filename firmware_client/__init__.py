@@ -14,8 +14,23 @@ Errors:
 from firmware_client.cbor import CBORError
 from firmware_client.client import CAError, Client, PersistentSession
 from firmware_client.compat import Timeout
-from firmware_client.device import Device
 from firmware_client.packet import MQTTError
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Device is imported on first use: a plain Client does not pay its heap (about 20 KB on MicroPython).
+    # MicroPython's `from firmware_client import jsoncodec` asks here first, so submodules are imported too.
+    import sys
+
+    if name == "Device":
+        from firmware_client.device import Device
+
+        return Device
+    if name in ("aio", "bundles", "device", "jsoncodec", "maps", "timesync"):
+        __import__("firmware_client." + name)
+        return sys.modules["firmware_client." + name]
+    raise AttributeError(name)
+
 __all__ = ["CAError", "CBORError", "Client", "Device", "MQTTError", "PersistentSession", "Timeout", "__version__"]

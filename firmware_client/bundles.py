@@ -163,6 +163,6 @@ class Scheduler:
 
     def confirm(self, counts):
         """The dsync that carried ``counts`` reports was answered: drop them."""
-        self.ba = self.ba[counts[0]:]
-        self.bd = self.bd[counts[1]:]
-        self.br = self.br[counts[2]:]
+        self.ba = self.ba[counts[0] :]
+        self.bd = self.bd[counts[1] :]
+        self.br = self.br[counts[2] :]

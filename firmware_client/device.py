@@ -46,7 +46,7 @@ class Device:
     ``keepalive``, ``codec``, ``bufsize``, ``log`` (fn(str), default print).
     """
 
-    commands = {}  # name -> number of arguments: what a bundle may call (announced at start)
+    commands = {}  # noqa: RUF012 - the fixed API (issue 18). name -> number of arguments: what a bundle may call (announced at start)
 
     def __init__(
         self,
@@ -163,42 +163,26 @@ class Device:
 
     def run(self, interval_ms=1000, once=False):
         """Run until stop() (blocking). ``once=True``: return after one cycle (started, setup()
-        and loop() ran once, due commands ran and everything was synced): the ms until the next
-        scheduled command (cloud time), or None; for sleepy devices."""
+        and loop() ran once, due commands ran and everything was synced; at the latest after
+        ``timeout`` seconds, e.g. without network): the ms until the next scheduled command (cloud
+        time), or None; for sleepy devices."""
         self._begin(interval_ms)
+        give_up = deadline_in(self.client.timeout * 1000)
         try:
             while not self._stop:
                 w = self._step()
-                if once and self._quiet():
+                if once and (self._quiet() or remaining(give_up) <= 0):
                     return self._next_ms()
                 self._pump(w)
         finally:
             self.client.close()
         return self._next_ms()
 
-    async def arun(self, interval_ms=1000, once=False):
-        """run() for asyncio: yields to other tasks while waiting (in steps of at most 10 ms)."""
-        import asyncio
+    def arun(self, interval_ms=1000, once=False):
+        """run() for asyncio (a coroutine): yields to other tasks while waiting (in steps of at most 10 ms)."""
+        from firmware_client.aio import arun
 
-        self._begin(interval_ms)
-        try:
-            while not self._stop:
-                w = self._step()
-                if once and self._quiet():
-                    return self._next_ms()
-                end = deadline_in(w)
-                while True:
-                    self._pump(0)
-                    if self._woken() or self._stop:
-                        break
-                    left = remaining(end)
-                    if left <= 0:
-                        break
-                    await asyncio.sleep(min(left, 10) / 1000)
-                await asyncio.sleep(0)
-        finally:
-            self.client.close()
-        return self._next_ms()
+        return arun(self, interval_ms, once)
 
     # ------------------------------------------------------------------ the cycle
 
@@ -337,12 +321,12 @@ class Device:
         reply, t1, t4 = r
         rx = reply.get("rx")
         tx = reply.get("tx")
-        if t1 is not None and t4 is not None and rx is not None and tx is not None:
-            if self.clock.add(t1, t4, rx, tx) and not self._timed:
-                self._timed = True
-                held = self._held
-                self._held = []
-                self.sched.add_all(held, self.now_ms())
+        sample = t1 is not None and t4 is not None and rx is not None and tx is not None
+        if sample and self.clock.add(t1, t4, rx, tx) and not self._timed:
+            self._timed = True
+            held = self._held
+            self._held = []
+            self.sched.add_all(held, self.now_ms())
         err = reply.get("err")
         ok = reply.get("ok")
         if err is not None or not isinstance(ok, dict):

@@ -27,20 +27,8 @@ class _Map:
     def get(self, k, default=None):
         return self._d.get(k, default)
 
-    def keys(self):
-        return self._d.keys()
-
-    def values(self):
-        return self._d.values()
-
     def items(self):
         return self._d.items()
-
-    def copy(self):
-        return dict(self._d)
-
-    def __repr__(self):
-        return repr(self._d)
 
 
 class ToCloud(_Map):
@@ -60,15 +48,6 @@ class ToCloud(_Map):
     def __delitem__(self, k):
         del self._d[k]
         self._dirty[k] = True
-
-    def pop(self, k, *default):
-        if k in self._d:
-            self._dirty[k] = True
-        return self._d.pop(k, *default)
-
-    def update(self, other):
-        for k in other:
-            self[k] = other[k]
 
     def changed(self):
         """True when a delta is due (changed keys or a resync asked)."""

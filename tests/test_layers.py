@@ -13,7 +13,7 @@ LAYERS: list[set[str]] = [
     {"errors", "faults", "logs"},
     {"codec"},
     {"protocol"},
-    {"session", "app"},
+    {"session", "app", "device"},
     {"store"},
     {"metrics"},
     {"cluster"},

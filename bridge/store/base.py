@@ -36,6 +36,7 @@ class CARecord:
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
     dedup: list[tuple[int, str, str, bytes]] = field(default_factory=list)  # (pos, session, request id, reply)
     epoch: int = field(default=0, compare=False)  # clusters: the ownership epoch of this copy (Change.epoch)
+    device: bytes | None = None  # the device record (bridge.device.model), None: the CA has no device data
 
 
 @dataclass(slots=True)
@@ -78,10 +79,11 @@ class Change:
     dedup: list[tuple[int, str, str, bytes]] = field(default_factory=list)
     dedup_floors: dict[str, int] = field(default_factory=dict)  # session -> delete its records below this position
     epoch: int = 0  # clusters: commit only if the CA's ownership epoch is still this one (0: don't check)
+    device: bytes | None = None  # the device record (bridge.device.model) to write; None: unchanged
 
     def empty(self) -> bool:
         """True if there is nothing to write."""
-        return self.state is None and not self.sessions and not self.dedup
+        return self.state is None and not self.sessions and not self.dedup and self.device is None
 
 
 def merge(changes: Iterable[Change]) -> dict[str, Change]:
@@ -93,6 +95,8 @@ def merge(changes: Iterable[Change]) -> dict[str, Change]:
             into = merged[change.ca] = Change(change.ca)
         if change.state is not None:
             into.state = change.state
+        if change.device is not None:
+            into.device = change.device
         into.epoch = change.epoch
         into.dedup.extend(change.dedup)
         for sid, floor in change.dedup_floors.items():

@@ -65,6 +65,8 @@ class MemoryStore:
                 rec = self._cas[change.ca] = CARecord(change.ca, b"\xa0")
             if change.state is not None:
                 rec.state = change.state
+            if change.device is not None:
+                rec.device = change.device
             for sid, write in change.sessions.items():
                 _apply(rec, sid, write)
             rec.dedup.extend(change.dedup)
@@ -94,4 +96,5 @@ def _copy(rec: CARecord) -> CARecord:
         rec.state,
         {sid: SessionRecord(s.meta, list(s.notes)) for sid, s in rec.sessions.items()},
         list(rec.dedup),
+        device=rec.device,
     )

@@ -25,7 +25,7 @@ from bridge.store.urls import redact_url, scrub
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ca_bridge_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS ca (
@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS node (
     token text PRIMARY KEY, name text NOT NULL, started timestamptz NOT NULL DEFAULT now(),
     expires timestamptz NOT NULL);
 CREATE TABLE IF NOT EXISTS ca_bridge_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS device (ca text PRIMARY KEY, data bytea NOT NULL);
 """
 # version N -> SQL that upgrades it to N + 1 (run under the schema lock, in the same transaction)
 MIGRATIONS: dict[int, str] = {
@@ -59,6 +60,10 @@ MIGRATIONS: dict[int, str] = {
     4: "DROP FUNCTION IF EXISTS ca_bridge_commit(text, text[], bigint[], text[], bytea[], text[], text[], text[], "
        "text[], bytea[], text[], text[], bigint[], bytea[], text[], bigint[], text[], bytea[], bytea[], text[], "
        "text[], bigint[], text[], bigint[]);",
+    # Version 6 adds the device table (bridge.device, in SCHEMA): the function takes its two arrays too.
+    5: "DROP FUNCTION IF EXISTS ca_bridge_commit(text, text[], bigint[], text[], bytea[], text[], text[], text[], "
+       "text[], bytea[], text[], text[], bigint[], bytea[], text[], bigint[], text[], bytea[], bytea[], text[], "
+       "text[], bigint[], text[], text[], bigint[]);",
 }
 # One batch, one statement: the fence (lock the batch's CA rows in name order, keep those this bridge owns) and
 # every table's writes for the owned CAs, from column arrays. Returns the refused CA names.
@@ -71,7 +76,8 @@ CREATE OR REPLACE FUNCTION ca_bridge_commit(
     no_ca text[], no_sid text[], no_seq bigint[], no_args bytea[],
     de_ca text[], de_pos bigint[], de_sid text[], de_rid bytea[], de_reply bytea[],
     nf_ca text[], nf_sid text[], nf_seq bigint[],
-    df_ca text[], df_sid text[], df_pos bigint[]
+    df_ca text[], df_sid text[], df_pos bigint[],
+    dv_ca text[], dv_data bytea[]
 ) RETURNS text[] LANGUAGE plpgsql AS $fn$
 DECLARE
     owned text[] := names;
@@ -116,6 +122,10 @@ BEGIN
     IF cardinality(df_ca) > 0 THEN
         DELETE FROM dedup d USING unnest(df_ca, df_sid, df_pos) AS u(ca, sid, pos)
             WHERE d.ca = u.ca AND d.sid = u.sid AND d.pos < u.pos AND u.ca = ANY(owned);
+    END IF;
+    IF cardinality(dv_ca) > 0 THEN
+        INSERT INTO device (ca, data) SELECT * FROM unnest(dv_ca, dv_data) AS u(ca, data)
+            WHERE u.ca = ANY(owned) ON CONFLICT (ca) DO UPDATE SET data = excluded.data;
     END IF;
     RETURN ARRAY(SELECT unnest(names) EXCEPT SELECT unnest(owned));
 END
@@ -269,7 +279,8 @@ class PostgresStore:
         names = list(merged)
         async with self.transaction() as cur:
             if replace:
-                for table, column in (("note", "ca"), ("session", "ca"), ("dedup", "ca"), ("ca", "name")):
+                for table, column in (("note", "ca"), ("session", "ca"), ("dedup", "ca"), ("device", "ca"),
+                                      ("ca", "name")):
                     await cur.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (names,))
             await _write(cur, merged, None)
 
@@ -339,13 +350,20 @@ async def load_records(cur: Any, names: list[str] | None) -> list[CARecord]:
     await cur.execute(f"SELECT ca, pos, sid, rid, reply FROM dedup {where} ORDER BY ca, pos", args)
     for ca, pos, sid, rid, reply in await cur.fetchall():
         cas[ca].dedup.append((pos, sid, bytes(rid).decode("utf-8", "surrogatepass"), bytes(reply)))
+    await cur.execute("SELECT to_regclass('device') IS NOT NULL")  # a read-only look at an older schema
+    row = await cur.fetchone()
+    if row and row[0]:
+        await cur.execute(f"SELECT ca, data FROM device {where}", args)
+        for ca, data in await cur.fetchall():
+            if ca in cas:
+                cas[ca].device = bytes(data)
     return list(cas.values())
 
 
 _COMMIT_TYPES = (  # the parameters of ca_bridge_commit, in order (empty arrays need their type spelled out)
     "text", "text[]", "bigint[]", "text[]", "bytea[]", "text[]", "text[]", "text[]", "text[]", "bytea[]",
     "text[]", "text[]", "bigint[]", "bytea[]", "text[]", "bigint[]", "text[]", "bytea[]", "bytea[]",
-    "text[]", "text[]", "bigint[]", "text[]", "text[]", "bigint[]",
+    "text[]", "text[]", "bigint[]", "text[]", "text[]", "bigint[]", "text[]", "bytea[]",
 )
 _COMMIT = "SELECT ca_bridge_commit(" + ", ".join(f"%b::{t}" for t in _COMMIT_TYPES) + ")"
 
@@ -361,6 +379,7 @@ async def _write(cur: Any, merged: dict[str, Change], owner: str | None) -> froz
     dedup: tuple[list[Any], ...] = ([], [], [], [], [])
     note_floor: tuple[list[Any], ...] = ([], [], [])
     dedup_floor: tuple[list[Any], ...] = ([], [], [])
+    device: tuple[list[Any], ...] = ([], [])
 
     def add(columns: tuple[list[Any], ...], *values: Any) -> None:
         for column, value in zip(columns, values, strict=True):
@@ -369,6 +388,8 @@ async def _write(cur: Any, merged: dict[str, Change], owner: str | None) -> froz
     for ca, change in merged.items():
         if change.state is not None:
             add(state, ca, change.state)
+        if change.device is not None:
+            add(device, ca, change.device)
         for pos, sid, rid, reply in change.dedup:
             add(dedup, ca, pos, sid, _rid_bytes(rid), reply)
         for sid, floor in change.dedup_floors.items():
@@ -383,7 +404,7 @@ async def _write(cur: Any, merged: dict[str, Change], owner: str | None) -> froz
             if w.note_floor:
                 add(note_floor, ca, sid, w.note_floor)
     epochs = [change.epoch for change in merged.values()]
-    columns = (*state, *purge, *meta, *note, *dedup, *note_floor, *dedup_floor)
+    columns = (*state, *purge, *meta, *note, *dedup, *note_floor, *dedup_floor, *device)
     await cur.execute(_COMMIT, (owner, list(merged), epochs, *columns))
     row = await cur.fetchone()
     return frozenset(row[0]) if row and row[0] else frozenset()

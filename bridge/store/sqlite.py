@@ -45,11 +45,13 @@ CREATE TABLE IF NOT EXISTS dedup (
     ca TEXT NOT NULL, pos INTEGER NOT NULL, sid TEXT NOT NULL, rid TEXT NOT NULL, reply BLOB NOT NULL,
     PRIMARY KEY (ca, pos)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device (ca TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 """
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Version 1 kept dedup records per session (PRIMARY KEY (ca, sid, pos)); version 2 numbers them per CA so that a
 # collected session does not take them along. Upgrading from 1 drops the old records (at worst a retry in flight
 # during the upgrade runs again). Version 3 adds the meta table (the app the store belongs to): nothing to convert.
+# Version 4 adds the device table (bridge.device: one row per CA that has device data): nothing to convert.
 MIGRATIONS = {1: "DROP TABLE dedup;"}
 
 
@@ -98,6 +100,7 @@ class SQLiteStore:
         self._jobs: queue.SimpleQueue[Job | None] | None = None  # the store thread's queue (None: closed)
         self._thread: threading.Thread | None = None
         self._lock: int | None = None  # the descriptor holding the flock on <db>.lock
+        self._devices = True  # the file has the device table (a store of schema 3 opened read-only has not)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the store's thread and wait for its result."""
@@ -151,6 +154,7 @@ class SQLiteStore:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        self._devices = "device" in tables
         if not {"ca", "session", "note", "dedup"} <= tables:
             db.close()
             raise StoreError(f"no ca-bridge store in {self.path}")
@@ -280,6 +284,10 @@ class SQLiteStore:
                 f"SELECT ca, pos, sid, rid, reply FROM dedup {where} ORDER BY ca, pos", args
             ):
                 cas[ca].dedup.append((pos, sid, rid, reply))
+            if self._devices:
+                for ca, data in db.execute(f"SELECT ca, data FROM device {where}", args):
+                    if ca in cas:
+                        cas[ca].device = data
         finally:
             db.execute("COMMIT")
         return list(cas.values())
@@ -302,6 +310,7 @@ class SQLiteStore:
         fold them), then one transaction with a statement only for the kinds of rows there are."""
         db = self._conn()
         states: dict[str, bytes] = {}
+        devices: dict[str, bytes] = {}
         dedups: list[tuple[str, int, str, str, bytes]] = []
         dedup_floors: dict[tuple[str, str], int] = {}
         sessions: dict[tuple[str, str], SessionWrite] = {}
@@ -309,6 +318,8 @@ class SQLiteStore:
             ca = change.ca
             if change.state is not None:
                 states[ca] = change.state
+            if change.device is not None:
+                devices[ca] = change.device
             if change.dedup:
                 dedups.extend([(ca, pos, sid, rid, reply) for pos, sid, rid, reply in change.dedup])
             if change.dedup_floors:
@@ -346,6 +357,8 @@ class SQLiteStore:
                         "ON CONFLICT (name) DO UPDATE SET state = excluded.state",
                         states.items(),
                     )
+                if devices:
+                    db.executemany("INSERT OR REPLACE INTO device (ca, data) VALUES (?, ?)", devices.items())
                 if metas:
                     db.executemany(
                         "INSERT INTO session (ca, sid, meta) VALUES (?, ?, ?) "

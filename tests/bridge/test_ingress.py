@@ -9,7 +9,7 @@ import cbor2
 import pytest
 
 from bridge.errors import CallError
-from bridge.protocol import KINDS, Ack, Call, Presence, Sync, parse_request
+from bridge.protocol import KINDS, Ack, Call, DStart, DSync, Presence, Sync, parse_request
 from bridge.testing import Harness
 from tests.apps import Counter
 
@@ -59,6 +59,7 @@ def test_every_kind_encodes_to_what_parses_back(msg):
 
 
 def test_each_kind_is_registered_once_under_its_t():
-    assert dict(KINDS) == {"call": Call, "ack": Ack, "sync": Sync, "presence": Presence}
-    assert [cls for cls in KINDS.values() if cls.replied] == [Call]
+    assert dict(KINDS) == {"call": Call, "ack": Ack, "sync": Sync, "presence": Presence, "dstart": DStart,
+                           "dsync": DSync}
+    assert [cls for cls in KINDS.values() if cls.replied] == [Call, DStart, DSync]
     assert [cls for cls in KINDS.values() if cls.coalesced] == [Presence]

@@ -36,8 +36,9 @@ NAMES = [
 @pytest.mark.parametrize("name", ["cpython", "micropython"])
 def test_device_units(name):
     """Every unit test of scenarios/device_units.py passes (estimator, scheduler, maps)."""
-    p = subprocess.run([*interp_cmd(name), str(SCRIPT)], env=device_env(path=str(ROOT)), capture_output=True,
-                       timeout=60)
+    p = subprocess.run(
+        [*interp_cmd(name), str(SCRIPT)], env=device_env(path=str(ROOT)), capture_output=True, timeout=60
+    )
     out = p.stdout.decode()
     assert p.returncode == 0 and out.endswith("DONE\n"), out[-800:] + p.stderr.decode()
     assert [line[3:] for line in out.splitlines() if line.startswith("OK ")] == NAMES

@@ -49,7 +49,7 @@ def t_offset_min_rtt():
 def t_offset_window_of_8():
     o = Offset()
     o.add(0, 2, 101, 101)  # rtt 2, offset 100
-    for i in range(7):
+    for _ in range(7):
         o.add(0, 50, 1025, 1025)  # rtt 50, offset 1000
     eq(o.offset, 100)
     o.add(0, 50, 1025, 1025)  # the rtt-2 sample leaves the window of 8
