@@ -55,7 +55,7 @@ async def main():
     done[0] = True
     await task
     out("ticks", ticks[0])
-    out("tc", d.to_cloud.copy())
+    out("tc", dict(d.to_cloud.items()))
 
 
 asyncio.run(main())

@@ -43,7 +43,7 @@ class Lab(Device):
         self.to_cloud["hello"] = "world"
         if "gone" not in self.to_cloud and not self.from_cloud.get("drop"):
             self.to_cloud["gone"] = 1
-        out("ready", self.from_cloud.copy())
+        out("ready", dict(self.from_cloud.items()))
 
     def loop(self):
         fc = self.from_cloud
@@ -74,6 +74,6 @@ class Lab(Device):
 
 d = Lab(CA, port=PORT)
 d.run(interval_ms=INTERVAL)
-out("fc", d.from_cloud.copy())
-out("tc", d.to_cloud.copy())
+out("fc", dict(d.from_cloud.items()))
+out("tc", dict(d.to_cloud.items()))
 print("DONE")
