@@ -45,10 +45,10 @@ def interp(request) -> list[str]:
 class DeviceProc:
     """A device program running in its own process; stdout and stderr go to files."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], workdir: Path, n: int) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str], workdir: Path, n: int, cwd: Path = ROOT) -> None:
         self.outfile = workdir / f"device{n}.out"
         with open(self.outfile, "wb") as out:
-            self.proc = spawn(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            self.proc = spawn(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
 
     def text(self) -> str:
         return self.outfile.read_text(errors="replace") if self.outfile.exists() else ""
@@ -123,14 +123,16 @@ class Lab:
         info = self.wait(lambda i: index in i["results"], f"bundle {index} has a result", timeout)
         return bool(info["results"][index])
 
-    def device(self, interp: list[str], script: str = "lab_device.py", **env: Any) -> DeviceProc:
+    def device(self, interp: list[str], script: str | None = "lab_device.py", cwd: Path = ROOT,
+               **env: Any) -> DeviceProc:
         """A device program; ``env`` adds to its environment (MICROPYPATH=...: where MicroPython finds its modules;
         without it, the script finds this checkout's firmware_client by itself)."""
         full = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MICROPYPATH", "PYTHONSTARTUP")}
         full.update({"CA_PORT": str(self.port), "CA_NAME": CA_NAME, "RUNS": str(self.runs_file),
                      "PYTHONUNBUFFERED": "1", "INSTANCE": str(len(self.devices))})
         full.update({k: str(v) for k, v in env.items()})
-        d = DeviceProc([*interp, str(SCENARIOS / script)], full, self.tmp, len(self.devices))
+        cmd = [*interp, *([str(SCENARIOS / script)] if script else [])]  # None: interp names what to run
+        d = DeviceProc(cmd, full, self.tmp, len(self.devices), cwd)
         self.devices.append(d)
         return d
 
