@@ -17,6 +17,7 @@ from firmware_client.compat import Timeout
 from firmware_client.packet import MQTTError
 
 __version__ = "0.1.0"
+__all__ = ["CAError", "CBORError", "Client", "Device", "MQTTError", "PersistentSession", "Timeout", "__version__"]
 
 
 def __getattr__(name):
@@ -32,5 +33,3 @@ def __getattr__(name):
         __import__("firmware_client." + name)
         return sys.modules["firmware_client." + name]
     raise AttributeError(name)
-
-__all__ = ["CAError", "CBORError", "Client", "Device", "MQTTError", "PersistentSession", "Timeout", "__version__"]

@@ -99,16 +99,16 @@ class DeviceRecord:
         value outside the wire subset and AppError for a map over ``map_max`` bytes."""
         old = before.from_cloud if before is not None else {}
         new = self.from_cloud
+        blob = codec.dumps(new)  # CodecError for what CBOR cannot encode at all
+        if blob == (codec.dumps(old) if old else b"\xa0"):
+            return False  # read, or written back as it was (the committed map was checked when it was written)
         for key in new:
             if type(key) is not str:
                 raise AppError(f"from_cloud keys must be text, not {type(key).__name__}", key=repr(key)[:100])
         codec.check_subset(new)
-        size = len(codec.dumps(new))
-        if size > map_max:
-            raise AppError(f"from_cloud would take {size} bytes, over the limit of {map_max} (--device-map-max)",
-                           size=size, limit=map_max)
-        if old is new:
-            return False
+        if len(blob) > map_max:
+            raise AppError(f"from_cloud would take {len(blob)} bytes, over the limit of {map_max} "
+                           "(--device-map-max)", size=len(blob), limit=map_max)
         changed = [k for k, v in new.items() if k not in old or codec.dumps(v) != codec.dumps(old[k])]
         deleted = [k for k in old if k not in new]
         if not changed and not deleted:

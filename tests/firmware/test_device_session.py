@@ -115,6 +115,21 @@ def test_stale_boot_restarts_runtime(cmd, bridge):
     assert r["starts"] == 2
 
 
+def test_gap_resyncs_full_map_without_restart(cmd, bridge):
+    """The bridge's to_cloud version falls behind the device's (a gap): the answer asks for a resync and the
+    next sync carries the whole map; the device does not restart."""
+    d = Dev(cmd, bridge)
+    started(bridge, loops=3)
+    with bridge.lock:
+        bridge.tc = {}
+        bridge.tv = 1
+    assert bridge.wait_for(lambda: "setups" in bridge.tc and bridge.tc.get("n", 0) > 3, 20)
+    full = [e[1] for e in bridge.events if e[0] == "dsync" and e[1].get("full")]
+    assert full and set(full[0]["d"]) >= {"setups", "n"}
+    r = d.result(bridge)
+    assert r["starts"] == 1 and r["setups"] == 1
+
+
 def test_partition_tail_runs_offline(cmd, bridge):
     """The broker goes away (connections accepted, no CONNACK) after a bundle arrived: its tail still runs
     on time during the partition; after it heals, every command is reported done and the result is True."""
