@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import ROOT, wait_until
@@ -214,6 +215,26 @@ def test_offline_bundles_are_bounded_and_from_cloud_coalesces(lab):
         assert lab.result(sent[k]) is True
     assert [tag for tag, _, _ in lab.runs()] == [f"b{k}" for k in range(1, 9)]
     assert lab.info()["tc"]["echo"] == 3
+
+
+def test_sleepy_run_once_pattern_runs_the_command_due_during_its_sleep(lab):
+    """firmware_client/README.md's sleepy pattern: `ms = run(once=True)`, deep-sleep `ms`, start again. A bundle the
+    device received at one wake and whose command falls in its sleep must run at the next wake. Found here (to
+    h18fw): it never runs. The device wakes `ms` later plus its start-up time, so the command's time has passed
+    when the re-sent bundle arrives, and the lateness rule skips it (result False)."""
+    first = lab.device(interpreter("cpython"), script="once_device.py")
+    lab.wait(lambda i: "hello" in i["tc"], "the device's first sync")
+    assert first.wait_exit() == 0
+    index = lab.call("send", [[0, "mark", "due"]], lab.now() + 3000)
+    wake = lab.device(interpreter("cpython"), script="once_device.py")  # a wake: it receives the bundle
+    assert wake.wait_exit() == 0
+    ms = int(wake.text().split("sleep ")[-1])
+    assert 0 < ms <= 3000
+    time.sleep(ms / 1000)  # the deep sleep, as the board's RTC would time it
+    again = lab.device(interpreter("cpython"), script="once_device.py")
+    assert again.wait_exit() == 0
+    assert [tag for tag, _, _ in lab.runs()] == ["due"], again.text()
+    assert lab.result(index) is True
 
 
 def heap_device(lab, tmp_path):
