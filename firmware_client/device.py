@@ -10,13 +10,14 @@ import sys
 import time
 
 from firmware_client.bundles import Scheduler
-from firmware_client.client import CAError, Client
+from firmware_client.client import CAError, Client, valid_name
 from firmware_client.compat import deadline_in, remaining, ticks_add, ticks_diff, ticks_ms
 from firmware_client.maps import FromCloud, ToCloud
 from firmware_client.timesync import Offset
 
 _MICRO = sys.implementation.name == "micropython"
 _Y2024 = 1704067200000  # 2024-01-01 in Unix epoch ms: a wall clock below this is taken as not set
+_EPOCH = 946684800000 if time.gmtime(0)[0] == 2000 else 0  # MicroPython ports counting from 2000
 _MAX_NOTES = 16  # notifications waiting for the serial queue
 _MAX_WAIT = 1000  # ms: the longest single wait (re-sends and stop() are checked at least this often)
 _START, _RUN, _STOPPED = 0, 1, 2
@@ -28,8 +29,7 @@ def wall_ms():
         ms = time.time_ns() // 1000000
     except AttributeError:
         ms = int(time.time() * 1000)
-    if time.gmtime(0)[0] == 2000:  # MicroPython ports with the 2000 epoch
-        ms += 946684800000
+    ms += _EPOCH
     return ms if ms >= _Y2024 else None
 
 
@@ -43,7 +43,7 @@ class Device:
     ``Device(name, host=..., port=None, user=None, password=None, ssl=None)`` plus tuning keywords:
     ``heartbeat`` (s, 30: a sync at least this often), ``prefix``, ``timeout`` and
     ``connect_timeout`` (s, 3: one connection attempt blocks at most this long), ``resend``,
-    ``keepalive``, ``codec``, ``bufsize``, ``log`` (fn(str), default print).
+    ``keepalive``, ``codec``, ``bufsize``; override ``log(text)`` to redirect messages.
     """
 
     commands = {}  # noqa: RUF012 - the fixed API (issue 18). name -> number of arguments: what a bundle may call (announced at start)
@@ -65,12 +65,14 @@ class Device:
         keepalive=30,
         codec="cbor",
         bufsize=None,
-        log=None,
     ):
         for k in self.commands:
             n = self.commands[k]
-            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 16 or not hasattr(self, k):
+            if not valid_name(k) or not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 16 \
+                    or not hasattr(self, k):
                 raise ValueError("commands: %r needs a method and an argument count 0..16" % (k,))
+        if len(self.commands) > 64:
+            raise ValueError("commands: at most 64")
         self.name = name
         self.client = Client(
             name,
@@ -95,7 +97,6 @@ class Device:
         self.from_cloud = FromCloud()
         self.boot = None  # the bridge's start number of this device (from dstart)
         self.heartbeat = heartbeat
-        self._log = log
         self.clock = Offset(absolute=wall_ms() is not None or type(self).local_ms is not Device.local_ms)
         self.sched = Scheduler()
         self._timed = self.clock.absolute  # a cloud time is known (else: wait for the first sample)
@@ -115,7 +116,6 @@ class Device:
         self._sync_after = None  # ticks: no sync before this (after an error answer)
         self._backoff = 0
         self._restart = False
-        self.syncs = 0  # dsync requests sent
         self.starts = 0  # dstart answers taken
 
     # ------------------------------------------------------------------ overridable
@@ -146,10 +146,8 @@ class Device:
         return self._tbase
 
     def log(self, text):
-        if self._log is not None:
-            self._log(text)
-        else:
-            print("device %s: %s" % (self.name, text))
+        """Where the runtime's messages go (override to redirect)."""
+        print("device %s: %s" % (self.name, text))
 
     # ------------------------------------------------------------------ public
 
@@ -291,7 +289,12 @@ class Device:
             return False
 
     def _run_cmd(self, cmd):
-        ok = self._call(getattr(self, cmd[3]), *cmd[4])
+        n = self.commands.get(cmd[3])
+        if n is None or not isinstance(cmd[4], list) or len(cmd[4]) != n:
+            self.log("bundle %s: %r is not a command with %s arguments" % (cmd[1], cmd[3], n))
+            ok = False  # only the announced commands are callable
+        else:
+            ok = self._call(getattr(self, cmd[3]), *cmd[4])
         self.sched.finished(cmd, ok)
 
     # ------------------------------------------------------------------ requests
@@ -306,7 +309,6 @@ class Device:
             self.to_cloud.delta(msg)
         counts = self.sched.taken(msg)
         self._poke = False
-        self.syncs += 1
         self._hb_at = deadline_in(self.heartbeat * 1000 if self._timed else 1000)
         rid = self.client.send(msg)
         self._rid = (rid, "dsync", counts)
@@ -341,7 +343,8 @@ class Device:
                 self.to_cloud.answered(None)
             self._backoff = min(max(self._backoff * 2, 1000), self.heartbeat * 1000)
             self._sync_after = deadline_in(self._backoff)  # dstart is re-sent after this too
-            self._call(self._raise, e)
+            if self.error(e) is not None:
+                self._restart = True
             return
         self._backoff = 0
         if req[1] == "dstart":
@@ -354,9 +357,6 @@ class Device:
         self.sched.confirm(req[2])
         self.from_cloud.apply(ok)
         self._bundles(ok.get("b"))
-
-    def _raise(self, e):
-        raise e
 
     def _started(self, ok):
         boot = ok.get("boot")

@@ -104,6 +104,19 @@ def test_error_restart_reloads_maps_and_never_repeats(cmd, bridge):
     assert r["setups"] == 2 and r["starts"] == 2 and r["errors"] == 1
 
 
+def test_only_announced_commands_run(cmd, bridge):
+    """A bundle naming a method that is not in `commands` (or with the wrong arity) runs nothing of it:
+    reported done, result False; the device goes on."""
+    d = Dev(cmd, bridge)
+    started(bridge)
+    i = bridge.send_bundle(0, [[0, "stop", []]], mode="now")
+    j = bridge.send_bundle(0, [[0, "mark", [1, 2]]], mode="now")
+    assert bridge.wait_for(lambda: i in bridge.results and j in bridge.results, 20)
+    r = d.result(bridge)
+    assert bridge.results[i] is False and bridge.results[j] is False and r["ran"] == []
+    assert bridge.tc["n"] >= 2
+
+
 def test_stale_boot_restarts_runtime(cmd, bridge):
     """A StaleBoot answer (the bridge's boot moved on) makes the device start again: new dstart."""
     d = Dev(cmd, bridge)
@@ -202,11 +215,15 @@ def test_device_in_64k_heap_with_mpy(bridge, tmp_path):
         stderr=subprocess.PIPE,
     )
     try:
-        started(bridge)
-        i = bridge.send_bundle(now_ms() + 400, [[0, "heater", [True]], [200, "heater", [False]]])
-        assert bridge.wait_for(lambda: i in bridge.results, 20)
+        ok = bridge.wait_for(lambda: bridge.tc.get("n", 0) >= 2, 20)
+        if ok:
+            i = bridge.send_bundle(now_ms() + 400, [[0, "heater", [True]], [200, "heater", [False]]])
+            ok = bridge.wait_for(lambda: i in bridge.results, 20)
         bridge.set_fc("stop", True)
+        if not ok and p.poll() is None:
+            p.kill()
         out, err = p.communicate(timeout=30)
+        assert ok, out.decode(errors="replace")[-1500:] + err.decode(errors="replace")
     finally:
         if p.poll() is None:
             p.kill()

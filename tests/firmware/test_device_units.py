@@ -12,6 +12,7 @@ from conftest import HERE, ROOT, device_env, interp_cmd
 SCRIPT = HERE / "scenarios" / "device_units.py"
 NAMES = [
     "bundle_runs_at_times_and_reports",
+    "error_default_logs_and_goes_on",
     "from_cloud_apply",
     "index_once_per_boot",
     "late_first_arrival_whole",

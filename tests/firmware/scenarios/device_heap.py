@@ -3,6 +3,7 @@
 import gc
 import sys
 
+gc.threshold(4096)  # collect often: garbage then does not interleave with long-lived objects (less fragmentation)
 gc.collect()
 import firmware_client  # noqa: E402
 

@@ -47,13 +47,16 @@ class Dev(Device):
     def local_ms(self):
         return Device.local_ms(self) - SKEW
 
+    def log(self, text):
+        print("LOG " + text)
+
 
 def out(k, v):
     print("R " + json.dumps([k, v]))
 
 
 BUF = int(sys.argv[4]) if len(sys.argv) > 4 else None
-d = Dev("dev", host="127.0.0.1", port=PORT, heartbeat=30, bufsize=BUF, log=lambda s: print("LOG " + s))
+d = Dev("dev", host="127.0.0.1", port=PORT, heartbeat=30, bufsize=BUF)
 if MODE == "arun":
     import asyncio
 

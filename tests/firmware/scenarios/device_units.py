@@ -292,6 +292,44 @@ def t_from_cloud_apply():
     raise AssertionError("from_cloud writable")
 
 
+# ---------------------------------------------------------------- runtime pieces (no network)
+
+
+def t_error_default_logs_and_goes_on():
+    from firmware_client import Device
+
+    logged = []
+
+    class D(Device):
+        commands = {"a": 0}  # noqa: RUF012
+
+        def a(self):
+            raise ValueError("bad")
+
+        def log(self, text):
+            logged.append(text)
+
+    d = D("dev", port=1)
+    eq(d._call(d.a), False)
+    eq(d._restart, False)
+    eq(logged, ["error: ValueError: bad"])
+
+    class R(D):
+        def error(self, err):
+            return err
+
+    r = R("dev", port=1)
+    r._call(r.a)
+    eq(r._restart, True)
+    try:
+        D("dev", port=1).__class__.commands = {"nope": 0}
+        D("dev", port=1)
+    except ValueError:
+        ok("error_default_logs_and_goes_on")
+        return
+    raise AssertionError("a command without a method was accepted")
+
+
 for name in sorted(globals()):
     if name.startswith("t_"):
         globals()[name]()
