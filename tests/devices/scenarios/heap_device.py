@@ -5,6 +5,7 @@ import gc
 import os
 import time
 
+gc.threshold(4096)  # as firmware_client/README.md (Memory) says: frequent collections, less fragmentation
 gc.collect()
 import firmware_client
 
