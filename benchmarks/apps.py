@@ -22,3 +22,13 @@ class Bench(CA):
         for i in range(count):
             self.session.notify([stamp, i], f"d{i}")
         return count
+
+
+class Sensors(CA):
+    """The device benchmark's CA (benchmarks/devices.py): each device's synced value is read by the sync hook, as an
+    app reacting to a reading would (it writes nothing: the sync's own record is what is measured)."""
+
+    async def on_device_sync(self, changed):
+        v = self.device.to_cloud.get("v")
+        if v is not None and v < 0:
+            self.log.warning("negative reading %s", v)

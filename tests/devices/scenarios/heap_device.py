@@ -1,0 +1,39 @@
+# lab_device.py's maps and marks, lean enough for a 64 KB MicroPython heap (test_e2e.py, 64k): precompiled with
+# mpy-cross and run as `micropython -X heapsize=64k -m heap_device` (env: CA_PORT CA_NAME RUNS); bufsize 1024.
+# ruff: noqa: UP031, RUF012, E402
+import gc
+import os
+import time
+
+gc.threshold(4096)  # as firmware_client/README.md (Memory) says: frequent collections, less fragmentation
+gc.collect()
+import firmware_client
+
+gc.collect()  # between the imports: loading leaves garbage, and a fragmented heap fails larger allocations
+Device = firmware_client.Device
+gc.collect()
+RUNS = os.getenv("RUNS")
+
+
+class Lab(Device):
+    commands = {"mark": 1}
+
+    def setup(self):
+        self.to_cloud["hello"] = "world"
+        self.to_cloud["gone"] = 1
+
+    def loop(self):
+        if "echo" in self.from_cloud:
+            self.to_cloud["echo"] = self.from_cloud["echo"]
+        if self.from_cloud.get("stop"):
+            self.stop()
+
+    def mark(self, tag):
+        with open(RUNS, "a") as f:
+            f.write("%s %d 0\n" % (tag, int(time.time() * 1000)))
+
+
+Lab(os.getenv("CA_NAME"), port=int(os.getenv("CA_PORT")), bufsize=1024).run(interval_ms=100)
+gc.collect()
+print("free", gc.mem_free())
+print("DONE")
