@@ -117,6 +117,8 @@ class Device:
         self._backoff = 0
         self._restart = False
         self.starts = 0  # dstart answers taken
+        self.started_ms = None  # ms from run() to the last dstart answer (connect + dstart)
+        self._t0 = ticks_ms()
 
     # ------------------------------------------------------------------ overridable
 
@@ -159,34 +161,38 @@ class Device:
         """End run() / arun() after the current handler."""
         self._stop = True
 
-    def run(self, interval_ms=1000, once=False):
-        """Run until stop() (blocking). ``once=True``: return after one cycle (started, setup()
-        and loop() ran once, due commands ran and everything was synced; at the latest after
-        ``timeout`` seconds, e.g. without network): the ms until the next scheduled command (cloud
-        time), or None; for sleepy devices."""
+    def run(self, interval_ms=1000, once=False, wake_ms=1000):
+        """Run until stop() (blocking). ``once=True``, for sleepy devices: return after one cycle
+        (started, setup() and loop() ran once, everything synced; at the latest after ``timeout``
+        seconds, e.g. without network), staying awake for the commands due within 2 x ``wake_ms``;
+        returns how long the device may sleep (ms) to wake ``wake_ms`` before its next command, or
+        None when nothing is scheduled. ``wake_ms``: the time from the end of a sleep to a started
+        runtime (boot, network, connect, dstart; ``self.started_ms`` measures the last three)."""
         self._begin(interval_ms)
         give_up = deadline_in(self.client.timeout * 1000)
         try:
             while not self._stop:
                 w = self._step()
-                if once and (self._quiet() or remaining(give_up) <= 0):
-                    return self._next_ms()
+                if once and self._once_done(give_up, wake_ms):
+                    break
                 self._pump(w)
         finally:
             self.client.close()
-        return self._next_ms()
+        return self._sleep_ms(wake_ms) if once else self._next_ms()
 
-    def arun(self, interval_ms=1000, once=False):
+    def arun(self, interval_ms=1000, once=False, wake_ms=1000):
         """run() for asyncio (a coroutine): yields to other tasks while waiting (in steps of at most 10 ms)."""
         from firmware_client.aio import arun
 
-        return arun(self, interval_ms, once)
+        return arun(self, interval_ms, once, wake_ms)
 
     # ------------------------------------------------------------------ the cycle
 
     def _begin(self, interval_ms):
         self._interval = max(1, int(interval_ms))
         self._stop = False
+        self._t0 = ticks_ms()
+        self.client.mqtt.room = self._room
         try:
             self.client.connect(retry=False)
         except OSError as e:
@@ -203,6 +209,23 @@ class Device:
             and not self._sync_wanted(False)
             and (self.sched.next_at() is None or self.sched.next_at() > self.now_ms())
         )
+
+    def _once_done(self, give_up, wake_ms):
+        """run(once=True) may return: quiet (or out of time) and no command due soon enough that
+        sleeping would save less than a wake costs."""
+        n = self._next_ms()
+        if n is not None and n < 2 * wake_ms:
+            return False
+        return self._quiet() or remaining(give_up) <= 0
+
+    def _sleep_ms(self, wake_ms):
+        n = self._next_ms()
+        return None if n is None else max(0, n - wake_ms)
+
+    def _room(self):
+        """ms a connection attempt may take now: until the next command (None: nothing scheduled)."""
+        n = self.sched.next_at()
+        return None if n is None or not self._timed else n - self.now_ms()
 
     def _next_ms(self):
         n = self.sched.next_at()
@@ -368,6 +391,7 @@ class Device:
             return
         self.boot = boot
         self.starts += 1
+        self.started_ms = ticks_diff(ticks_ms(), self._t0)
         self.to_cloud.load(tc, ok.get("tv", 0))
         self.from_cloud.load(fc, ok.get("fv", 0))
         self.sched.reset()

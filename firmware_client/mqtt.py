@@ -34,6 +34,7 @@ _POLLOUT = 4
 _POLLERR = 8
 _POLLHUP = 16
 _OBUF = 512  # control packets and PUBLISH headers; small payloads are copied in too
+_MIN_TRY = 20  # ms: the shortest connection attempt worth starting (see MQTT.room)
 # CONNACK return codes 1-5 (MQTT 3.1.1, 3.2.2.3)
 _REFUSED = ("", "unacceptable protocol version", "client id rejected", "server unavailable",
             "bad user name or password", "not authorized")
@@ -134,6 +135,7 @@ class MQTT:
         self._suback = None
         self.connects = 0
         self.oversize = 0
+        self.room = None  # fn() -> ms a connection attempt may take now (None: no limit), e.g. until a due command
 
     # ------------------------------------------------------------------ low level I/O
 
@@ -331,7 +333,7 @@ class MQTT:
     def connect(self, deadline, retry=True):
         """Connect, retrying with backoff until ``deadline`` (``retry=False``: one attempt). Raises the last error."""
         while True:
-            err = self._try_connect(deadline)
+            err = self._try_connect(deadline, self.room() if self.room is not None else None)
             if err is None:
                 return
             if not retry or (isinstance(err, packet.MQTTError) and err.code in (2, 4, 5)):
@@ -341,8 +343,11 @@ class MQTT:
                 raise err
             sleep_ms(wait)
 
-    def _try_connect(self, deadline):
-        d = deadline_in(min(self.connect_ms, max(remaining(deadline), 1000)))
+    def _try_connect(self, deadline, room=None):
+        ms = min(self.connect_ms, max(remaining(deadline), 1000))
+        if room is not None:
+            ms = min(ms, max(room, _MIN_TRY))
+        d = deadline_in(ms)
         try:
             self._connect_once(d)
         except OSError as e:
@@ -493,7 +498,11 @@ class MQTT:
                 sleep_ms(min(wait, left))
                 if wait > left:
                     return False
-            err = self._try_connect(deadline)
+            room = self.room() if self.room is not None else None
+            if room is not None and room < _MIN_TRY:
+                sleep_ms(max(0, min(room, remaining(deadline))))  # no attempt right before a due command
+                return False
+            err = self._try_connect(deadline, room)
             if isinstance(err, packet.MQTTError) and err.code in (2, 4, 5):
                 raise err
             return err is None
