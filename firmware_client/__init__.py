@@ -26,10 +26,14 @@ def __getattr__(name):
     import sys
 
     if name == "Device":
+        if sys.implementation.name == "micropython":
+            import gc
+
+            gc.collect()  # a small heap: loading the runtime needs room, without the garbage of earlier imports
         from firmware_client.device import Device
 
         return Device
-    if name in ("aio", "bundles", "device", "jsoncodec", "maps", "timesync"):
+    if name in ("aio", "bundles", "device", "jsoncodec", "maps", "timesync", "tls"):
         __import__("firmware_client." + name)
         return sys.modules["firmware_client." + name]
     raise AttributeError(name)

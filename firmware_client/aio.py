@@ -14,6 +14,7 @@ async def arun(dev, interval_ms=1000, once=False, wake_ms=1000):
             w = dev._step()
             if once and dev._once_done(give_up, wake_ms):
                 break
+            dev._tidy()
             end = deadline_in(w)
             while True:
                 dev._pump(0)
