@@ -1,7 +1,7 @@
 # Heap use of the Device (firmware_client/README.md, Device memory table), under MicroPython from .mpy files:
-#   micropython -X heapsize=64k -m device_memory PORT BUFSIZE   (no gc.threshold: the runtime's own collections)
-# Realistic maps: setup() writes 12 to_cloud keys, the fake bridge holds 12 from_cloud keys and a list of 50
-# ints; a bundle of commands runs. Prints "R <json>" lines: heap in use (after gc.collect()) at each stage, the
+#   micropython -X heapsize=64k -m device_memory PORT BUFSIZE KEYS  (no gc.threshold: the runtime's own collections)
+# Maps: setup() writes KEYS to_cloud keys (ints), the bridge holds KEYS short strings and lists of ints in from_cloud
+# (the driver decides), which loop() echoes to to_cloud; a bundle of commands runs. Prints "R <json>" lines: heap in use (after gc.collect()) at each stage, the
 # lowest free heap seen inside handlers (no collection first), and the free heap at the end.
 import gc
 import sys
@@ -27,7 +27,7 @@ class Probe(Device):
     def setup(self):
         low[0] = min(low[0], gc.mem_free())
         note("started")
-        for k in range(12):
+        for k in range(int(sys.argv[3]) if len(sys.argv) > 3 else 12):
             self.to_cloud["k%d" % k] = k * 3
         self.ran = 0
 
