@@ -191,3 +191,82 @@ def stopped_device(lab: Lab, d: DeviceProc) -> dict[str, Any]:
 
 
 __all__ = ["ROOT", "Lab", "stopped_device", "time"]
+
+
+class Blackhole:
+    """A TCP proxy to ``port`` that can cut the network the way a dead router does: after ``cut()`` every byte is
+    dropped both ways and new connections are accepted but never forwarded (no reset, no answer: the device only
+    learns of it from its own timers); ``heal()`` closes what the cut left behind and forwards again."""
+
+    def __init__(self, port: int) -> None:
+        import selectors
+        import socket
+        import threading
+
+        self.target = port
+        self.sel = selectors.DefaultSelector()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.peers: dict[Any, Any] = {}  # socket -> its other end (None: held by a cut)
+        self.lock = threading.Lock()
+        self.is_cut = False
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _close(self, sock: Any) -> None:
+        other = self.peers.pop(sock, None)
+        with contextlib.suppress(Exception):
+            self.sel.unregister(sock)
+        sock.close()
+        if other is not None and other in self.peers:
+            self._close(other)
+
+    def _run(self) -> None:
+        import selectors
+        import socket
+
+        while self.running:
+            for key, _ in self.sel.select(0.05):
+                with self.lock:
+                    sock = key.fileobj
+                    if sock is self.listener:
+                        client, _ = self.listener.accept()
+                        upstream = None
+                        if not self.is_cut:
+                            upstream = socket.create_connection(("127.0.0.1", self.target))
+                            self.peers[upstream] = client
+                            self.sel.register(upstream, selectors.EVENT_READ, None)
+                        self.peers[client] = upstream
+                        self.sel.register(client, selectors.EVENT_READ, None)
+                        continue
+                    try:
+                        data = sock.recv(65536)  # type: ignore[union-attr]
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._close(sock)
+                        continue
+                    other = self.peers.get(sock)
+                    if other is not None and not self.is_cut:
+                        with contextlib.suppress(OSError):
+                            other.sendall(data)
+
+    def cut(self) -> None:
+        with self.lock:
+            self.is_cut = True
+
+    def heal(self) -> None:
+        with self.lock:
+            self.is_cut = False
+            for sock in list(self.peers):
+                self._close(sock)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(5)
+        for sock in list(self.peers):
+            self._close(sock)
+        self.listener.close()

@@ -2,6 +2,7 @@
 #   lab_device.py            env: CA_PORT CA_NAME SKEW_MS (added to the device's clock) RUNS (a file: one line per
 #                            command run: "tag real_epoch_ms INSTANCE") STEP (1: count to_cloud["n"] up every loop until
 #                            from_cloud["hold"]) INTERVAL_MS (100) SECONDS (60: stop by itself after that)
+#                            KEEPALIVE (30 s)
 # The device stops when from_cloud["stop"] is true; it prints "R <json>" lines (READY, its final maps) and exits 0.
 # ruff: noqa: UP031, RUF012
 import os
@@ -21,6 +22,7 @@ RUNS = getenv("RUNS", "")
 STEP = int(getenv("STEP", "0"))
 INTERVAL = int(getenv("INTERVAL_MS", "100"))
 SECONDS = float(getenv("SECONDS", "60"))
+KEEPALIVE = int(getenv("KEEPALIVE", "30"))
 PID = int(getenv("INSTANCE", "0"))  # which device process of the test ran a command
 
 
@@ -72,7 +74,7 @@ class Lab(Device):
         raise ValueError("boom")
 
 
-d = Lab(CA, port=PORT)
+d = Lab(CA, port=PORT, keepalive=KEEPALIVE)
 d.run(interval_ms=INTERVAL)
 out("fc", dict(d.from_cloud.items()))
 out("tc", dict(d.to_cloud.items()))
