@@ -210,6 +210,17 @@ def test_run_once_for_sleepy_devices(cmd, bridge):
     assert bridge.tc["n"] == 1 and bridge.bundles[0]["acked_boot"] == 1
 
 
+def test_run_once_stays_awake_for_a_command_due_within_two_wakes(cmd, bridge):
+    """run(once=True) (wake_ms 1000) does not return while a command is due within 2 s: sleeping would end after it
+    (the re-sent bundle would skip it). It runs it, reports it, and returns None (nothing else scheduled)."""
+    i = bridge.send_bundle(now_ms() + 1500, [[0, "mark", [5]]], poke=False)
+    d = Dev(cmd, bridge, mode="once")
+    ok = bridge.wait_for(lambda: i in bridge.results, 20)  # reported before run() returned
+    r = d.result(bridge)
+    assert ok and [x[1] for x in r["ran"]] == [5] and r["next"] is None
+    assert bridge.results[i] is True
+
+
 MPY_FLAGS = ["-O3", "-X", "no-source-lines"]  # as firmware_client/README.md (Device, Memory) says
 
 
