@@ -12,7 +12,7 @@ Errors:
 """
 
 from firmware_client.cbor import CBORError
-from firmware_client.client import CAError, Client, PersistentSession
+from firmware_client.client import CAError, Client
 from firmware_client.compat import Timeout
 from firmware_client.packet import MQTTError
 
@@ -26,10 +26,18 @@ def __getattr__(name):
     import sys
 
     if name == "Device":
+        if sys.implementation.name == "micropython":
+            import gc
+
+            gc.collect()  # a small heap: loading the runtime needs room, without the garbage of earlier imports
         from firmware_client.device import Device
 
         return Device
-    if name in ("aio", "bundles", "device", "jsoncodec", "maps", "timesync"):
+    if name == "PersistentSession":
+        from firmware_client.session import PersistentSession
+
+        return PersistentSession
+    if name in ("aio", "bundles", "calls", "device", "jsoncodec", "maps", "session", "timesync", "tls"):
         __import__("firmware_client." + name)
         return sys.modules["firmware_client." + name]
     raise AttributeError(name)

@@ -5,15 +5,16 @@ import asyncio
 from firmware_client.compat import deadline_in, remaining
 
 
-async def arun(dev, interval_ms=1000, once=False):
+async def arun(dev, interval_ms=1000, once=False, wake_ms=1000):
     """``dev.run()`` for asyncio: yields to other tasks while waiting (in steps of at most 10 ms)."""
     dev._begin(interval_ms)
     give_up = deadline_in(dev.client.timeout * 1000)
     try:
         while not dev._stop:
             w = dev._step()
-            if once and (dev._quiet() or remaining(give_up) <= 0):
-                return dev._next_ms()
+            if once and dev._once_done(give_up, wake_ms):
+                break
+            dev._tidy()
             end = deadline_in(w)
             while True:
                 dev._pump(0)
@@ -26,4 +27,4 @@ async def arun(dev, interval_ms=1000, once=False):
             await asyncio.sleep(0)
     finally:
         dev.client.close()
-    return dev._next_ms()
+    return dev._sleep_ms(wake_ms) if once else dev._next_ms()

@@ -86,10 +86,10 @@ class Scheduler:
             self._result(i, ok)
             return True
         self.open[i] = [left, ok]
-        self.cmds.sort(key=lambda c: (c[0], c[1], c[2]))
+        self.cmds.sort()  # by (at, index, pos): unique per command, so the rest is never compared
         if tail:
             self.acts.append([start, i])
-            self.acts.sort(key=lambda a: a[0])
+            self.acts.sort()  # by (start, index)
         return True
 
     # -------------------------------------------------------------------- running

@@ -133,7 +133,7 @@ def _half(h):
 
 class _Reader:
     def __init__(self, data):
-        self.data = data
+        self.data = data if isinstance(data, memoryview) else memoryview(data)  # slices without copies
         self.pos = 0
 
     def take(self, n):
@@ -176,11 +176,10 @@ class _Reader:
             return -1 - n
         if major == 2 or major == 3:
             p = self.take(n)
-            raw = bytes(self.data[p : p + n])
             if major == 2:
-                return raw
+                return bytes(self.data[p : p + n])
             try:
-                return raw.decode("utf-8")
+                return str(self.data[p : p + n], "utf-8")  # decoded from the view: one allocation
             except Exception:  # UnicodeError on MicroPython, UnicodeDecodeError on CPython
                 raise CBORError("invalid utf-8")
         if major == 6:
@@ -188,9 +187,11 @@ class _Reader:
         if depth >= MAX_DEPTH:
             raise CBORError("nesting too deep")
         if major == 4:
-            out = []
-            for _ in range(n):  # grows by append: a claimed length allocates nothing
-                out.append(self.item(depth + 1))
+            if n > len(self.data) - self.pos:  # each item takes a byte at least: never allocate from a claimed length
+                raise CBORError("truncated")
+            out = [None] * n  # sized once: no regrowth on a small heap
+            for i in range(n):
+                out[i] = self.item(depth + 1)
             return out
         out = {}
         for _ in range(n):

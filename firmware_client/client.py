@@ -9,7 +9,7 @@ import os
 import sys
 
 from firmware_client import cbor
-from firmware_client.compat import Timeout, deadline_in, hexlify, rand_below, remaining, ticks_diff, ticks_ms
+from firmware_client.compat import deadline_in, hexlify, rand_below, remaining, ticks_diff, ticks_ms
 from firmware_client.mqtt import MQTT
 
 _RETRY_KINDS = ("busy", "unavailable")
@@ -185,34 +185,9 @@ class Client:
         reconnect, after a busy/unavailable answer and after ``resend`` seconds of silence, all
         within ``timeout``: the bridge runs one id once, so retries never repeat an effect.
         """
-        t = self.timeout if timeout is None else timeout
-        deadline = deadline_in(t * 1000)
-        self._count += 1
-        rid = "%s-%d" % (self._rid, self._count)
-        msg = {"t": "call", "id": rid, "session": self.session, "method": method, "args": list(args)}
-        entry = [self._dumps(msg), None, None, None]
-        self._calls[rid] = entry
-        pause = 50
-        silence = int(self.resend * 1000) if self.resend else 0
-        try:
-            while True:
-                self.mqtt.publish(self.in_topic, entry[0], 1, rid)
-                reply = self._await(rid, entry, deadline, silence)
-                if reply is None:
-                    raise Timeout("no reply to %s within %s s" % (method, t))
-                err = reply.get("err")
-                if err is None:
-                    return reply.get("ok")
-                if not isinstance(err, dict):
-                    err = {"kind": "internal", "name": "BadReply", "message": "malformed err"}
-                kind = err.get("kind")
-                if kind not in _RETRY_KINDS or remaining(deadline) <= pause:
-                    raise CAError(kind, err.get("name"), err.get("message"), err.get("data"))
-                entry[1] = None  # busy / unavailable: nothing ran; pause, then same id again
-                self._run(deadline_in(pause // 2 + rand_below(pause)), None)
-                pause = min(pause * 2, 2000)
-        finally:
-            del self._calls[rid]
+        from firmware_client.calls import call  # loaded on first use: a Device (send/collect) never pays it
+
+        return call(self, method, args, timeout)
 
     # ------------------------------------------------------------------ non-blocking requests
 
@@ -273,26 +248,6 @@ class Client:
         r[1] = deadline_in(r[2] * 3 // 4 + rand_below(r[2] // 2 + 1))
 
     # ------------------------------------------------------------------ internals
-
-    def _await(self, rid, entry, deadline, silence):
-        """Wait for ``entry``'s reply until ``deadline``; re-send the request after each silence.
-
-        A request or its reply can vanish without a trace (a bridge killed with the request in
-        flight: its clean MQTT session drops what it had not acknowledged). The silence is jittered
-        (0.75-1.25 x) and doubles after each re-send, up to 30 s; returns the reply or None.
-        """
-        while True:
-            until = deadline
-            if silence > 0:
-                nxt = deadline_in(silence * 3 // 4 + rand_below(silence // 2 + 1))
-                if ticks_diff(nxt, deadline) < 0:
-                    until = nxt
-            self._run(until, lambda: entry[1] is not None)
-            if entry[1] is not None or remaining(deadline) <= 0:
-                return entry[1]
-            self.resent += 1
-            self.mqtt.publish(self.in_topic, entry[0], 1, rid)  # replaces an unacknowledged copy
-            silence = min(silence * 2, _RESEND_MAX)
 
     def _run(self, deadline, done):
         first = True
@@ -423,23 +378,3 @@ class Client:
                 self.last_seq = seq
         finally:
             self._delivering = False
-
-
-class PersistentSession:
-    """Exactly-once helper: ``begin()`` on creation, ``end()`` when done.
-
-    ``nonce`` identifies this session instance (pass it to methods that call ``remember``);
-    ``memento`` is what the last instance remembered, or None when it ended cleanly.
-    """
-
-    def __init__(self, client, timeout=None):
-        self.client = client
-        self.timeout = timeout
-        r = client.call("begin", timeout=timeout)
-        self.nonce = r.get("nonce")
-        self.memento = r.get("memento")
-
-    def end(self, timeout=None):
-        """Close the instance; returns the CA's answer (True when the nonce was current)."""
-        t = self.timeout if timeout is None else timeout
-        return self.client.call("end", self.nonce, timeout=t)

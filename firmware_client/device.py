@@ -6,6 +6,7 @@ and defines ``setup()``, ``loop()``, ``commands`` and the command methods; ``run
 notifications are called one at a time, and ``from_cloud`` changes only between those calls.
 """
 
+import gc
 import sys
 import time
 
@@ -21,6 +22,9 @@ _EPOCH = 946684800000 if time.gmtime(0)[0] == 2000 else 0  # MicroPython ports c
 _MAX_NOTES = 16  # notifications waiting for the serial queue
 _MAX_WAIT = 1000  # ms: the longest single wait (re-sends and stop() are checked at least this often)
 _START, _RUN, _STOPPED = 0, 1, 2
+if _MICRO:
+    gc.collect()  # the garbage of loading the modules above, before the application allocates
+_LOW = (gc.mem_free() + gc.mem_alloc()) // 4 if _MICRO else 0  # Device._tidy(): collect when less is free
 
 
 def wall_ms():
@@ -88,7 +92,7 @@ class Device:
             resend=resend,
             keepalive=keepalive,
             codec=codec,
-            bufsize=bufsize,
+            bufsize=(2048 if _MICRO else None) if bufsize is None else bufsize,
         )
         self.client.clock = self.local_ms
         self.client.on_notify = self._note
@@ -99,10 +103,9 @@ class Device:
         self.heartbeat = heartbeat
         self.clock = Offset(absolute=wall_ms() is not None or type(self).local_ms is not Device.local_ms)
         self.sched = Scheduler()
-        self._timed = self.clock.absolute  # a cloud time is known (else: wait for the first sample)
-        self._held = []  # bundles received before the time was known
-        self._tbase = 0  # local_ms() without a wall clock: ms counted from ticks
-        self._tlast = ticks_ms()
+        # None once a cloud time is known, else the bundles received meanwhile (run after the first sample)
+        self._held = None if self.clock.absolute else []
+        self._tb = [0, ticks_ms()]  # local_ms() without a wall clock: [ms counted from ticks, last ticks]
         self._phase = _START
         self._stop = False
         self._rid = None  # the request in flight: (id, kind, report counts)
@@ -141,9 +144,10 @@ class Device:
         if w is not None:
             return w
         now = ticks_ms()
-        self._tbase += ticks_diff(now, self._tlast)
-        self._tlast = now
-        return self._tbase
+        tb = self._tb
+        tb[0] += ticks_diff(now, tb[1])
+        tb[1] = now
+        return tb[0]
 
     def log(self, text):
         """Where the runtime's messages go (override to redirect)."""
@@ -159,34 +163,39 @@ class Device:
         """End run() / arun() after the current handler."""
         self._stop = True
 
-    def run(self, interval_ms=1000, once=False):
-        """Run until stop() (blocking). ``once=True``: return after one cycle (started, setup()
-        and loop() ran once, due commands ran and everything was synced; at the latest after
-        ``timeout`` seconds, e.g. without network): the ms until the next scheduled command (cloud
-        time), or None; for sleepy devices."""
+    def run(self, interval_ms=1000, once=False, wake_ms=1000):
+        """Run until stop() (blocking). ``once=True``, for sleepy devices: return after one cycle
+        (started, setup() and loop() ran once, everything synced; at the latest after ``timeout``
+        seconds, e.g. without network), staying awake for the commands due within 2 x ``wake_ms``;
+        returns how long the device may sleep (ms) to wake ``wake_ms`` before its next command, or
+        None when nothing is scheduled. ``wake_ms``: the time from the end of a sleep to a started
+        runtime (boot, network, connect, dstart)."""
         self._begin(interval_ms)
         give_up = deadline_in(self.client.timeout * 1000)
         try:
             while not self._stop:
                 w = self._step()
-                if once and (self._quiet() or remaining(give_up) <= 0):
-                    return self._next_ms()
+                if once and self._once_done(give_up, wake_ms):
+                    break
+                self._tidy()
                 self._pump(w)
         finally:
             self.client.close()
-        return self._next_ms()
+        return self._sleep_ms(wake_ms) if once else self._next_ms()
 
-    def arun(self, interval_ms=1000, once=False):
+    def arun(self, interval_ms=1000, once=False, wake_ms=1000):
         """run() for asyncio (a coroutine): yields to other tasks while waiting (in steps of at most 10 ms)."""
         from firmware_client.aio import arun
 
-        return arun(self, interval_ms, once)
+        return arun(self, interval_ms, once, wake_ms)
 
     # ------------------------------------------------------------------ the cycle
 
     def _begin(self, interval_ms):
         self._interval = max(1, int(interval_ms))
         self._stop = False
+        self.client.mqtt.room = self._room
+        self._tidy()
         try:
             self.client.connect(retry=False)
         except OSError as e:
@@ -203,6 +212,29 @@ class Device:
             and not self._sync_wanted(False)
             and (self.sched.next_at() is None or self.sched.next_at() > self.now_ms())
         )
+
+    def _once_done(self, give_up, wake_ms):
+        """run(once=True) may return: quiet (or out of time) and no command due soon enough that
+        sleeping would save less than a wake costs."""
+        n = self._next_ms()
+        if n is not None and n < 2 * wake_ms:
+            return False
+        return self._quiet() or remaining(give_up) <= 0
+
+    def _sleep_ms(self, wake_ms):
+        n = self._next_ms()
+        return None if n is None else max(0, n - wake_ms)
+
+    def _tidy(self):
+        """MicroPython: collect at a quiet point when under a quarter of the heap is free (a small heap then
+        never fills with garbage between long-lived objects: no gc.threshold needed in the application)."""
+        if _MICRO and gc.mem_free() < _LOW:
+            gc.collect()
+
+    def _room(self):
+        """ms a connection attempt may take now: until the next command (None: nothing scheduled)."""
+        n = self.sched.next_at()
+        return None if n is None or self._held is not None else n - self.now_ms()
 
     def _next_ms(self):
         n = self.sched.next_at()
@@ -231,6 +263,7 @@ class Device:
                 rid = self._rid
                 self._rid = None
                 self._answer(rid, r)
+                self._tidy()  # an answer leaves the most garbage (payload, decoded maps)
         if self._restart:
             self._restart = False
             self._start_again()
@@ -270,7 +303,7 @@ class Device:
             if remaining(self._sync_after) > 0:
                 return False
             self._sync_after = None
-        if not self._timed:
+        if self._held is not None:  # no cloud time yet
             return not beat or remaining(self._hb_at) <= 0  # ask for a time sample every second
         if self._poke or self.sched.pending():
             return True
@@ -309,7 +342,7 @@ class Device:
             self.to_cloud.delta(msg)
         counts = self.sched.taken(msg)
         self._poke = False
-        self._hb_at = deadline_in(self.heartbeat * 1000 if self._timed else 1000)
+        self._hb_at = deadline_in(self.heartbeat * 1000 if self._held is None else 1000)
         rid = self.client.send(msg)
         self._rid = (rid, "dsync", counts)
 
@@ -324,10 +357,9 @@ class Device:
         rx = reply.get("rx")
         tx = reply.get("tx")
         sample = t1 is not None and t4 is not None and rx is not None and tx is not None
-        if sample and self.clock.add(t1, t4, rx, tx) and not self._timed:
-            self._timed = True
+        if sample and self.clock.add(t1, t4, rx, tx) and self._held is not None:
             held = self._held
-            self._held = []
+            self._held = None  # the cloud time is known from now on
             self.sched.add_all(held, self.now_ms())
         err = reply.get("err")
         ok = reply.get("ok")
@@ -371,7 +403,8 @@ class Device:
         self.to_cloud.load(tc, ok.get("tv", 0))
         self.from_cloud.load(fc, ok.get("fv", 0))
         self.sched.reset()
-        self._held = []
+        if self._held is not None:
+            self._held = []
         self._bundles(ok.get("b"))
         self._phase = _RUN
         self._loop_at = ticks_ms()  # the first loop right after setup
@@ -381,10 +414,10 @@ class Device:
     def _bundles(self, bs):
         if not isinstance(bs, list) or not bs:
             return
-        if self._timed:
+        if self._held is None:
             self.sched.add_all(bs, self.now_ms())
         else:
-            self._held.extend(bs[:8])
+            self._held.extend(bs[: 8 - len(self._held)])  # bounded until the cloud time is known
 
     # ------------------------------------------------------------------ client callbacks
 

@@ -34,46 +34,10 @@ _POLLOUT = 4
 _POLLERR = 8
 _POLLHUP = 16
 _OBUF = 512  # control packets and PUBLISH headers; small payloads are copied in too
+_MIN_TRY = 20  # ms: the shortest connection attempt worth starting (see MQTT.room)
 # CONNACK return codes 1-5 (MQTT 3.1.1, 3.2.2.3)
 _REFUSED = ("", "unacceptable protocol version", "client id rejected", "server unavailable",
             "bad user name or password", "not authorized")
-
-
-def _der(data):
-    """First certificate of a PEM file as DER (MicroPython's mbedtls wants DER cadata)."""
-    start = data.find(b"-----BEGIN")
-    if start < 0:
-        return data
-    body = data[data.find(b"\n", start) + 1 : data.find(b"-----END")]
-    import binascii
-
-    return binascii.a2b_base64(body.replace(b"\n", b"").replace(b"\r", b""))
-
-
-def _tls_wrap(sock, opts, host):
-    """Wrap ``sock`` in TLS. ``opts``: an SSLContext, True (default CA store) or a dict with
-    cafile, certfile, keyfile, server_hostname, verify (bool)."""
-    import ssl as _ssl
-
-    if hasattr(opts, "wrap_socket") and not isinstance(opts, dict):
-        return opts.wrap_socket(sock, server_hostname=host)
-    cfg = opts if isinstance(opts, dict) else {}
-    name = cfg.get("server_hostname", host)
-    verify = cfg.get("verify", True)
-    if hasattr(_ssl, "create_default_context"):  # CPython
-        ctx = _ssl.create_default_context(cafile=cfg.get("cafile"))
-        if not verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = _ssl.CERT_NONE
-    else:  # MicroPython
-        ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = _ssl.CERT_REQUIRED if verify else _ssl.CERT_NONE
-        if cfg.get("cafile"):
-            with open(cfg["cafile"], "rb") as f:
-                ctx.load_verify_locations(cadata=_der(f.read()))
-    if cfg.get("certfile"):
-        ctx.load_cert_chain(cfg["certfile"], cfg.get("keyfile"))
-    return ctx.wrap_socket(sock, server_hostname=name)
 
 
 class MQTT:
@@ -110,7 +74,7 @@ class MQTT:
         self.max_inflight = max_inflight
         self.backoff_min = int(reconnect_min * 1000)
         self.backoff_max = int(reconnect_max * 1000)
-        self.on_message = None  # fn(topic, payload_bytes)
+        self.on_message = None  # fn(topic, payload): a memoryview, valid only during the call (copy to keep)
         self.on_connect = None  # fn(session_present)
         self.subs = []  # [(topic, qos)], (re)subscribed on every connect
         self.inflight = []  # [[pid, topic, payload, key]] in send order
@@ -134,6 +98,7 @@ class MQTT:
         self._suback = None
         self.connects = 0
         self.oversize = 0
+        self.room = None  # fn() -> ms a connection attempt may take now (None: no limit), e.g. until a due command
 
     # ------------------------------------------------------------------ low level I/O
 
@@ -238,7 +203,9 @@ class MQTT:
                 pass
             self._tsock = sock
             if self.ssl:
-                sock = _tls_wrap(sock, self.ssl, self.host)
+                from firmware_client.tls import wrap  # imported only when TLS is asked for
+
+                sock = wrap(sock, self.ssl, self.host)
                 if hasattr(sock, "settimeout"):
                     self._tsock = sock
         except BaseException:
@@ -331,7 +298,7 @@ class MQTT:
     def connect(self, deadline, retry=True):
         """Connect, retrying with backoff until ``deadline`` (``retry=False``: one attempt). Raises the last error."""
         while True:
-            err = self._try_connect(deadline)
+            err = self._try_connect(deadline, self.room() if self.room is not None else None)
             if err is None:
                 return
             if not retry or (isinstance(err, packet.MQTTError) and err.code in (2, 4, 5)):
@@ -341,8 +308,11 @@ class MQTT:
                 raise err
             sleep_ms(wait)
 
-    def _try_connect(self, deadline):
-        d = deadline_in(min(self.connect_ms, max(remaining(deadline), 1000)))
+    def _try_connect(self, deadline, room=None):
+        ms = min(self.connect_ms, max(remaining(deadline), 1000))
+        if room is not None:
+            ms = min(ms, max(room, _MIN_TRY))
+        d = deadline_in(ms)
         try:
             self._connect_once(d)
         except OSError as e:
@@ -418,7 +388,7 @@ class MQTT:
         self._ping_at = None  # any packet proves the broker is alive
         if kind == packet.PUBLISH:
             topic, pid, off = packet.parse_publish(buf, first, body, end)
-            payload = bytes(self._imv[off:end])
+            payload = self._imv[off:end]  # a view into the input buffer, valid during the callback
             if pid:
                 self._send(packet.puback(self._obuf, pid))
             if self.on_message:
@@ -493,7 +463,11 @@ class MQTT:
                 sleep_ms(min(wait, left))
                 if wait > left:
                     return False
-            err = self._try_connect(deadline)
+            room = self.room() if self.room is not None else None
+            if room is not None and room < _MIN_TRY:
+                sleep_ms(max(0, min(room, remaining(deadline))))  # no attempt right before a due command
+                return False
+            err = self._try_connect(deadline, room)
             if isinstance(err, packet.MQTTError) and err.code in (2, 4, 5):
                 raise err
             return err is None

@@ -164,6 +164,31 @@ def test_partition_tail_runs_offline(cmd, bridge):
     assert r["ran"][2][2] < start + 4000  # ran during the partition, before it healed
 
 
+@pytest.mark.parametrize("mode", ["run", "arun"])
+def test_reconnect_attempts_never_hold_a_due_command(cmd, bridge, mode):
+    """During a partition where the broker accepts TCP but never answers CONNECT (a blackhole for the
+    runtime: every attempt waits for its CONNACK), commands due every 100 ms still run on time: a connection
+    attempt never lasts past the next due command (it used to take up to 1 s)."""
+    d = Dev(cmd, bridge, mode=mode)
+    started(bridge)
+    start = now_ms() + 500
+    steps = [[0, "mark", [0]]] + [[100, "mark", [k]] for k in range(1, 25)]
+    i = bridge.send_bundle(start, steps)
+    assert bridge.wait_for(lambda: bridge.bundles[0]["acked_boot"] is not None, 20)
+    bridge.connack = False
+    bridge.kick()
+    assert bridge.wait_for(lambda: now_ms() > start + 3000, 20)
+    bridge.connack = True
+    bridge.kick()
+    assert bridge.wait_for(lambda: i in bridge.results, 30)
+    r = d.result(bridge)
+    assert [x[1] for x in r["ran"]] == list(range(25))
+    late = [x[2] - (start + 100 * x[1]) for x in r["ran"]]
+    print("lateness of the commands during the blackhole (ms):", late)
+    assert max(late) < 100, late  # an attempt blocking 1 s (the old bound) makes some command ~1 s late
+    assert bridge.results[i] is True
+
+
 def test_arun_yields_to_other_tasks(cmd, bridge):
     """arun() runs the device inside asyncio while another task keeps running."""
     d = Dev(cmd, bridge, mode="arun")
@@ -183,6 +208,17 @@ def test_run_once_for_sleepy_devices(cmd, bridge):
     assert r["setups"] == 1 and r["ran"] == []
     assert 0 < r["next"] <= 60000 + 2000
     assert bridge.tc["n"] == 1 and bridge.bundles[0]["acked_boot"] == 1
+
+
+def test_run_once_stays_awake_for_a_command_due_within_two_wakes(cmd, bridge):
+    """run(once=True) (wake_ms 1000) does not return while a command is due within 2 s: sleeping would end after it
+    (the re-sent bundle would skip it). It runs it, reports it, and returns None (nothing else scheduled)."""
+    i = bridge.send_bundle(now_ms() + 1500, [[0, "mark", [5]]], poke=False)
+    d = Dev(cmd, bridge, mode="once")
+    ok = bridge.wait_for(lambda: i in bridge.results, 20)  # reported before run() returned
+    r = d.result(bridge)
+    assert ok and [x[1] for x in r["ran"]] == [5] and r["next"] is None
+    assert bridge.results[i] is True
 
 
 MPY_FLAGS = ["-O3", "-X", "no-source-lines"]  # as firmware_client/README.md (Device, Memory) says

@@ -82,7 +82,7 @@ def test_tls_cpython_accepts_sslcontext(procs, tmp_path, certdir):
     ctx = ssl.create_default_context(cafile=str(ca))
     m = MQTT("localhost", tls_port, "ctx-test", ssl=ctx)
     got = []
-    m.on_message = lambda t, p: got.append((t, p))
+    m.on_message = lambda t, p: got.append((t, bytes(p)))
     m.subs = [("t/x", 1)]
     m.connect(deadline_in(5000))
     m.publish("t/x", b"hello", 1)

@@ -3,13 +3,7 @@
 import gc
 import sys
 
-gc.threshold(4096)  # collect often: garbage then does not interleave with long-lived objects (less fragmentation)
-gc.collect()
-import firmware_client  # noqa: E402
-
-gc.collect()  # between the imports: loading leaves garbage, and a fragmented heap fails larger allocations
-Device = firmware_client.Device
-gc.collect()
+from firmware_client import Device  # no gc.threshold(), no collections here: the runtime collects by itself
 
 
 class Heater(Device):
