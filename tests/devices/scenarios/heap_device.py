@@ -1,6 +1,6 @@
 # lab_device.py's maps and marks, lean enough for a 64 KB MicroPython heap (test_e2e.py, 64k): precompiled with
 # mpy-cross and run as `micropython -X heapsize=64k -m heap_device` (env: CA_PORT CA_NAME RUNS); bufsize 1024.
-# ruff: noqa: UP031, RUF012, E402
+# ruff: noqa: UP031, RUF012
 import gc
 import os
 import time

@@ -1,8 +1,9 @@
 # Heap use of the Device (firmware_client/README.md, Device memory table), under MicroPython from .mpy files:
 #   micropython -X heapsize=64k -m device_memory PORT BUFSIZE KEYS  (no gc.threshold: the runtime's own collections)
 # Maps: setup() writes KEYS to_cloud keys (ints), the bridge holds KEYS short strings and lists of ints in from_cloud
-# (the driver decides), which loop() echoes to to_cloud; a bundle of commands runs. Prints "R <json>" lines: heap in use (after gc.collect()) at each stage, the
-# lowest free heap seen inside handlers (no collection first), and the free heap at the end.
+# (the driver decides), which loop() echoes to to_cloud; a bundle of commands runs. Prints "R <json>" lines: heap
+# in use (after gc.collect()) at each stage, the lowest free heap seen inside handlers (no collection first), and the
+# free heap at the end.
 import gc
 import sys
 
