@@ -82,7 +82,7 @@ def build_sqlite_store(path) -> dict[str, CARecord]:
             h.runtime.submit("c1", Call("phone", "cbor", "id\x00with-nul", "record", ["x"]), future)
             assert (await future)["ok"] == 1
             assert await h.call("c2", "default", "notify_to", "desk", "hello", {"b": b"\x00\xff"}) == 1
-            for _ in range(70):
+            for _ in range(90):  # more than the CA's window (64) plus the store's lag of one session window (8)
                 await h.call("c4", "default", "incr")
         # made by `ca-bridge create`, never loaded: empty state
         s = SQLiteStore(path)
@@ -98,7 +98,7 @@ def build_sqlite_store(path) -> dict[str, CARecord]:
     assert [seq for seq, _ in found["c1"].sessions["watch"].notes] == [3]  # acked up to 2
     assert len(found["c2"].sessions["watch"].notes) == 3
     assert any(rid == "id\x00with-nul" for _, _, rid, _ in found["c1"].dedup)
-    assert 0 < len(found["c4"].dedup) < 70  # the window slid
+    assert 0 < len(found["c4"].dedup) < 90  # the window slid
     assert found["c5"].state == b""
     return found
 
