@@ -9,7 +9,7 @@ from tests.chaos.run_chaos import run
 
 @pytest.mark.parametrize("broker,seed", [("mosquitto", 11), ("amqtt", 12)])
 def test_short_chaos_run_has_no_anomalies(broker, seed, tmp_path):
-    report = run(seed=seed, duration=15, devices=4, items=300, broker=broker, workdir=tmp_path)
+    report = run(seed=seed, duration=15, devices=4, items=300, broker=broker, workdir=tmp_path, first_bridge_kills=3)
     print(report.line())
     assert report.anomalies == []
     assert report.purchases == 4 * 300 and report.notifications == 4 * 300
