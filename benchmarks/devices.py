@@ -36,6 +36,7 @@ sys.path[:0] = [p for p in (str(HERE), str(ROOT)) if p not in sys.path]
 
 from loadgen import Quiet, fmt, log, options, pct, session  # noqa: E402
 
+from bridge.mqtt import packet, prefixed  # noqa: E402
 from tests.procs import PYTHON, BridgeProcess, Mosquitto, cpu_seconds, machine_cpu, spawn, stop  # noqa: E402
 
 APP = f"{HERE / 'apps.py'}:Sensors"
@@ -46,23 +47,6 @@ TIMEOUT = 10.0  # a sync unanswered this long counts as a timeout
 
 
 # -- the load generator (one process: ``devices.py _worker PORT FIRST COUNT``) -----------------------------------------
-
-
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(b: bytes) -> bytes:
-    return len(b).to_bytes(2, "big") + b
-
-
-def _packet(head: int, body: bytes) -> bytes:
-    return bytes([head]) + _length(len(body)) + body
 
 
 class Sim(asyncio.Protocol):
@@ -87,8 +71,8 @@ class Sim(asyncio.Protocol):
     # MQTT
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        body = _str(b"MQTT") + bytes([4, 0x02]) + (300).to_bytes(2, "big") + _str(f"bench-{self.ca}".encode())
-        transport.write(_packet(0x10, body))  # type: ignore[attr-defined]
+        body = prefixed(b"MQTT") + bytes([4, 0x02]) + (300).to_bytes(2, "big") + prefixed(f"bench-{self.ca}".encode())
+        transport.write(packet(0x10, body))  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats["dropped"] += 1
@@ -123,7 +107,7 @@ class Sim(asyncio.Protocol):
             at = 2 + tlen
             if head & 0x06:  # QoS 1: acknowledge
                 assert self.transport is not None
-                self.transport.write(_packet(0x40, body[at:at + 2]))
+                self.transport.write(packet(0x40, body[at:at + 2]))
                 at += 2
             self.on_message(body[at:])
         elif kind == 2 and not self.connack.done():
@@ -137,7 +121,7 @@ class Sim(asyncio.Protocol):
     def publish(self, payload: bytes) -> None:
         assert self.transport is not None
         self.pid = self.pid % 65535 + 1
-        self.transport.write(_packet(0x32, _str(self.topic_in) + self.pid.to_bytes(2, "big") + payload))
+        self.transport.write(packet(0x32, prefixed(self.topic_in) + self.pid.to_bytes(2, "big") + payload))
 
     # the device protocol
     def on_message(self, payload: bytes) -> None:
@@ -175,7 +159,7 @@ class Sim(asyncio.Protocol):
         await asyncio.wait_for(self.connack, 30)
         topic = f"ca/{self.ca}/session/iot".encode()
         assert self.transport is not None
-        self.transport.write(_packet(0x82, (1).to_bytes(2, "big") + _str(topic) + b"\x01"))
+        self.transport.write(packet(0x82, (1).to_bytes(2, "big") + prefixed(topic) + b"\x01"))
         await asyncio.wait_for(self.suback, 30)
         _, reply = await self.request({"t": "dstart", "session": "iot", "cmds": {"blink": 0}})
         if "ok" not in reply:

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 
-__all__ = ["BrokerURL", "MqttLink", "backoff_delays"]
+__all__ = ["BrokerURL", "MqttLink", "backoff_delays", "packet", "prefixed"]
 
 log = logging.getLogger("bridge.mqtt")
 
@@ -82,11 +82,13 @@ def _length(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(value: bytes) -> bytes:
+def prefixed(value: bytes) -> bytes:
+    """A length-prefixed MQTT field (two bytes of length, then the bytes)."""
     return len(value).to_bytes(2, "big") + value
 
 
-def _packet(head: int, body: bytes) -> bytes:
+def packet(head: int, body: bytes) -> bytes:
+    """An MQTT packet: its first byte, the remaining length, the body."""
     return bytes((head,)) + _length(len(body)) + body
 
 
@@ -290,7 +292,7 @@ class MqttLink:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         wire = self._wire
         if wire is not None and wire.transport is not None:
-            self._send(_packet(DISCONNECT << 4, b""))
+            self._send(packet(DISCONNECT << 4, b""))
             self._flush()
             wire.transport.close()
 
@@ -298,8 +300,8 @@ class MqttLink:
         """Stop receiving ``topic_filter`` (now, and after any reconnect)."""
         self._subscriptions = [(t, q) for t, q in self._subscriptions if t != topic_filter]
         if self.connected.is_set():
-            body = self._next_pid().to_bytes(2, "big") + _string(topic_filter.encode())
-            self._send(_packet((UNSUBSCRIBE << 4) | 2, body))
+            body = self._next_pid().to_bytes(2, "big") + prefixed(topic_filter.encode())
+            self._send(packet((UNSUBSCRIBE << 4) | 2, body))
 
     # -- publishing ---------------------------------------------------------------------------------------------
 
@@ -436,14 +438,14 @@ class MqttLink:
         # a cluster starts clean instead, so that a dead bridge's share of the requests goes to the live ones.
         flags = 0x02 if self.clean_session else 0x00
         body = b"\x00\x04MQTT\x04"
-        payload = _string(self.client_id.encode())
+        payload = prefixed(self.client_id.encode())
         if self.url.username is not None:
             flags |= 0x80
-            payload += _string(self.url.username.encode())
+            payload += prefixed(self.url.username.encode())
             if self.url.password is not None:
                 flags |= 0x40
-                payload += _string(self.url.password.encode())
-        return _packet(CONNECT << 4, body + bytes((flags,)) + self._keepalive.to_bytes(2, "big") + payload)
+                payload += prefixed(self.url.password.encode())
+        return packet(CONNECT << 4, body + bytes((flags,)) + self._keepalive.to_bytes(2, "big") + payload)
 
     async def _connect_once(self) -> _Wire:
         url = self.url
@@ -460,8 +462,8 @@ class MqttLink:
             assert wire.transport is not None
             wire.transport.close()
             raise ConnectionRefusedError(f"the broker refused the connection: {CONNACK_CODES.get(code, code)}")
-        topics = b"".join(_string(t.encode()) + bytes((q,)) for t, q in self._subscriptions)
-        self._send(_packet((SUBSCRIBE << 4) | 2, self._next_pid().to_bytes(2, "big") + topics))
+        topics = b"".join(prefixed(t.encode()) + bytes((q,)) for t, q in self._subscriptions)
+        self._send(packet((SUBSCRIBE << 4) | 2, self._next_pid().to_bytes(2, "big") + topics))
         for pid, (topic, payload) in self._inflight.items():  # unacknowledged: resend with DUP, same id
             self._send(_publish(topic, payload, 1, pid, dup=True))
         self.metrics.mqtt_connects += 1
