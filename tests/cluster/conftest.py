@@ -4,6 +4,7 @@ binaries, a throwaway cluster on a free port), and a fresh database per test."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import uuid
 
 import pytest
@@ -57,3 +58,30 @@ def pg_empty_url(pg_module_db):
                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     return pg_module_db
+
+
+@pytest.fixture
+async def pg(pg_empty_url):
+    """An open PostgresStore on an empty database."""
+    from bridge.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_empty_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def psql(pg_server, pg_empty_url):
+    """Run SQL in the test's database (pg_server.psql runs it in the server's default one); returns its output."""
+
+    def run(sql: str) -> str:
+        done = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", pg_empty_url, "-c", sql],
+                              capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr)
+        return done.stdout.strip()
+
+    return run

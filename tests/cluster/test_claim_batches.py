@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-import pytest
 
 from bridge.cluster import CLAIM_BATCH, Cluster
 from bridge.errors import StoreError
@@ -20,26 +18,6 @@ from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_membership import PostgresMembership
 
 
-@pytest.fixture
-async def pg(pg_empty_url):
-    store = PostgresStore(pg_empty_url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture
-def psql(pg_empty_url):
-    def run(sql: str) -> str:
-        done = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", pg_empty_url, "-c", sql],
-                              capture_output=True, text=True, timeout=60, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr)
-        return done.stdout.strip()
-
-    return run
 
 
 class Counting:

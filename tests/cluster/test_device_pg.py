@@ -3,9 +3,7 @@ upgraded, the fence covers it, and the migration from SQLite copies it."""
 
 from __future__ import annotations
 
-import subprocess
 
-import pytest
 
 from bridge.device import DeviceRecord
 from bridge.store import Change
@@ -15,17 +13,6 @@ from bridge.store.postgres import SCHEMA_VERSION, PostgresStore
 def record(**kw) -> bytes:
     return DeviceRecord(**kw).encode()
 
-
-@pytest.fixture
-def psql(pg_server, pg_empty_url):
-    def run(sql: str) -> str:
-        done = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", pg_empty_url, "-c", sql],
-                              capture_output=True, text=True, timeout=60, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr)
-        return done.stdout.strip()
-
-    return run
 
 
 async def test_postgres_keeps_the_device_record(pg_empty_url, psql):

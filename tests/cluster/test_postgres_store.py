@@ -28,15 +28,6 @@ from tests.skips import missing
 # -- helpers -----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def pg(pg_empty_url):
-    store = PostgresStore(pg_empty_url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request, tmp_path):
@@ -48,19 +39,6 @@ async def store(request, tmp_path):
     finally:
         await s.close()
 
-
-@pytest.fixture
-def psql(pg_server, pg_empty_url):
-    """Run SQL in the test's database (pg_server.psql runs it in the server's default one)."""
-
-    def run(sql: str) -> str:
-        done = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", pg_empty_url, "-c", sql],
-                              capture_output=True, text=True, timeout=60, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr)
-        return done.stdout.strip()
-
-    return run
 
 
 # A realistic life: several CAs per batch, a CA changed twice in a batch, acknowledgements trimming queues,
