@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The commit path alone (no MQTT, no actors): Committer + SQLiteStore (WAL, synchronous=FULL) on a real file.
 
-Closed loop like the yardstick: N "devices" each submit one call shaped like `incr` (state, dedup record, dedup
-window trim), wait for its delivery, submit the next. Prints per delivered call: the loop thread's CPU, the rest of
-the process's CPU (the store's thread), and the submit-to-delivery latency (p50/p99).
+Closed loop like the yardstick: N "devices" each submit one call shaped like `incr` (state, dedup record, and the
+dedup window's floor once per ``--floor-every`` calls, as bridge.actor writes it), wait for its delivery, submit the
+next. Prints per delivered call: the loop thread's CPU, the rest of the process's CPU (the store's thread), the
+submit-to-delivery latency (p50/p99), the calls per commit and the mean commit time (the committer's metrics).
 
     .venv/bin/python benchmarks/commit_path.py [--devices 1] [--calls 3000] [--src other/checkout]
 
@@ -32,8 +33,9 @@ class Owner:
         self.epoch += 1
 
 
-async def measure(devices: int, calls: int) -> dict[str, float]:
+async def measure(devices: int, calls: int, floor_every: int) -> dict[str, float]:
     from bridge.committer import Committer, Pending
+    from bridge.metrics import Metrics
     from bridge.store import Change
     from bridge.store.sqlite import SQLiteStore
 
@@ -49,7 +51,8 @@ async def measure(devices: int, calls: int) -> dict[str, float]:
             latencies.append(time.perf_counter() - at)
             fut.set_result(None)
 
-        committer = Committer(store, deliver, retry=lambda *a: None, reject=lambda *a: None)
+        metrics = Metrics()
+        committer = Committer(store, deliver, retry=lambda *a: None, reject=lambda *a: None, metrics=metrics)
         runner = asyncio.create_task(committer.run())
 
         async def device(i: int, n: int) -> None:
@@ -57,7 +60,7 @@ async def measure(devices: int, calls: int) -> dict[str, float]:
             for pos in range(1, n + 1):
                 change = Change(owner.name, b"\xa1an\x19" + pos.to_bytes(2, "big"),
                                 dedup=[(pos, "s", f"r{pos}", b"\xa3at\x65reply")],
-                                dedup_floors={"s": pos - 7} if pos > 8 else {})
+                                dedup_floors={"s": pos - 7} if pos > 8 and pos % floor_every == 0 else {})
                 fut = loop.create_future()
                 waiting[owner.name] = (time.perf_counter(), fut)
                 committer.submit(Pending(owner=owner, epoch=0, change=change))
@@ -66,9 +69,12 @@ async def measure(devices: int, calls: int) -> dict[str, float]:
         await asyncio.gather(*(device(i, 50) for i in range(devices)))  # warm-up
         latencies.clear()
         per = max(1, calls // devices)
+        commits0, commit_s0 = metrics.commit_batch.count, metrics.commit_seconds.total
         cpu0, loop0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
         await asyncio.gather(*(device(i, per) for i in range(devices)))
         cpu, loop_cpu, wall = time.process_time() - cpu0, time.thread_time() - loop0, time.perf_counter() - wall0
+        commits = metrics.commit_batch.count - commits0
+        commit_s = metrics.commit_seconds.total - commit_s0
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         await store.close()
@@ -77,17 +83,19 @@ async def measure(devices: int, calls: int) -> dict[str, float]:
         return {"calls/s": n / wall, "loop us/call": 1e6 * loop_cpu / n,
                 "store thread us/call": 1e6 * (cpu - loop_cpu) / n,
                 "process us/call": 1e6 * cpu / n, "p50 ms": 1e3 * statistics.median(latencies),
-                "p99 ms": 1e3 * latencies[int(0.99 * (n - 1))]}
+                "p99 ms": 1e3 * latencies[int(0.99 * (n - 1))], "calls/commit": n / commits,
+                "commit ms": 1e3 * commit_s / commits}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--floor-every", type=int, default=8, help="a dedup floor in one call of this many")
     parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1])
     args = parser.parse_args()
     sys.path.insert(0, str(args.src.resolve()))
-    result = asyncio.run(measure(args.devices, args.calls))
+    result = asyncio.run(measure(args.devices, args.calls, args.floor_every))
     print(f"devices={args.devices} " + " ".join(f"{k}={v:.3g}" for k, v in result.items()))
 
 

@@ -3,7 +3,8 @@
 
 Harness + ``tests.apps.Counter``, closed loop like the yardstick: ``--cas N`` devices, each calling ``incr`` on its
 own CA and waiting for the reply before the next call. After a warm-up that fills the dedup windows, prints per call:
-the process CPU, and the SQL statements the store ran (sqlite3's trace callback: each row of an ``executemany``
+the process CPU (and of it the store's thread: the process less the loop's thread), the calls per commit, and the SQL
+statements the store ran (sqlite3's trace callback: each row of an ``executemany``
 counts, as SQLite steps it once per row), by kind.
 
     .venv/bin/python benchmarks/sql_cpu.py [--cas 1] [--calls 2000] [--src other/checkout] [--quiet]
@@ -46,15 +47,20 @@ async def measure(cas: int, calls: int, quiet: bool) -> None:
             if db is not None and not quiet:
                 db.set_trace_callback(lambda sql: kinds.update([_LITERALS.sub("?", sql)[:72]]))
             per = max(1, calls // cas)
-            cpu0, wall0 = time.process_time(), time.perf_counter()
+            batches = h.runtime.metrics.commit_batch
+            commits0 = batches.count
+            cpu0, loop0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
             await asyncio.gather(*(device(i, per) for i in range(cas)))
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            store_cpu = cpu - (time.thread_time() - loop0)
+            commits = batches.count - commits0
             if db is not None:
                 db.set_trace_callback(None)
     if quiet:
         return
     n = per * cas
     print(f"cas={cas} calls={n} calls/s={n / wall:.0f} process us/call={1e6 * cpu / n:.0f} "
+          f"store thread us/call={1e6 * store_cpu / n:.1f} calls/commit={n / max(1, commits):.2f} "
           f"statements/call={sum(kinds.values()) / n:.2f}")
     for sql, count in kinds.most_common():
         print(f"  {count / n:6.3f}  {sql}")
