@@ -190,17 +190,18 @@ async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_p
         assert outcomes == [frozenset(), frozenset()]
         assert (await store.load("b")) is not None
 
-        # a slow disk (the last lone commit took longer than INLINE_MAX_S): the loop never waits for it
+        # a slow disk (the last lone commit took longer than INLINE_MAX_S): the loop never waits for its fsync, the
+        # COMMIT runs on the store's thread
         got.clear()
         store._lone_s = 1.0
         threads: list[int] = []
-        write = store._write
+        end = store._end
 
-        def traced(changes: Any) -> None:
+        def traced() -> None:
             threads.append(threading.get_ident())
-            write(changes)
+            end()
 
-        store._write = traced  # type: ignore[method-assign]
+        store._end = traced  # type: ignore[method-assign]
         store.commit_soon([Change("c", state=b"\xa2")], done, loop)
         await asyncio.wait_for(got.wait(), 10)
         assert len(threads) == 1 and threads[0] != threading.get_ident()
