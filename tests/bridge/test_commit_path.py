@@ -234,7 +234,8 @@ async def test_sqlite_writes_a_batch_on_the_loop_and_commits_it_on_its_thread(tm
             end()
 
         store._end = held_end  # type: ignore[method-assign]
-        batch = [Change("a", b"\xa1", dedup=[(1, "s", "r1", b"ok")]), Change("b", b"\xa2", dedup=[(1, "s", "r2", b"ok")])]
+        batch = [Change("a", b"\xa1", dedup=[(1, "s", "r1", b"ok")]),
+                 Change("b", b"\xa2", dedup=[(1, "s", "r2", b"ok")])]
         store.commit_soon(batch, got.set_result, loop)
         assert await asyncio.to_thread(blocked.wait, 10)
         with sqlite3.connect(tmp_path / "s.db") as other:  # written, not committed: invisible
