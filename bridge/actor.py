@@ -31,6 +31,7 @@ from bridge.protocol import (
 )
 from bridge.session import SessionAPI, SessionData, SessionLimits, SessionTxn
 from bridge.store import CARecord, Change, SessionWrite
+from bridge.workers import Workers
 
 __all__ = ["PULSE", "RESUME", "Actor", "ActorContext", "Item"]
 
@@ -61,7 +62,7 @@ class ActorContext:
     metrics: Metrics
     commit: Callable[[Pending], None]  # hand effects to the group committer
     reject: Reject  # answer a request that will not run (the one rejection path, bridge.admission)
-    spawn: Callable[[Coroutine[Any, Any, None], str], None]  # run the actor's worker task
+    workers: Workers  # runs, parks and wakes the actors' worker tasks
     # a commit of the actor failed or was refused: reload it from the store (or, in a cluster, reclaim it or hand
     # its queued requests, the item first, to the new owner); True if reloaded and the item may run
     reload: Callable[[Actor, Item], Awaitable[bool]]
@@ -112,7 +113,7 @@ class Actor:
         "ca", "ctx", "dapi", "dedup", "dedup_lag", "dedup_pos", "dedup_recent", "dedup_sessions", "dev", "dev_blob",
         "dev_started", "dtxn", "durable", "epoch", "in_commit", "last_active", "mailbox", "name", "owned_epoch",
         "presence", "pulse_at", "pulse_queued", "ready", "recent", "running", "sessions", "stale", "state_blob",
-        "tokens", "tokens_at", "used",
+        "tokens", "tokens_at", "used", "wake",
     )
 
     def __init__(self, ctx: ActorContext, name: str, record: CARecord | None) -> None:
@@ -126,7 +127,8 @@ class Actor:
         self.mailbox: deque[Item] = deque()
         # session -> its presence message waiting in the mailbox (one per session: later ones update it in place)
         self.presence: dict[str, Presence] = {}
-        self.running = False
+        self.running = False  # a worker is draining the mailbox (not parked)
+        self.wake: asyncio.Future[bool] | None = None  # the parked worker's (bridge.workers), if one is parked
         self.pulse_queued = False
         self.pulse_at = 0.0  # no pulse before this loop time (a CA just taken over from another bridge)
         self.last_active = 0.0  # wall time of the last call answered (for the dashboard)
@@ -200,26 +202,41 @@ class Actor:
     # -- the worker -------------------------------------------------------------------------------------------
 
     def enqueue(self, item: Item) -> None:
-        """Add to the mailbox and make sure a worker drains it."""
+        """Add to the mailbox and make sure a worker drains it: wake the parked one, or start one."""
         self.mailbox.append(item)
         if not self.running:
             self.running = True
-            self.ctx.spawn(self._drain(), self.name)
+            wake, self.wake = self.wake, None
+            if wake is not None and not wake.done():
+                self.ctx.workers.wake(self, wake)
+            else:
+                self.ctx.workers.start_worker(self._drain(), f"ca[{self.name}]")
 
     async def _drain(self) -> None:
+        """The worker: drain the mailbox, then park until woken with more (or stopped: bridge.workers)."""
+        workers = self.ctx.workers
         try:
-            while self.mailbox:
-                item = self.mailbox.popleft()
-                try:
-                    await self._process(item)
-                except StoreError as exc:  # reloading the CA failed (database down): retryable, no traceback
-                    log.warning("CA %s: cannot reload from the store (%s); answered unavailable", self.name, exc)
-                    self._fail_item(item)
-                except Exception:
-                    log.exception("CA %s: unexpected failure processing an item", self.name)
-                    self._fail_item(item)
-        finally:
-            self.running = False
+            while True:
+                while self.mailbox:
+                    item = self.mailbox.popleft()
+                    try:
+                        await self._process(item)
+                    except StoreError as exc:  # reloading the CA failed (database down): retryable, no traceback
+                        log.warning("CA %s: cannot reload from the store (%s); answered unavailable", self.name, exc)
+                        self._fail_item(item)
+                    except Exception:
+                        log.exception("CA %s: unexpected failure processing an item", self.name)
+                        self._fail_item(item)
+                self.running = False
+                wake = self.wake = workers.park(self)
+                # stopped (False): a later request found the future done and started a new worker, or will
+                if wake is None or not await wake:
+                    return
+        except BaseException:  # cancelled (closing): if busy, it is busy no more
+            if self.running:
+                self.running = False
+                workers.leave()
+            raise
 
     def offer_presence(self, req: Presence, new_sessions: int) -> bool:
         """Admit a presence message without taking a mailbox slot: a presence is one bit per session, so one waiting
