@@ -24,6 +24,7 @@ imports only its own layer or lower ones, never in a circle):
     metrics                      counters and histograms of the hot path; the Prometheus collector
     cluster                      several bridges on one shared store: this node's membership policy, routing cache
     committer                    group commit, release after durability (needs only an Owner: name, epoch, invalidate)
+    workers                      the work tasks (CA workers, lookups, claims): busy count, parking, closing
     actor                        one CA: mailbox, transactions, presence; one handler per inbound kind; sees only
                                  an ActorContext, never the runtime
     admission, router            whether a request may run and every rejection; where a CA runs in a cluster

@@ -12,8 +12,9 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Any, Final, assert_never
 
 from bridge import codec, faults
@@ -30,6 +31,7 @@ from bridge.protocol import (
 )
 from bridge.session import SessionAPI, SessionData, SessionLimits, SessionTxn
 from bridge.store import CARecord, Change, SessionWrite
+from bridge.workers import Workers
 
 __all__ = ["PULSE", "RESUME", "Actor", "ActorContext", "Item"]
 
@@ -60,12 +62,43 @@ class ActorContext:
     metrics: Metrics
     commit: Callable[[Pending], None]  # hand effects to the group committer
     reject: Reject  # answer a request that will not run (the one rejection path, bridge.admission)
-    spawn: Callable[[Coroutine[Any, Any, None], str], None]  # run the actor's worker task
+    workers: Workers  # runs, parks and wakes the actors' worker tasks
     # a commit of the actor failed or was refused: reload it from the store (or, in a cluster, reclaim it or hand
     # its queued requests, the item first, to the new owner); True if reloaded and the item may run
     reload: Callable[[Actor, Item], Awaitable[bool]]
     fenced: bool  # in a cluster: even an answer with nothing to write passes the ownership fence
     device: DeviceLimits = field(default_factory=DeviceLimits)  # the device layer's options (bridge.device)
+
+
+class _Resume:
+    """Awaits the rest of a coroutine whose first stretch already ran and yielded ``pending`` (what a coroutine
+    yields to its Task: a future to wait for, or None to give the loop a turn): each step is passed through, and
+    whatever the Task throws in (a cancellation, a timeout) goes into the coroutine, as ``await`` would do."""
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the Task: the coroutine decides
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(None)
+                except StopIteration as stop:
+                    return stop.value
 
 
 def _wall_ms(admitted: float) -> int:
@@ -80,7 +113,7 @@ class Actor:
         "ca", "ctx", "dapi", "dedup", "dedup_lag", "dedup_pos", "dedup_recent", "dedup_sessions", "dev", "dev_blob",
         "dev_started", "dtxn", "durable", "epoch", "in_commit", "last_active", "mailbox", "name", "owned_epoch",
         "presence", "pulse_at", "pulse_queued", "ready", "recent", "running", "sessions", "stale", "state_blob",
-        "tokens", "tokens_at", "used",
+        "tokens", "tokens_at", "used", "wake",
     )
 
     def __init__(self, ctx: ActorContext, name: str, record: CARecord | None) -> None:
@@ -94,7 +127,8 @@ class Actor:
         self.mailbox: deque[Item] = deque()
         # session -> its presence message waiting in the mailbox (one per session: later ones update it in place)
         self.presence: dict[str, Presence] = {}
-        self.running = False
+        self.running = False  # a worker is draining the mailbox (not parked)
+        self.wake: asyncio.Future[bool] | None = None  # the parked worker's (bridge.workers), if one is parked
         self.pulse_queued = False
         self.pulse_at = 0.0  # no pulse before this loop time (a CA just taken over from another bridge)
         self.last_active = 0.0  # wall time of the last call answered (for the dashboard)
@@ -168,26 +202,41 @@ class Actor:
     # -- the worker -------------------------------------------------------------------------------------------
 
     def enqueue(self, item: Item) -> None:
-        """Add to the mailbox and make sure a worker drains it."""
+        """Add to the mailbox and make sure a worker drains it: wake the parked one, or start one."""
         self.mailbox.append(item)
         if not self.running:
             self.running = True
-            self.ctx.spawn(self._drain(), self.name)
+            wake, self.wake = self.wake, None
+            if wake is not None and not wake.done():
+                self.ctx.workers.wake(self, wake)
+            else:
+                self.ctx.workers.start_worker(self._drain(), f"ca[{self.name}]")
 
     async def _drain(self) -> None:
+        """The worker: drain the mailbox, then park until woken with more (or stopped: bridge.workers)."""
+        workers = self.ctx.workers
         try:
-            while self.mailbox:
-                item = self.mailbox.popleft()
-                try:
-                    await self._process(item)
-                except StoreError as exc:  # reloading the CA failed (database down): retryable, no traceback
-                    log.warning("CA %s: cannot reload from the store (%s); answered unavailable", self.name, exc)
-                    self._fail_item(item)
-                except Exception:
-                    log.exception("CA %s: unexpected failure processing an item", self.name)
-                    self._fail_item(item)
-        finally:
-            self.running = False
+            while True:
+                while self.mailbox:
+                    item = self.mailbox.popleft()
+                    try:
+                        await self._process(item)
+                    except StoreError as exc:  # reloading the CA failed (database down): retryable, no traceback
+                        log.warning("CA %s: cannot reload from the store (%s); answered unavailable", self.name, exc)
+                        self._fail_item(item)
+                    except Exception:
+                        log.exception("CA %s: unexpected failure processing an item", self.name)
+                        self._fail_item(item)
+                self.running = False
+                wake = self.wake = workers.park(self)
+                # stopped (False): a later request found the future done and started a new worker, or will
+                if wake is None or not await wake:
+                    return
+        except BaseException:  # cancelled (closing): if busy, it is busy no more
+            if self.running:
+                self.running = False
+                workers.leave()
+            raise
 
     def offer_presence(self, req: Presence, new_sessions: int) -> bool:
         """Admit a presence message without taking a mailbox slot: a presence is one bit per session, so one waiting
@@ -281,7 +330,20 @@ class Actor:
         self.dtxn = self.dapi = None
 
     async def _run(self, fn: Any, args: Any) -> Any:
+        """Run a method or hook in this worker's Task. A coroutine's first stretch runs at once, and the deadline
+        is armed only if it suspends (a method that never awaits cannot be interrupted anyway), counted from the
+        start: the same outcome as a timeout around the whole await, without its cost for a method like ``incr``."""
         result = fn(*args)
+        if type(result) is CoroutineType:
+            started = time.monotonic()
+            try:
+                pending = result.send(None)
+            except StopIteration as stop:
+                return stop.value
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.ctx.call_timeout - (time.monotonic() - started)
+            async with asyncio.timeout_at(deadline):
+                return await _Resume(result, pending)
         if inspect.isawaitable(result):
             async with asyncio.timeout(self.ctx.call_timeout):
                 result = await result

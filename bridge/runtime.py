@@ -57,6 +57,7 @@ from bridge.protocol import Call, Inbound, Sync, error_body, stamp_reply
 from bridge.router import MAX_HOPS, Router
 from bridge.session import SessionLimits
 from bridge.store import CARecord, Store
+from bridge.workers import Workers
 
 if TYPE_CHECKING:
     from bridge.cluster import Cluster
@@ -127,17 +128,14 @@ class Runtime:
         self.metrics = metrics if metrics is not None else Metrics()  # the process owner's, handed down
         self.admission = Admission(app, sink, self.metrics, mailbox=mailbox, rate=rate, burst=burst)
         self.router = Router(cluster, sink, self.actors)
+        self.workers = Workers()  # the CA workers, lookups and claims (bridge.workers)
         self.committer = Committer(store, self._deliver, retry=self.submit, reject=self.admission.reject,
                                    metrics=self.metrics)
         self.context = ActorContext(
             app=app, limits=self.limits, call_timeout=call_timeout, metrics=self.metrics, commit=self._commit,
-            reject=self.admission.reject, spawn=self.spawn, reload=self._reload, fenced=cluster is not None,
+            reject=self.admission.reject, workers=self.workers, reload=self._reload, fenced=cluster is not None,
             device=device or DeviceLimits())
         self._bound = False  # bind_app done
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._busy_workers = 0
-        self._workers_idle = asyncio.Event()
-        self._workers_idle.set()
         self._service: list[asyncio.Task[Any]] = []
 
     @property
@@ -200,7 +198,8 @@ class Runtime:
                 await self.wait_idle()
         except TimeoutError:
             log.warning("shutdown: work still pending after %.1fs; it was not committed", drain_timeout)
-        tasks = [*self._service, *self._tasks]
+        self.workers.stop_parked()
+        tasks = [*self._service, *self.workers.tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -215,9 +214,9 @@ class Runtime:
     async def wait_idle(self) -> None:
         """Return once every mailbox is empty and everything submitted is committed and delivered."""
         while True:
-            await self._workers_idle.wait()
+            await self.workers.idle.wait()
             await self.committer.wait_idle()
-            if self._workers_idle.is_set():
+            if self.workers.idle.is_set():
                 return
 
     # -- placing requests ------------------------------------------------------------------------------------
@@ -463,18 +462,8 @@ class Runtime:
     # -- tasks -------------------------------------------------------------------------------------------------
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run one CA worker; the runtime owns it and cancels it on close."""
-        task = asyncio.create_task(coro, name=f"ca[{name}]")
-        self._tasks.add(task)
-        self._busy_workers += 1
-        self._workers_idle.clear()
-        task.add_done_callback(self._worker_done)
-
-    def _worker_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        self._busy_workers -= 1
-        if self._busy_workers == 0:
-            self._workers_idle.set()
+        """Run a lookup or a claim of CA ``name``; the runtime owns it and cancels it on close."""
+        self.workers.spawn(coro, f"ca[{name}]")
 
     def _commit(self, pending: Pending) -> None:
         """Hand an actor's effects to the committer, counting them on the actor until delivered (Actor.idle)."""

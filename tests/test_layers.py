@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"store"},
     {"metrics"},
     {"cluster"},
-    {"committer"},
+    {"committer", "workers"},
     {"actor"},
     {"admission", "router"},
     {"runtime"},

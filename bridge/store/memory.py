@@ -71,7 +71,8 @@ class MemoryStore:
                 _apply(rec, sid, write)
             rec.dedup.extend(change.dedup)
             floors = change.dedup_floors
-            rec.dedup[:] = [d for d in rec.dedup if d[0] >= floors.get(d[1], 0)]
+            if floors:
+                rec.dedup[:] = [d for d in rec.dedup if d[0] >= floors.get(d[1], 0)]
         self.commits += 1
         return frozenset()
 
