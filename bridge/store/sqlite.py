@@ -2,14 +2,9 @@
 
 A batch of many CAs' calls is one SQLite transaction (group commit): one fsync however many calls it holds.
 All database work runs on a single dedicated thread, so the event loop never blocks on the disk and the
-connection is never used by two threads at once. The thread is fed by a queue; each job hands its result back with
-one ``call_soon_threadsafe``. A commit (:meth:`SQLiteStore.commit_soon`) calls the committer's callback directly from
+connection is never shared between threads. The thread is fed by a queue; each job hands its result back with one
+``call_soon_threadsafe``. A commit (:meth:`SQLiteStore.commit_soon`) calls the committer's callback directly from
 there: one hand-off each way per batch, no futures in between.
-
-When the thread is idle, the caller (the event loop) opens the batch's transaction and writes its rows itself, and
-hands the thread only the ``COMMIT``, the step that waits for the disk: each sqlite3 call gives the GIL up and takes
-it back (about five times per statement), and on the thread every one of those was a hand-off with the busy event
-loop (futex wake-ups, context switches), where the loop's own calls have nobody to hand the GIL to.
 """
 
 from __future__ import annotations
@@ -136,8 +131,6 @@ class SQLiteStore:
         self._lock: int | None = None  # the descriptor holding the flock on <db>.lock
         self._lone_s = 0.0  # how long the last commit of a lone change took (commit_soon: inline while fast)
         self._busy = threading.Lock()  # held while a job runs (on the store thread, or inline: commit_soon)
-        self._outstanding = 0  # jobs put on the thread's queue whose reply has not run yet (the loop's thread only)
-        self._lone_write_s = 0.0  # how long writing a lone change's rows took before its COMMIT went to the thread
         self._devices = True  # the file has the device table (a store of schema 3 opened read-only has not)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -146,19 +139,8 @@ class SQLiteStore:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._put((fn, args, loop, partial(_resolve, future)))
+        self._jobs.put((fn, args, loop, partial(_resolve, future)))
         return await future
-
-    def _put(self, job: Job) -> None:
-        """Queue a job for the store's thread (on the loop's thread: ``_outstanding`` is counted there only)."""
-        assert self._jobs is not None
-        self._outstanding += 1
-        self._jobs.put(job)
-
-    def _replied(self, reply: Reply, result: Any, error: BaseException | None) -> None:
-        """A job's reply, on its loop's thread: once none is outstanding, the store's thread is idle."""
-        self._outstanding -= 1
-        reply(result, error)
 
     def _serve(self, jobs: queue.SimpleQueue[Job | None]) -> None:
         """The store's thread: run jobs in order; each result goes back to its loop with one wake-up."""
@@ -170,7 +152,7 @@ class SQLiteStore:
                 except BaseException as exc:  # handed to the loop, which decides
                     result, error = None, exc
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(self._replied, reply, result, error)
+                loop.call_soon_threadsafe(reply, result, error)
 
     async def open(self) -> None:
         """Open the file on the writer thread: creating it and the schema, or upgrading it (read-only: as it is)."""
@@ -354,34 +336,21 @@ class SQLiteStore:
         if self._jobs is None:
             loop.call_soon(done, StoreError("store is closed"))
             return
-        if self._outstanding or not self._busy.acquire(blocking=False):
-            # the thread has jobs: the whole commit goes behind them
-            self._put((self._commit, (changes,), loop, partial(_commit_done, done)))
-            return
-        # The thread is idle (every job it had has replied), so the connection is free on this thread. A lone change
-        # (one client, or a quiet moment) is committed right here while the disk is fast: that saves the hand-off
-        # there and back (a fifth of the CPU of a lone client's call). Otherwise (a batch, or a slow disk such as an
-        # SD card's fsync, which the loop must not wait for) this thread writes the rows and the store's thread
-        # only commits them.
-        whole = len(changes) == 1 and self._lone_s < INLINE_MAX_S
-        try:
+        if len(changes) == 1 and self._lone_s < INLINE_MAX_S and self._busy.acquire(blocking=False):
+            # a lone change (one client, or a quiet moment) with the store's thread idle: commit it right here, which
+            # saves the hand-off there and back (a fifth of the CPU of a lone client's call), as long as the disk is
+            # fast; on a slow one (an SD card's fsync) the loop must not wait, so the thread takes it again
             try:
-                if whole:
+                try:
                     self._commit(changes)
-                else:
-                    started = time.perf_counter()
-                    self._begin(changes)  # the transaction stays open: the COMMIT below ends it
-                    if len(changes) == 1:
-                        self._lone_write_s = time.perf_counter() - started
-                outcome: frozenset[str] | BaseException = _NOTHING_REFUSED
-            except BaseException as exc:
-                outcome, whole = exc, True  # rolled back: nothing left to commit
-        finally:
-            self._busy.release()
-        if whole:
+                    outcome: frozenset[str] | BaseException = _NOTHING_REFUSED
+                except BaseException as exc:
+                    outcome = exc
+            finally:
+                self._busy.release()
             loop.call_soon(done, outcome)
-        else:
-            self._put((self._finish, (len(changes) == 1,), loop, partial(_commit_done, done)))
+            return
+        self._jobs.put((self._commit, (changes,), loop, partial(_commit_done, done)))
 
     def _commit(self, changes: Sequence[Change]) -> None:
         """The batch's rows in one pass (the later change of a CA or session wins, as bridge.store.merge would
@@ -394,35 +363,7 @@ class SQLiteStore:
                 self._lone_s = time.perf_counter() - started
 
     def _write(self, changes: Sequence[Change]) -> None:
-        """The commit itself (``_commit`` times it): the rows, then the COMMIT."""
-        self._begin(changes)
-        self._end()
-
-    def _finish(self, lone: bool) -> None:
-        """On the store's thread: the COMMIT of a transaction that commit_soon opened and wrote on the loop's."""
-        started = time.perf_counter()
-        try:
-            self._end()
-        finally:
-            if lone:  # a lone change's whole commit: the rows' time plus this
-                self._lone_s = self._lone_write_s + time.perf_counter() - started
-
-    def _end(self) -> None:
-        """COMMIT the transaction that ``_begin`` left open (a failure rolls it back)."""
-        cur = self._cursor
-        assert cur is not None
-        try:
-            try:
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"commit failed: {exc}") from None
-
-    def _begin(self, changes: Sequence[Change]) -> None:
-        """BEGIN IMMEDIATE and write the batch's rows, leaving the transaction open for ``_end`` (a failure rolls
-        it back)."""
+        """The commit itself (``_commit`` times it)."""
         db = self._conn()
         states: dict[str, bytes] = {}
         devices: dict[str, bytes] = {}
@@ -469,6 +410,7 @@ class SQLiteStore:
                     cur.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?",
                                     [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
                 faults.hit("in_commit")
+                cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise

@@ -190,90 +190,21 @@ async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_p
         assert outcomes == [frozenset(), frozenset()]
         assert (await store.load("b")) is not None
 
-        # a slow disk (the last lone commit took longer than INLINE_MAX_S): the loop never waits for its fsync, the
-        # COMMIT runs on the store's thread
+        # a slow disk (the last lone commit took longer than INLINE_MAX_S): the loop never waits for it
         got.clear()
         store._lone_s = 1.0
         threads: list[int] = []
-        end = store._end
+        write = store._write
 
-        def traced() -> None:
+        def traced(changes: Any) -> None:
             threads.append(threading.get_ident())
-            end()
+            write(changes)
 
-        store._end = traced  # type: ignore[method-assign]
+        store._write = traced  # type: ignore[method-assign]
         store.commit_soon([Change("c", state=b"\xa2")], done, loop)
         await asyncio.wait_for(got.wait(), 10)
         assert len(threads) == 1 and threads[0] != threading.get_ident()
         assert outcomes == [frozenset()] * 3
         assert store._lone_s < 1.0  # measured again on the thread: a disk that got fast goes inline again
-    finally:
-        await store.close()
-
-
-async def test_sqlite_writes_a_batch_on_the_loop_and_commits_it_on_its_thread(tmp_path: Any) -> None:
-    """With the store's thread idle, a batch's rows are written on the caller's thread and the store's thread runs
-    only the COMMIT (each sqlite3 call gives the GIL up and takes it back: on the thread, each was a hand-off with the
-    busy loop). The rows are not visible to anyone before the COMMIT, and ``done`` comes once it is durable."""
-    store = SQLiteStore(tmp_path / "s.db")
-    await store.open()
-    try:
-        loop = asyncio.get_running_loop()
-        ran: list[tuple[str, bool]] = []  # (statement, on the loop's thread)
-        me = threading.get_ident()
-        assert store._db is not None
-        store._db.set_trace_callback(lambda sql: ran.append((sql.split(" (")[0], threading.get_ident() == me)))
-        got: asyncio.Future[Any] = loop.create_future()
-        blocked = threading.Event()
-        release = threading.Event()
-        end = store._end
-
-        def held_end() -> None:  # the COMMIT waits until the test has looked at the file
-            blocked.set()
-            release.wait(10)
-            end()
-
-        store._end = held_end  # type: ignore[method-assign]
-        batch = [Change("a", b"\xa1", dedup=[(1, "s", "r1", b"ok")]),
-                 Change("b", b"\xa2", dedup=[(1, "s", "r2", b"ok")])]
-        store.commit_soon(batch, got.set_result, loop)
-        assert await asyncio.to_thread(blocked.wait, 10)
-        with sqlite3.connect(tmp_path / "s.db") as other:  # written, not committed: invisible
-            assert other.execute("SELECT count(*) FROM ca").fetchone() == (0,)
-        assert not got.done()
-        release.set()
-        assert await asyncio.wait_for(got, 10) == frozenset()
-        store._db.set_trace_callback(None)
-        assert ran == [("BEGIN IMMEDIATE", True), ("INSERT INTO ca", True), ("INSERT OR REPLACE INTO dedup", True),
-                       ("COMMIT", False)]
-        found = {rec.name: rec for rec in await store.load_all()}
-        assert found["a"].state == b"\xa1" and found["b"].dedup == [(1, "s", "r2", b"ok")]
-    finally:
-        await store.close()
-
-
-async def test_sqlite_rolls_back_a_batch_whose_commit_fails_on_its_thread(tmp_path: Any) -> None:
-    """A COMMIT that fails on the store's thread rolls the batch back and reports the error through ``done``; the
-    next batch commits."""
-    store = SQLiteStore(tmp_path / "s.db")
-    await store.open()
-    try:
-        loop = asyncio.get_running_loop()
-        end = store._end
-
-        def failing_end() -> None:
-            store._end = end  # type: ignore[method-assign]
-            assert store._cursor is not None
-            store._cursor.execute("ROLLBACK")  # the COMMIT below then fails: no transaction is active
-            end()
-
-        store._end = failing_end  # type: ignore[method-assign]
-        first: asyncio.Future[Any] = loop.create_future()
-        store.commit_soon([Change("a", b"\xa1"), Change("b", b"\xa2")], first.set_result, loop)
-        assert isinstance(await asyncio.wait_for(first, 10), StoreError)
-        second: asyncio.Future[Any] = loop.create_future()
-        store.commit_soon([Change("c", b"\xa3"), Change("d", b"\xa4")], second.set_result, loop)
-        assert await asyncio.wait_for(second, 10) == frozenset()
-        assert await store.names() == ["c", "d"]
     finally:
         await store.close()
