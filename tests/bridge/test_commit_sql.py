@@ -39,10 +39,10 @@ async def test_a_big_batch_takes_a_few_statements_and_keeps_every_row(tmp_path):
 async def test_blobs_are_bound_without_a_failed_adapter_lookup(tmp_path):
     """sqlite3 sends every bytes parameter through its adapter registry (a miss, then two failed attribute lookups,
     a fifth of the store thread's instructions with 16 devices) unless bytes has an adapter: the store registers
-    bytes itself, which binds the very same object, so what is stored is unchanged."""
+    ``bytes.__bytes__``, which returns the very same object, so what is stored is unchanged."""
     import sqlite3
 
-    assert sqlite3.adapters.get((bytes, sqlite3.PrepareProtocol)) is bytes
+    assert sqlite3.adapters.get((bytes, sqlite3.PrepareProtocol)) == bytes.__bytes__
     store = SQLiteStore(tmp_path / "b.db")
     await store.open()
     try:
