@@ -9,7 +9,12 @@ submit-to-delivery latency (p50/p99), the calls per commit and the mean commit t
     .venv/bin/python benchmarks/commit_path.py [--devices 1] [--calls 3000] [--src other/checkout]
 
 ``--src`` imports ``bridge`` from another checkout (e.g. a ``git archive`` of the base) to compare versions in the
-same conditions.
+same conditions. ``--inline`` commits every lone change on the loop whatever it takes (under valgrind a commit can
+take longer than the store's INLINE_MAX_S, which would send some of them to the store's thread, so the instruction
+count of one device would depend on timing):
+
+    for n in 200 1200; do valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python \
+        benchmarks/commit_path.py --devices 1 --inline --calls $n [--src BEFORE] 2>&1 | grep Collected; done
 """
 
 from __future__ import annotations
@@ -92,9 +97,14 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--floor-every", type=int, default=8, help="a dedup floor in one call of this many")
+    parser.add_argument("--inline", action="store_true", help="commit every lone change on the loop (valgrind)")
     parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1])
     args = parser.parse_args()
     sys.path.insert(0, str(args.src.resolve()))
+    if args.inline:
+        import bridge.store.sqlite
+
+        bridge.store.sqlite.INLINE_MAX_S = float("inf")
     result = asyncio.run(measure(args.devices, args.calls, args.floor_every))
     print(f"devices={args.devices} " + " ".join(f"{k}={v:.3g}" for k, v in result.items()))
 
