@@ -123,7 +123,8 @@ class _Wire(asyncio.Protocol):
         self.buf = bytearray()
         self.skip = 0  # bytes of an oversized packet still to discard
         self.transport: asyncio.Transport | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -147,41 +148,49 @@ class _Wire(asyncio.Protocol):
             buf += data
             data = bytes(buf)
             buf.clear()
-        # packets are framed straight out of the bytes read: one copy per packet (its body), no buffer churn
+        # packets are framed straight out of the bytes read: the link slices each one's fields out of them (no
+        # copy of a packet's body, no buffer churn)
         pos, end = 0, len(data)
-        packet = self.link._packet
+        link = self.link
+        if end:
+            link._heard = self._loop.time()  # heard from the broker
+        packet = link._packet
         while end - pos >= 2:
-            byte = data[pos + 1]
+            length = data[pos + 1]
             i = pos + 2
-            length = byte & 0x7F
-            if byte & 0x80:  # a remaining length of more than one byte
-                mult, complete = 128, False
-                while i < end:
-                    byte = data[i]
+            if length & 0x80:  # a remaining length of more than one byte
+                if end - i >= 1 and not data[i] & 0x80:  # two bytes: up to 16,383
+                    length = (length & 0x7F) | data[i] << 7
                     i += 1
-                    length += (byte & 0x7F) * mult
-                    if not byte & 0x80:
-                        complete = True
+                else:
+                    length &= 0x7F
+                    mult, complete = 128, False
+                    while i < end:
+                        byte = data[i]
+                        i += 1
+                        length += (byte & 0x7F) * mult
+                        if not byte & 0x80:
+                            complete = True
+                            break
+                        mult <<= 7
+                        if mult > 128**3:
+                            self._fail("malformed remaining length")
+                            return
+                    if not complete:
                         break
-                    mult <<= 7
-                    if mult > 128**3:
-                        self._fail("malformed remaining length")
-                        return
-                if not complete:
-                    break
-            head = data[pos]
             if length > MAX_INBOUND:
-                self._oversized(head, data[i : min(end, i + 64)])
+                self._oversized(data[pos], data[i : min(end, i + 64)])
                 if end - i >= length:
                     pos = i + length
                     continue
                 self.skip = length - (end - i)
                 pos = end
                 break
-            if end - i < length:
+            nxt = i + length
+            if nxt > end:
                 break
-            pos = i + length
-            packet(head, data[i:pos])
+            packet(data[pos], data, i, nxt)
+            pos = nxt
         if pos < end:
             buf += memoryview(data)[pos:]
 
@@ -388,32 +397,35 @@ class MqttLink:
 
     # -- inbound ---------------------------------------------------------------------------------------------------
 
-    def _packet(self, head: int, body: bytes) -> None:
-        self._heard = self._loop.time()
+    def _packet(self, head: int, data: bytes, start: int, end: int) -> None:
+        """One packet from the broker: its first byte, and its body in ``data[start:end]``."""
         kind = head >> 4
-        if kind == PUBLISH:
-            qos = (head >> 1) & 3
-            tlen = int.from_bytes(body[:2], "big")
-            start = 2 + tlen + (2 if qos else 0)
-            if qos:
-                pid = body[2 + tlen : start]
-                self._hold_ack(b"\x40\x02" + pid if qos == 1 else b"\x50\x02" + pid)  # PUBACK, or PUBREC for QoS 2
+        if kind == PUBLISH:  # topic length, topic, packet id (QoS 1 and 2), payload
+            qos = head & 0x06
+            tend = start + 2 + (data[start] << 8 | data[start + 1]) if end - start >= 2 else end + 1
+            begin = tend + 2 if qos else tend  # where the payload begins
+            if begin > end:
+                log.warning("dropped a PUBLISH too short for its topic and packet id")
+                return
+            if qos:  # PUBACK (PUBREC for QoS 2), held for the next write (see ACK_HOLD)
+                self._hold_ack((b"\x40\x02" if qos == 0x02 else b"\x50\x02") + data[tend:begin])
             try:
-                topic = body[2 : 2 + tlen].decode()
+                topic = data[start + 2 : tend].decode()
             except UnicodeDecodeError:
                 log.warning("dropped a message whose topic is not UTF-8")
                 return
             try:
-                self._on_message(topic, body[start:])
+                self._on_message(topic, data[begin:end])
             except Exception:
                 log.exception("unexpected failure handling a message on %r", topic[:200])
         elif kind == PUBACK:
-            if self._inflight.pop(int.from_bytes(body[:2], "big"), None) is not None:
+            pid = data[start] << 8 | data[start + 1] if end - start >= 2 else int.from_bytes(data[start:end], "big")
+            if self._inflight.pop(pid, None) is not None:
                 self._drain_waiting()
         elif kind == PUBREL:
-            self._send(b"\x70\x02" + body[:2])  # PUBCOMP
+            self._send(b"\x70\x02" + data[start : min(end, start + 2)])  # PUBCOMP
         elif kind == CONNACK and self._connack is not None and not self._connack.done():
-            self._connack.set_result(body[1] if len(body) > 1 else 255)
+            self._connack.set_result(data[start + 1] if end - start > 1 else 255)
         # SUBACK, PINGRESP: nothing to do beyond having heard from the broker
 
     def _oversized(self, pid: int | None) -> None:
