@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal, TypeVar, cast
 
 from bridge.codec import CBOR, INT_MAX, INT_MIN, JSON, LEAVES, Codec, check_subset, decode_unchecked, dumps, encode, \
-    loads
+    invalid_payload, loads, loads_untrusted
 from bridge.errors import BadRequest
 
 __all__ = [
@@ -453,7 +453,13 @@ def parse_request(payload: bytes, max_payload: int) -> Inbound:
     if len(payload) > max_payload:
         raise BadRequest(f"payload of {len(payload)} bytes exceeds the maximum of {max_payload}")
     codec: Codec = JSON if payload and payload[0] in _JSON_START else CBOR  # codec.detect, inlined
-    msg = decode_unchecked(payload, codec)
+    if codec == CBOR:  # codec.decode_unchecked, inlined
+        try:
+            msg = loads_untrusted(payload)
+        except Exception as exc:
+            raise invalid_payload(exc, codec) from None
+    else:
+        msg = decode_unchecked(payload, codec)
     # the usual call, checked field by field; anything else (or anything wrong) takes the full path, which finds
     # the same errors the same way
     if type(msg) is dict and type(kind := msg.get("t")) is str and kind == "call":
