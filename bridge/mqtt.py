@@ -148,13 +148,13 @@ class _Wire(asyncio.Protocol):
             buf += data
             data = bytes(buf)
             buf.clear()
-        # packets are framed straight out of the bytes read: the link slices each one's fields out of them (no
-        # copy of a packet's body, no buffer churn)
+        # packets are framed straight out of the bytes read, and a PUBLISH's fields sliced straight out of them too
+        # (no copy of its body, no buffer churn, no call per packet beyond the message's own)
         pos, end = 0, len(data)
         link = self.link
         if end:
             link._heard = self._loop.time()  # heard from the broker
-        packet = link._packet
+        packet, hold, deliver = link._packet, link._hold_ack, link._on_message
         while end - pos >= 2:
             length = data[pos + 1]
             i = pos + 2
@@ -189,8 +189,29 @@ class _Wire(asyncio.Protocol):
             nxt = i + length
             if nxt > end:
                 break
-            packet(data[pos], data, i, nxt)
+            head = data[pos]
             pos = nxt
+            if head & 0xF0 != 0x30:
+                packet(head, data[i:nxt])
+                continue
+            # PUBLISH: topic length, topic, packet id (QoS 1 and 2), payload
+            qos = head & 0x06
+            tend = i + 2 + (data[i] << 8 | data[i + 1]) if length >= 2 else nxt + 1
+            begin = tend + 2 if qos else tend  # where the payload begins
+            if begin > nxt:
+                log.warning("dropped a PUBLISH too short for its topic and packet id")
+                continue
+            if qos:  # PUBACK (PUBREC for QoS 2), held for the next write (see ACK_HOLD)
+                hold((b"\x40\x02" if qos == 0x02 else b"\x50\x02") + data[tend:begin])
+            try:
+                topic = data[i + 2 : tend].decode()
+            except UnicodeDecodeError:
+                log.warning("dropped a message whose topic is not UTF-8")
+                continue
+            try:
+                deliver(topic, data[begin:nxt])
+            except Exception:
+                log.exception("unexpected failure handling a message on %r", topic[:200])
         if pos < end:
             buf += memoryview(data)[pos:]
 
@@ -397,35 +418,16 @@ class MqttLink:
 
     # -- inbound ---------------------------------------------------------------------------------------------------
 
-    def _packet(self, head: int, data: bytes, start: int, end: int) -> None:
-        """One packet from the broker: its first byte, and its body in ``data[start:end]``."""
+    def _packet(self, head: int, body: bytes) -> None:
+        """A packet from the broker other than a PUBLISH (the wire hands those to ``on_message``)."""
         kind = head >> 4
-        if kind == PUBLISH:  # topic length, topic, packet id (QoS 1 and 2), payload
-            qos = head & 0x06
-            tend = start + 2 + (data[start] << 8 | data[start + 1]) if end - start >= 2 else end + 1
-            begin = tend + 2 if qos else tend  # where the payload begins
-            if begin > end:
-                log.warning("dropped a PUBLISH too short for its topic and packet id")
-                return
-            if qos:  # PUBACK (PUBREC for QoS 2), held for the next write (see ACK_HOLD)
-                self._hold_ack((b"\x40\x02" if qos == 0x02 else b"\x50\x02") + data[tend:begin])
-            try:
-                topic = data[start + 2 : tend].decode()
-            except UnicodeDecodeError:
-                log.warning("dropped a message whose topic is not UTF-8")
-                return
-            try:
-                self._on_message(topic, data[begin:end])
-            except Exception:
-                log.exception("unexpected failure handling a message on %r", topic[:200])
-        elif kind == PUBACK:
-            pid = data[start] << 8 | data[start + 1] if end - start >= 2 else int.from_bytes(data[start:end], "big")
-            if self._inflight.pop(pid, None) is not None:
+        if kind == PUBACK:
+            if self._inflight.pop(int.from_bytes(body[:2], "big"), None) is not None:
                 self._drain_waiting()
         elif kind == PUBREL:
-            self._send(b"\x70\x02" + data[start : min(end, start + 2)])  # PUBCOMP
+            self._send(b"\x70\x02" + body[:2])  # PUBCOMP
         elif kind == CONNACK and self._connack is not None and not self._connack.done():
-            self._connack.set_result(data[start + 1] if end - start > 1 else 255)
+            self._connack.set_result(body[1] if len(body) > 1 else 255)
         # SUBACK, PINGRESP: nothing to do beyond having heard from the broker
 
     def _oversized(self, pid: int | None) -> None:
