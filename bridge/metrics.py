@@ -98,8 +98,8 @@ class Histogram:
 
 
 class StageHistogram:
-    """A :class:`Histogram` for values counted on every call (the stages, the calls' latency): observing appends to a list,
-    and the list is sorted into the buckets in bulk (at FOLD_AT values, and before anything reads the histogram),
+    """A :class:`Histogram` for values counted on every call (the stages, the calls' latency): observing appends to a
+    list, and the list is sorted into the buckets in bulk (at FOLD_AT values, and before anything reads the histogram),
     which costs a fraction of a bucket search per value. Reads like a Histogram."""
 
     __slots__ = ("_hist", "pending")

@@ -330,9 +330,9 @@ class MqttLink:
         them: a caller publishing to the same topics again and again (bridge.service) keeps those."""
         if not qos:
             if self.connected.is_set():
-                self._send(_publish(topic.encode() if type(topic) is str else topic[2:], payload, 0, 0))
+                self._send(_publish(topic.encode() if isinstance(topic, str) else topic[2:], payload, 0, 0))
             return
-        t = prefixed(topic.encode()) if type(topic) is str else topic
+        t = prefixed(topic.encode()) if isinstance(topic, str) else topic
         if len(self._inflight) < self._max_inflight and not self._waiting and self.connected.is_set():
             self._send_qos1(t, payload)
         elif len(self._waiting) < self._max_queued:
