@@ -353,7 +353,9 @@ class MqttLink:
         while pid in inflight:
             pid = pid % 65535 + 1
         self._pid = pid
-        inflight[pid] = data = _publish_qos1(topic, payload, pid)
+        size = len(topic) + 2 + len(payload)  # the usual reply or note is under 128: as _publish_qos1, inline
+        inflight[pid] = data = (b"".join((_BB(0x32, size), topic, _H(pid), payload)) if size < 128
+                                else _publish_qos1(topic, payload, pid))
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -440,8 +442,9 @@ class MqttLink:
                 self._on_message(topic, body[start:])
             except Exception:
                 log.exception("unexpected failure handling a message on %r", topic[:200])
-        elif kind == PUBACK:
-            if self._inflight.pop(int.from_bytes(body[:2], "big"), None) is not None:
+        elif kind == PUBACK:  # of one of our QoS 1 publishes: free its id; the rest only when something waits
+            inflight = self._inflight
+            if inflight.pop(int.from_bytes(body[:2], "big"), None) is not None and (self._waiting or not inflight):
                 self._drain_waiting()
         elif kind == PUBREL:
             self._send(b"\x70\x02" + body[:2])  # PUBCOMP
