@@ -9,6 +9,7 @@ kind = one class here (registered with ``@inbound``, added to :data:`Inbound`) +
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal, TypeVar, cast
@@ -542,17 +543,32 @@ def sync_answer(first: int, next_seq: int) -> dict[str, Any]:
     return {"t": "sync", "first": first, "next": next_seq}
 
 
-_NOTE_HEAD: Final = dumps("t") + dumps("note") + dumps("seq")
+_NOTE_HEAD: Final = b"\xa3" + dumps("t") + dumps("note") + dumps("seq")  # a map of 3: "t": "note", "seq": ...
 _ARGS_KEY: Final = dumps("args")
+_UINT8: Final = struct.Struct(">BB").pack  # CBOR unsigned ints of 1, 2 and 4 bytes (after their first byte)
+_UINT16: Final = struct.Struct(">BH").pack
+_UINT32: Final = struct.Struct(">BI").pack
 
 
 def encode_note(seq: int, args_cbor: bytes, codec: Codec) -> bytes:
     """Encode the notification ``{"t": "note", "seq": seq, "args": args}`` from the stored CBOR of ``args``.
 
-    For CBOR sessions the stored bytes are spliced in, so a notification is never decoded and re-encoded.
+    For CBOR sessions the stored bytes are spliced in, so a notification is never decoded and re-encoded (and the
+    sequence number, a CBOR unsigned int, is written here rather than by cbor2).
     """
     if codec == CBOR:
-        return b"\xa3" + _NOTE_HEAD + dumps(seq) + _ARGS_KEY + args_cbor
+        if seq >= 24:
+            if seq < 0x100:
+                head = _UINT8(0x18, seq)
+            elif seq < 0x10000:
+                head = _UINT16(0x19, seq)
+            elif seq < 0x100000000:
+                head = _UINT32(0x1A, seq)
+            else:
+                head = dumps(seq)
+        else:
+            head = bytes((seq,)) if seq >= 0 else dumps(seq)
+        return b"".join((_NOTE_HEAD, head, _ARGS_KEY, args_cbor))
     return encode({"t": "note", "seq": seq, "args": loads(args_cbor)}, codec)
 
 

@@ -14,13 +14,22 @@ from bridge.mqtt import BrokerURL, MqttLink, _length, _publish, _Wire, packet
 
 
 class _Link:
+    """What the wire hands on, as events in order: ("ack", bytes), ("message", topic, payload), (head, body)."""
+
     def __init__(self) -> None:
-        self.packets: list[tuple[int, bytes]] = []
+        self.packets: list[tuple[Any, ...]] = []
         self.oversized: list[int | None] = []
 
-    def _packet(self, head: int, data: bytes, start: int, end: int) -> None:
-        assert type(data) is bytes and 0 <= start <= end <= len(data)
-        self.packets.append((head, data[start:end]))
+    def _packet(self, head: int, body: bytes) -> None:
+        assert type(body) is bytes and head & 0xF0 != 0x30
+        self.packets.append((head, body))
+
+    def _hold_ack(self, ack: bytes) -> None:
+        self.packets.append(("ack", ack))
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        assert type(payload) is bytes
+        self.packets.append(("message", topic, payload))
 
     def _oversized(self, pid: int | None) -> None:
         self.oversized.append(pid)
@@ -44,6 +53,22 @@ def _wire() -> tuple[_Wire, _Link]:
     return wire, link
 
 
+def _events(packets: list[tuple[int, bytes]]) -> list[tuple[Any, ...]]:
+    """What the wire hands the link for these packets: a PUBLISH as its acknowledgement (QoS 1 and 2) and its
+    topic and payload, any other packet as it is."""
+    out: list[tuple[Any, ...]] = []
+    for head, body in packets:
+        if head & 0xF0 != 0x30:
+            out.append((head, body))
+            continue
+        qos = (head >> 1) & 3
+        tend = 2 + int.from_bytes(body[:2], "big")
+        if qos:
+            out.append(("ack", (b"\x40\x02" if qos == 1 else b"\x50\x02") + body[tend : tend + 2]))
+        out.append(("message", body[2:tend].decode(), body[tend + (2 if qos else 0) :]))
+    return out
+
+
 def _feed(wire: _Wire, stream: bytes, cuts: list[int]) -> None:
     last = 0
     for cut in [*sorted(cuts), len(stream)]:
@@ -63,7 +88,7 @@ async def test_packets_come_out_whole_whatever_the_chunks():
                                                                          for _ in range(20)]):
         wire, link = _wire()
         _feed(wire, stream, cuts)
-        assert link.packets == PACKETS
+        assert link.packets == _events(PACKETS)
         assert not wire.buf and not wire.skip
 
 
@@ -73,9 +98,7 @@ async def test_a_publish_built_by_the_link_frames_back_to_its_parts():
             packet = _publish(b"ca/x/session/s", b"p" * size, qos, 513)
             wire, link = _wire()
             wire.data_received(packet)
-            ((head, body),) = link.packets
-            assert head == 0x30 | (qos << 1)
-            assert body == b"\x00\x0eca/x/session/s" + (b"\x02\x01" if qos else b"") + b"p" * size
+            assert link.packets == [("ack", b"\x40\x02\x02\x01")] * qos + [("message", "ca/x/session/s", b"p" * size)]
 
 
 async def test_an_oversized_publish_is_acknowledged_and_skipped(monkeypatch):
@@ -85,7 +108,7 @@ async def test_an_oversized_publish_is_acknowledged_and_skipped(monkeypatch):
     for cuts in ([], [10, 20, 30, 3000, 5000, len(stream) - 3]):
         wire, link = _wire()
         _feed(wire, stream, cuts)
-        assert link.packets == [PACKETS[0], PACKETS[-1]]
+        assert link.packets == _events([PACKETS[0], PACKETS[-1]])
         assert link.oversized == [0x0102]
 
 
@@ -114,7 +137,7 @@ async def test_every_split_point_frames_the_same_packets():
         wire, link = _wire()
         for chunk in chunks:
             wire.data_received(chunk)
-        assert link.packets == packets, chunks
+        assert link.packets == _events(packets), chunks
         assert not wire.buf
 
 
@@ -126,7 +149,7 @@ async def test_two_and_three_byte_remaining_lengths_at_their_edges():
             wire, link = _wire()
             for chunk in chunks:
                 wire.data_received(chunk)
-            assert link.packets == [(0x30, body), (0xD0, b"")]
+            assert link.packets == _events([(0x30, body), (0xD0, b"")])
 
 
 async def _link(on_message: Any) -> MqttLink:
@@ -144,7 +167,7 @@ async def test_the_link_delivers_publishes_and_holds_their_acks_whatever_the_chu
     for chunks in _every_split(stream):
         got: list[tuple[str, bytes]] = []
         link = await _link(lambda topic, payload, got=got: got.append((topic, payload)))
-        link._inflight[7] = (b"t", b"p")  # type: ignore[assignment]
+        link._inflight[7] = b"the publish"
         wire = _Wire(link)
         for chunk in chunks:
             wire.data_received(chunk)
