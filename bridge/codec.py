@@ -16,7 +16,8 @@ import cbor2
 
 from bridge.errors import CodecError
 
-__all__ = ["CBOR", "JSON", "Codec", "check_subset", "decode", "detect", "dumps", "encode", "loads"]
+__all__ = ["CBOR", "JSON", "Codec", "check_subset", "decode", "decode_unchecked", "detect", "dumps", "encode",
+           "invalid_payload", "loads", "loads_untrusted"]
 
 Codec = Literal["cbor", "json"]
 CBOR: Final = "cbor"
@@ -24,8 +25,8 @@ JSON: Final = "json"
 
 MAX_DEPTH: Final = 32
 INT_BITS: Final = 1024  # integers in -(2**INT_BITS) .. 2**INT_BITS - 1, like a bignum of at most 128 bytes
-_INT_MIN: Final = -(2**INT_BITS)
-_INT_MAX: Final = 2**INT_BITS - 1
+INT_MIN: Final = -(2**INT_BITS)
+INT_MAX: Final = 2**INT_BITS - 1
 _JSON_START: Final = frozenset(b"{ \t\r\n")
 
 
@@ -78,22 +79,35 @@ def encode(value: Any, codec: Codec) -> bytes:
 
 def decode(payload: bytes, codec: Codec) -> Any:
     """Decode an incoming payload and check it stays inside the wire subset."""
-    try:
-        if codec == CBOR:
-            value = cbor2.loads(payload)
-        else:
-            value = json.loads(payload, object_hook=_json_hook, parse_constant=_no_constants)
-    except CodecError:
-        raise
-    except (ValueError, TypeError, RecursionError, MemoryError, OverflowError, EOFError) as exc:
-        raise CodecError(f"payload is not valid {codec.upper()}: {type(exc).__name__}") from None
-    except Exception as exc:  # cbor2's tag decoders raise assorted errors on hostile input
-        raise CodecError(f"payload is not valid {codec.upper()}: {type(exc).__name__}") from None
+    value = decode_unchecked(payload, codec)
     check_subset(value)
     return value
 
 
-_LEAVES: Final = frozenset({str, float, bool, bytes, type(None)})  # in the subset whatever their value
+def decode_unchecked(payload: bytes, codec: Codec) -> Any:
+    """Decode an incoming payload; CodecError if it is not valid. The caller checks the subset (:func:`decode`
+    does; bridge.protocol checks the usual request's fields directly and calls :func:`check_subset` otherwise)."""
+    try:
+        if codec == CBOR:
+            value = loads_untrusted(payload)
+        else:
+            value = json.loads(payload, object_hook=_json_hook, parse_constant=_no_constants)
+    except CodecError:
+        raise
+    except Exception as exc:  # cbor2's tag decoders raise assorted errors on hostile input
+        raise invalid_payload(exc, codec) from None
+    return value
+
+
+loads_untrusted: Final = cbor2.loads  # CBOR from a peer: every failure becomes invalid_payload's CodecError
+
+
+def invalid_payload(exc: Exception, codec: Codec) -> CodecError:
+    """The error for a payload that does not decode (``exc``: what the decoder raised)."""
+    return CodecError(f"payload is not valid {codec.upper()}: {type(exc).__name__}")
+
+
+LEAVES: Final = frozenset({str, float, bool, bytes, type(None)})  # in the subset whatever their value
 
 
 def check_subset(value: Any, depth: int = 0) -> None:
@@ -104,21 +118,21 @@ def check_subset(value: Any, depth: int = 0) -> None:
     if kind is str or kind is float or kind is bool or value is None or kind is bytes:
         return
     if kind is int:
-        if not _INT_MIN <= value <= _INT_MAX:
+        if not INT_MIN <= value <= INT_MAX:
             raise CodecError(f"integer beyond {INT_BITS} bits")
         return
     if (kind is list or kind is tuple or kind is dict) and value and depth >= MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH}")  # its items are one level deeper
     if kind is list or kind is tuple:  # tuples go out as arrays
         for item in value:
-            if type(item) not in _LEAVES:  # text, floats, ...: nothing to look into (the common case, inlined)
+            if type(item) not in LEAVES:  # text, floats, ...: nothing to look into (the common case, inlined)
                 check_subset(item, depth + 1)
         return
     if kind is dict:
         for key, item in value.items():
-            if type(key) not in _LEAVES:
+            if type(key) not in LEAVES:
                 check_subset(key, depth + 1)
-            if type(item) not in _LEAVES:
+            if type(item) not in LEAVES:
                 check_subset(item, depth + 1)
         return
     raise CodecError(f"{kind.__name__} is not in the wire subset")

@@ -179,13 +179,14 @@ class Committer:
 
     def _release(self, live: list[Pending], refused: frozenset[str]) -> None:
         """Deliver a durable batch in submission order (items of refused CAs run again instead)."""
+        deliver = self._deliver
         for pending in live:
             if refused and pending.owner.name in refused:  # another bridge owns this CA now (bridge.cluster)
                 pending.owner.invalidate()
                 self._retry(pending)
                 continue
             try:
-                self._deliver(pending)
+                deliver(pending)
             except Exception:  # a delivery bug must never stop the commit path
                 log.exception("delivering the effects of CA %s failed", pending.owner.name)
         faults.hit("after_publish")

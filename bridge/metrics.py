@@ -98,8 +98,8 @@ class Histogram:
 
 
 class StageHistogram:
-    """A :class:`Histogram` for values counted several times per call (the stages): observing appends to a list,
-    and the list is sorted into the buckets in bulk (at FOLD_AT values, and before anything reads the histogram),
+    """A :class:`Histogram` for values counted on every call (the stages, the calls' latency): observing appends to a
+    list, and the list is sorted into the buckets in bulk (at FOLD_AT values, and before anything reads the histogram),
     which costs a fraction of a bucket search per value. Reads like a Histogram."""
 
     __slots__ = ("_hist", "pending")
@@ -173,7 +173,7 @@ class Metrics:
     def __init__(self) -> None:
         self.started = time.time()
         self.calls: dict[tuple[str, str], int] = {}  # (method, outcome) -> count
-        self.latency: dict[str, Histogram] = {}  # method -> admission-to-durable-reply seconds
+        self.latency: dict[str, StageHistogram] = {}  # method -> admission-to-durable-reply seconds
         self.rejected: dict[str, int] = {}  # reason -> count (answered without running)
         self.notes_published = 0
         self.notes_acked = 0
@@ -190,6 +190,9 @@ class Metrics:
         # the pending lists of the call stages, appended to directly (call_stages) as StageHistogram.observe would
         self._call_stages = (self.stage_mailbox.pending, self.stage_method.pending, self.stage_commit.pending,
                              self.stage_publish.pending)
+        # time.time() - time.perf_counter(), so that a call's delivery reads one clock (call_finished); renewed
+        # every FOLD_AT calls, so a step of the wall clock shows in the dashboard's times within that many calls
+        self.wall_offset = time.time() - time.perf_counter()
         self.stages = dict(zip((name for name, _ in STAGES), (
             self.stage_decode, self.stage_mailbox, self.stage_method, self.stage_commit, self.stage_publish),
             strict=True))
@@ -224,7 +227,7 @@ class Metrics:
         self.calls[key] = self.calls.get(key, 0) + 1
         hist = self.latency.get(method)
         if hist is None:
-            hist = self.latency[method] = Histogram(LATENCY_BUCKETS)
+            hist = self.latency[method] = StageHistogram(LATENCY_BUCKETS)
         hist.observe(seconds)
 
     def call_stages(self, admitted: float, started: float, submitted: float, durable: float, sent: float) -> None:
@@ -235,8 +238,35 @@ class Metrics:
         commit.append(durable - submitted)
         publish.append(sent - durable)
         if len(publish) >= FOLD_AT:
-            for hist in (self.stage_mailbox, self.stage_method, self.stage_commit, self.stage_publish):
-                hist.fold()
+            self._fold_stages()
+
+    def call_finished(self, method: str, outcome: str, admitted: float, started: float, submitted: float,
+                      durable: float, sent: float) -> float:
+        """:meth:`call_done` and :meth:`call_stages` in one (the delivery of every call); returns the wall clock
+        (Unix time) at ``sent``, from :attr:`wall_offset`, for the dashboard."""
+        key = (method, outcome)
+        calls = self.calls
+        calls[key] = calls.get(key, 0) + 1
+        hist = self.latency.get(method)
+        if hist is None:
+            hist = self.latency[method] = StageHistogram(LATENCY_BUCKETS)
+        pending = hist.pending
+        pending.append(sent - admitted)
+        if len(pending) >= FOLD_AT:
+            hist.fold()
+        mailbox, run, commit, publish = self._call_stages
+        mailbox.append(started - admitted)
+        run.append(submitted - started)
+        commit.append(durable - submitted)
+        publish.append(sent - durable)
+        if len(publish) >= FOLD_AT:
+            self._fold_stages()
+        return sent + self.wall_offset
+
+    def _fold_stages(self) -> None:
+        for hist in (self.stage_mailbox, self.stage_method, self.stage_commit, self.stage_publish):
+            hist.fold()
+        self.wall_offset = time.time() - time.perf_counter()
 
     def reject(self, reason: str) -> None:
         """One request answered without running (busy, rate, bad_request, not_found, unavailable, shutdown)."""

@@ -19,7 +19,8 @@ import logging
 import random
 import socket
 import ssl
-from collections import OrderedDict, deque
+import struct
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -92,16 +93,32 @@ def packet(head: int, body: bytes) -> bytes:
     return bytes((head,)) + _length(len(body)) + body
 
 
+_BB: Final = struct.Struct(">BB").pack  # a packet's first byte and a one-byte remaining length
+_H: Final = struct.Struct(">H").pack  # a packet id (or a length prefix)
+
+
 def _publish(topic: bytes, payload: bytes, qos: int, pid: int, dup: bool = False) -> bytes:
+    """A PUBLISH packet (``topic`` bare; :func:`_publish_qos1` takes it length-prefixed)."""
     head = 0x30 | (0x08 if dup else 0) | (qos << 1)
     size = 2 + len(topic) + (2 if qos else 0) + len(payload)
-    if size < 128:  # the usual reply: a one-byte remaining length
-        fixed = bytes((head, size, len(topic) >> 8, len(topic) & 0xFF))
-    else:
-        fixed = bytes((head,)) + _length(size) + len(topic).to_bytes(2, "big")
+    fixed = _BB(head, size) if size < 128 else bytes((head,)) + _length(size)
     if qos:
-        return b"".join((fixed, topic, pid.to_bytes(2, "big"), payload))
-    return b"".join((fixed, topic, payload))
+        return b"".join((fixed, _H(len(topic)), topic, _H(pid), payload))
+    return b"".join((fixed, _H(len(topic)), topic, payload))
+
+
+def _publish_qos1(prefixed_topic: bytes, payload: bytes, pid: int) -> bytes:
+    """A QoS 1 PUBLISH, the bridge's every reply and notification: one join, the topic's length prefix made once
+    per topic (:meth:`MqttLink.publish`)."""
+    size = len(prefixed_topic) + 2 + len(payload)
+    if size < 128:  # the usual reply or notification: a one-byte remaining length
+        return b"".join((_BB(0x32, size), prefixed_topic, _H(pid), payload))
+    return b"".join((b"\x32", _length(size), prefixed_topic, _H(pid), payload))
+
+
+def _with_dup(publish: bytes) -> bytes:
+    """The same PUBLISH packet with its DUP flag set (a resend)."""
+    return bytes((publish[0] | 0x08,)) + publish[1:]
 
 
 def backoff_delays(first: float, cap: float,
@@ -116,14 +133,16 @@ def backoff_delays(first: float, cap: float,
 
 
 class _Wire(asyncio.Protocol):
-    """Frames packets out of the byte stream and hands them to the link."""
+    """Frames packets out of the byte stream and hands them to the link: a PUBLISH's topic and payload to its
+    ``on_message`` (and the acknowledgement to ``_hold_ack``), any other packet to ``_packet``."""
 
     def __init__(self, link: MqttLink) -> None:
         self.link = link
         self.buf = bytearray()
         self.skip = 0  # bytes of an oversized packet still to discard
         self.transport: asyncio.Transport | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -147,41 +166,70 @@ class _Wire(asyncio.Protocol):
             buf += data
             data = bytes(buf)
             buf.clear()
-        # packets are framed straight out of the bytes read: one copy per packet (its body), no buffer churn
+        # packets are framed straight out of the bytes read, and a PUBLISH's fields sliced straight out of them too
+        # (no copy of its body, no buffer churn, no call per packet beyond the message's own)
         pos, end = 0, len(data)
-        packet = self.link._packet
+        link = self.link
+        if end:
+            link._heard = self._loop.time()  # heard from the broker
+        packet, hold, deliver = link._packet, link._hold_ack, link._on_message
         while end - pos >= 2:
-            byte = data[pos + 1]
+            length = data[pos + 1]
             i = pos + 2
-            length = byte & 0x7F
-            if byte & 0x80:  # a remaining length of more than one byte
-                mult, complete = 128, False
-                while i < end:
-                    byte = data[i]
+            if length & 0x80:  # a remaining length of more than one byte
+                if end - i >= 1 and not data[i] & 0x80:  # two bytes: up to 16,383
+                    length = (length & 0x7F) | data[i] << 7
                     i += 1
-                    length += (byte & 0x7F) * mult
-                    if not byte & 0x80:
-                        complete = True
+                else:
+                    length &= 0x7F
+                    mult, complete = 128, False
+                    while i < end:
+                        byte = data[i]
+                        i += 1
+                        length += (byte & 0x7F) * mult
+                        if not byte & 0x80:
+                            complete = True
+                            break
+                        mult <<= 7
+                        if mult > 128**3:
+                            self._fail("malformed remaining length")
+                            return
+                    if not complete:
                         break
-                    mult <<= 7
-                    if mult > 128**3:
-                        self._fail("malformed remaining length")
-                        return
-                if not complete:
-                    break
-            head = data[pos]
             if length > MAX_INBOUND:
-                self._oversized(head, data[i : min(end, i + 64)])
+                self._oversized(data[pos], data[i : min(end, i + 64)])
                 if end - i >= length:
                     pos = i + length
                     continue
                 self.skip = length - (end - i)
                 pos = end
                 break
-            if end - i < length:
+            nxt = i + length
+            if nxt > end:
                 break
-            pos = i + length
-            packet(head, data[i:pos])
+            head = data[pos]
+            pos = nxt
+            if head & 0xF0 != 0x30:
+                packet(head, data[i:nxt])
+                continue
+            # PUBLISH: topic length, topic, packet id (QoS 1 and 2), payload
+            qos = head & 0x06
+            tend = i + 2 + (data[i] << 8 | data[i + 1]) if length >= 2 else nxt + 1
+            begin = tend + 2 if qos else tend  # where the payload begins
+            if begin > nxt:
+                log.warning("dropped a PUBLISH too short for its topic and packet id")
+                continue
+            if qos:  # PUBACK (PUBREC for QoS 2), held for the next write (see ACK_HOLD)
+                hold((b"\x40\x02" if qos == 0x02 else b"\x50\x02") + data[tend:begin])
+            try:
+                topic = data[i + 2 : tend].decode()
+            except UnicodeDecodeError:
+                log.warning("dropped a message whose topic is not UTF-8")
+                continue
+            try:
+                deliver(topic, data[begin:nxt])
+            except Exception:
+                log.exception("unexpected failure handling a message on %r", topic[:200])
         if pos < end:
             buf += memoryview(data)[pos:]
 
@@ -242,8 +290,9 @@ class MqttLink:
         self._acks: list[bytes] = []  # PUBACKs (PUBRECs) held for the next write, oldest first
         self._acks_since = 0.0  # loop time the oldest of them was held
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._inflight: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # pid -> (topic, payload)
-        self._waiting: deque[tuple[bytes, bytes]] = deque()  # QoS 1 publishes not yet sent
+        # QoS 1 publishes sent and not yet acknowledged, oldest first: pid -> the PUBLISH packet (resent with DUP)
+        self._inflight: dict[int, bytes] = {}
+        self._waiting: deque[tuple[bytes, bytes]] = deque()  # QoS 1 publishes not yet sent: (prefixed topic, payload)
         self._pid = 0
         self._connack: asyncio.Future[int] | None = None
         self._all_acked = asyncio.Event()
@@ -305,14 +354,17 @@ class MqttLink:
 
     # -- publishing ---------------------------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish; while disconnected, QoS 1 messages wait (up to max_queued) for the next connection."""
-        t = topic.encode()
+    def publish(self, topic: str | bytes, payload: bytes, qos: int = 1) -> None:
+        """Publish; while disconnected, QoS 1 messages wait (up to max_queued) for the next connection.
+
+        ``topic``: text, or (for QoS 1) bytes already encoded *and* length-prefixed, as :func:`prefixed` makes
+        them: a caller publishing to the same topics again and again (bridge.service) keeps those."""
         if not qos:
             if self.connected.is_set():
-                self._send(_publish(t, payload, 0, 0))
+                self._send(_publish(topic.encode() if isinstance(topic, str) else topic[2:], payload, 0, 0))
             return
-        if self.connected.is_set() and len(self._inflight) < self._max_inflight and not self._waiting:
+        t = prefixed(topic.encode()) if isinstance(topic, str) else topic
+        if len(self._inflight) < self._max_inflight and not self._waiting and self.connected.is_set():
             self._send_qos1(t, payload)
         elif len(self._waiting) < self._max_queued:
             self._waiting.append((t, payload))
@@ -324,10 +376,21 @@ class MqttLink:
                             self.metrics.mqtt_dropped)
 
     def _send_qos1(self, topic: bytes, payload: bytes) -> None:
-        pid = self._next_pid()
-        self._inflight[pid] = (topic, payload)
-        self._all_acked.clear()
-        self._send(_publish(topic, payload, 1, pid))
+        """Send a QoS 1 publish (``topic`` length-prefixed) under the next free packet id."""
+        inflight = self._inflight
+        if not inflight:
+            self._all_acked.clear()  # set only while nothing is in flight or waiting (see _drain_waiting)
+        pid = self._pid % 65535 + 1
+        while pid in inflight:
+            pid = pid % 65535 + 1
+        self._pid = pid
+        size = len(topic) + 2 + len(payload)  # the usual reply or note is under 128: as _publish_qos1, inline
+        inflight[pid] = data = (b"".join((_BB(0x32, size), topic, _H(pid), payload)) if size < 128
+                                else _publish_qos1(topic, payload, pid))
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _next_pid(self) -> int:
         while True:
@@ -380,35 +443,23 @@ class MqttLink:
         # else: lost with the connection; QoS 1 publishes are resent from _inflight on reconnect
 
     def _drain_waiting(self) -> None:
-        while self._waiting and len(self._inflight) < self._max_inflight:
-            topic, payload = self._waiting.popleft()
-            self._send_qos1(topic, payload)
-        if not self._waiting and not self._inflight:
+        """After a PUBACK: send what waits for a free in-flight slot; tell flush() once nothing is left."""
+        waiting = self._waiting
+        if waiting:
+            while waiting and len(self._inflight) < self._max_inflight:
+                topic, payload = waiting.popleft()
+                self._send_qos1(topic, payload)
+        elif not self._inflight:
             self._all_acked.set()
 
     # -- inbound ---------------------------------------------------------------------------------------------------
 
     def _packet(self, head: int, body: bytes) -> None:
-        self._heard = self._loop.time()
+        """A packet from the broker other than a PUBLISH (the wire hands those to ``on_message``)."""
         kind = head >> 4
-        if kind == PUBLISH:
-            qos = (head >> 1) & 3
-            tlen = int.from_bytes(body[:2], "big")
-            start = 2 + tlen + (2 if qos else 0)
-            if qos:
-                pid = body[2 + tlen : start]
-                self._hold_ack(b"\x40\x02" + pid if qos == 1 else b"\x50\x02" + pid)  # PUBACK, or PUBREC for QoS 2
-            try:
-                topic = body[2 : 2 + tlen].decode()
-            except UnicodeDecodeError:
-                log.warning("dropped a message whose topic is not UTF-8")
-                return
-            try:
-                self._on_message(topic, body[start:])
-            except Exception:
-                log.exception("unexpected failure handling a message on %r", topic[:200])
-        elif kind == PUBACK:
-            if self._inflight.pop(int.from_bytes(body[:2], "big"), None) is not None:
+        if kind == PUBACK:  # of one of our QoS 1 publishes: free its id; the rest only when something waits
+            inflight = self._inflight
+            if inflight.pop(int.from_bytes(body[:2], "big"), None) is not None and (self._waiting or not inflight):
                 self._drain_waiting()
         elif kind == PUBREL:
             self._send(b"\x70\x02" + body[:2])  # PUBCOMP
@@ -464,8 +515,8 @@ class MqttLink:
             raise ConnectionRefusedError(f"the broker refused the connection: {CONNACK_CODES.get(code, code)}")
         topics = b"".join(prefixed(t.encode()) + bytes((q,)) for t, q in self._subscriptions)
         self._send(packet((SUBSCRIBE << 4) | 2, self._next_pid().to_bytes(2, "big") + topics))
-        for pid, (topic, payload) in self._inflight.items():  # unacknowledged: resend with DUP, same id
-            self._send(_publish(topic, payload, 1, pid, dup=True))
+        for publish in self._inflight.values():  # unacknowledged: resend with DUP, same id, oldest first
+            self._send(_with_dup(publish))
         self.metrics.mqtt_connects += 1
         self.connected.set()
         self._drain_waiting()

@@ -9,11 +9,13 @@ kind = one class here (registered with ``@inbound``, added to :data:`Inbound`) +
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal, TypeVar, cast
 
-from bridge.codec import CBOR, Codec, decode, detect, dumps, encode, loads
+from bridge.codec import CBOR, INT_MAX, INT_MIN, JSON, LEAVES, Codec, check_subset, decode_unchecked, dumps, encode, \
+    invalid_payload, loads, loads_untrusted
 from bridge.errors import BadRequest
 
 __all__ = [
@@ -94,7 +96,9 @@ class Topics:
         self.inbound_filter = f"{prefix}/+/in"
         self._head = prefix + "/"
         self._depth = prefix.count("/") + 1
-        self._cas: dict[str, str | None] = {}  # inbound topic -> its CA (or None): the answers so far (bounded)
+        # inbound topic -> its CA (or None): the answers of ca_of so far (bounded; cleared in place when full, so
+        # bridge.ingress keeps a reference and reads it first)
+        self.cas: dict[str, str | None] = {}
 
     def session(self, ca: str, session: str) -> str:
         """The topic of one logical session's replies and notifications."""
@@ -133,7 +137,7 @@ class Topics:
 
     def ca_of(self, topic: str) -> str | None:
         """The CA name of an inbound topic, or None if the topic is not a valid ``<prefix>/<ca>/in``."""
-        cas = self._cas
+        cas = self.cas
         if topic in cas:
             return cas[topic]
         if not topic.startswith(self._head) or not topic.endswith("/in"):
@@ -437,6 +441,10 @@ Inbound = Call | Ack | Sync | Presence | DStart | DSync  # every inbound kind: b
 _KIND_NAMES: Final = ", ".join(repr(k) for k in list(KINDS)[:-1]) + f" or {list(KINDS)[-1]!r}"
 
 
+_JSON_START: Final = frozenset(b"{ \t\r\n")  # as codec.detect
+_CALL_KEYS: Final = frozenset(("t", "id", "session", "method", "args"))
+
+
 def parse_request(payload: bytes, max_payload: int) -> Inbound:
     """Decode and validate one inbound payload. Raises BadRequest (or its CodecError sibling); nothing else.
 
@@ -445,13 +453,54 @@ def parse_request(payload: bytes, max_payload: int) -> Inbound:
     """
     if len(payload) > max_payload:
         raise BadRequest(f"payload of {len(payload)} bytes exceeds the maximum of {max_payload}")
-    codec = detect(payload)
-    msg = decode(payload, codec)
+    codec: Codec = JSON if payload and payload[0] in _JSON_START else CBOR  # codec.detect, inlined
+    if codec == CBOR:  # codec.decode_unchecked, inlined
+        try:
+            msg = loads_untrusted(payload)
+        except Exception as exc:
+            raise invalid_payload(exc, codec) from None
+    else:
+        msg = decode_unchecked(payload, codec)
+    # the usual call, checked field by field; anything else (or anything wrong) takes the full path, which finds
+    # the same errors the same way
+    if type(msg) is dict and type(kind := msg.get("t")) is str and kind == "call":
+        if len(msg) == 5:  # t, id, session, method and args, if each has the type looked for below: no other key
+            session = msg.get("session")
+            args = msg.get("args")
+        elif _CALL_KEYS.issuperset(msg):
+            session = msg.get("session", DEFAULT_SESSION)
+            args = msg.get("args", [])
+        else:
+            session = args = None  # an unknown key: the full path checks it
+        rid = msg.get("id")
+        method = msg.get("method")
+        if type(session) is str and type(rid) is str and type(method) is str and type(args) is list \
+                and (_CHECKED.get(session) or valid_name(session)) and 0 < len(rid) <= MAX_ID_LEN \
+                and "\x00" not in rid and (codec == CBOR or _encodable(rid)):
+            # every key and the other values are text (in the subset): only the arguments are left to check, in
+            # the order check_subset would, so that the first one outside the subset raises the same CodecError
+            for arg in args:
+                of = type(arg)
+                if of is int:
+                    if not INT_MIN <= arg <= INT_MAX:
+                        check_subset(arg, 2)
+                elif of not in LEAVES:
+                    check_subset(arg, 2)
+            req = Call(session, codec, rid, method, args)
+            req.raw = payload
+            return req
+    check_subset(msg)
+    return _parse(msg, codec, payload)
+
+
+def _parse(msg: Any, codec: Codec, payload: bytes) -> Inbound:
+    """The full path of :func:`parse_request`, for a decoded message inside the wire subset."""
     if type(msg) is not dict:
         raise BadRequest("message must be a map")
     try:
         session = check_name(msg.get("session", DEFAULT_SESSION), "session id")
-        cls = KINDS.get(msg.get("t"))  # type: ignore[arg-type]
+        kind = msg.get("t")
+        cls = KINDS.get(kind) if type(kind) is str else None
         if cls is None:
             raise BadRequest(f"field 't' must be {_KIND_NAMES}")
         req = cast(Inbound, cls.parse(msg, session, codec))
@@ -494,17 +543,32 @@ def sync_answer(first: int, next_seq: int) -> dict[str, Any]:
     return {"t": "sync", "first": first, "next": next_seq}
 
 
-_NOTE_HEAD: Final = dumps("t") + dumps("note") + dumps("seq")
+_NOTE_HEAD: Final = b"\xa3" + dumps("t") + dumps("note") + dumps("seq")  # a map of 3: "t": "note", "seq": ...
 _ARGS_KEY: Final = dumps("args")
+_UINT8: Final = struct.Struct(">BB").pack  # CBOR unsigned ints of 1, 2 and 4 bytes (after their first byte)
+_UINT16: Final = struct.Struct(">BH").pack
+_UINT32: Final = struct.Struct(">BI").pack
 
 
 def encode_note(seq: int, args_cbor: bytes, codec: Codec) -> bytes:
     """Encode the notification ``{"t": "note", "seq": seq, "args": args}`` from the stored CBOR of ``args``.
 
-    For CBOR sessions the stored bytes are spliced in, so a notification is never decoded and re-encoded.
+    For CBOR sessions the stored bytes are spliced in, so a notification is never decoded and re-encoded (and the
+    sequence number, a CBOR unsigned int, is written here rather than by cbor2).
     """
     if codec == CBOR:
-        return b"\xa3" + _NOTE_HEAD + dumps(seq) + _ARGS_KEY + args_cbor
+        if seq >= 24:
+            if seq < 0x100:
+                head = _UINT8(0x18, seq)
+            elif seq < 0x10000:
+                head = _UINT16(0x19, seq)
+            elif seq < 0x100000000:
+                head = _UINT32(0x1A, seq)
+            else:
+                head = dumps(seq)
+        else:
+            head = bytes((seq,)) if seq >= 0 else dumps(seq)
+        return b"".join((_NOTE_HEAD, head, _ARGS_KEY, args_cbor))
     return encode({"t": "note", "seq": seq, "args": loads(args_cbor)}, codec)
 
 

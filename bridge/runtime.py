@@ -477,25 +477,30 @@ class Runtime:
         if pending.epoch == owner.epoch and owner.in_commit:
             owner.in_commit -= 1
         ca = owner.name
-        send = self.sink.send
         if pending.rx:  # a fresh reply to the device: the times for its clock estimate (bridge.device)
             self._stamp(pending)
-        for session, payload in pending.sends:
-            send(ca, session, payload)
+        sends = pending.sends
+        if len(sends) == 1:  # a reply alone (the usual call)
+            session, payload = sends[0]
+            self.sink.send(ca, session, payload)
+        else:
+            send = self.sink.send
+            for session, payload in sends:
+                send(ca, session, payload)
         metrics = self.metrics
-        metrics.notes_published += pending.notes
+        if pending.notes:
+            metrics.notes_published += pending.notes
         req = pending.request
-        if pending.result and type(req) is Call:
+        result = pending.result
+        if result and type(req) is Call:  # one clock read: the wall time comes from the same perf_counter value
             sent = time.perf_counter()
-            took = sent - req.at
-            metrics.call_done(req.method, pending.result, took)
-            metrics.call_stages(req.at, pending.started, pending.submitted, self.committer.durable_at, sent)
-            owner.last_active = now = time.time()
-            owner.recent.append((now, req.session, req.id, req.method, pending.result, took))
-            if pending.result != "ok":
+            owner.last_active = now = metrics.call_finished(
+                req.method, result, req.at, pending.started, pending.submitted, self.committer.durable_at, sent)
+            owner.recent.append((now, req.session, req.id, req.method, result, sent - req.at))
+            if result != "ok":
                 outcome = pending.outcome
                 name = outcome.name if isinstance(outcome, AppError) else "InternalError"
-                metrics.error(ca, req.method, pending.result, name)
+                metrics.error(ca, req.method, result, name)
         future = pending.future
         if future is not None and not future.done():
             outcome = pending.outcome

@@ -26,7 +26,7 @@ from bridge.http import Handler, HttpServer
 from bridge.http import Request as HttpRequest
 from bridge.http import Response as HttpResponse
 from bridge.metrics import Metrics, exposition
-from bridge.mqtt import BrokerURL, MqttLink
+from bridge.mqtt import BrokerURL, MqttLink, prefixed
 from bridge.ingress import Ingress
 from bridge.protocol import Topics, valid_name
 from bridge.runtime import Runtime
@@ -36,6 +36,8 @@ from bridge.store import Store, is_postgres_url, membership_for, open_store
 __all__ = ["Bridge", "Settings"]
 
 log = logging.getLogger("bridge")
+
+SESSION_TOPICS = 16384  # session topics kept encoded for send(); all forgotten at once when full
 
 
 @contextmanager
@@ -112,6 +114,7 @@ class Bridge:
         self.ingress = Ingress(self.runtime, self.topics, s.max_payload)
         self.broker_url = BrokerURL.parse(s.broker) if s.broker else BrokerURL(*s.listen)
         self.link: MqttLink | None = None
+        self._session_topics: dict[tuple[str, str], bytes] = {}  # (CA, session) -> its topic, as send() publishes it
         self.metrics_server: HttpServer | None = None
         self.dashboard: Any = None
         self._stack = AsyncExitStack()
@@ -202,8 +205,18 @@ class Bridge:
 
     def send(self, ca: str, session: str, payload: bytes) -> None:
         """Publish one durable message to a session topic."""
-        assert self.link is not None
-        self.link.publish(self.topics.session(ca, session), payload)
+        topic = self._session_topics.get((ca, session))
+        if topic is None:
+            topic = self._session_topic(ca, session)
+        self.link.publish(topic, payload)  # type: ignore[union-attr]  # set while the runtime runs
+
+    def _session_topic(self, ca: str, session: str) -> bytes:
+        """A session's topic as the link takes it (encoded, length-prefixed), made once and kept (bounded)."""
+        topics = self._session_topics
+        if len(topics) >= SESSION_TOPICS:
+            topics.clear()
+        topic = topics[(ca, session)] = prefixed(self.topics.session(ca, session).encode())
+        return topic
 
     def send_error(self, ca: str, payload: bytes) -> None:
         """Publish one error message that names no usable session to the CA's errors topic."""

@@ -148,10 +148,14 @@ class SessionTxn:
 
     def notify(self, sid: str, args_cbor: bytes) -> None:
         """Queue one notification (already encoded) for ``sid``."""
-        data = self.write(sid)
-        data.queue.append((data.next_seq, args_cbor))
+        data = self.working.get(sid)
+        if data is None:
+            data = self.write(sid)
+        queue = data.queue
+        queue.append((data.next_seq, args_cbor))
         data.next_seq += 1
-        data.trim(self.limits.hard_queue_cap)
+        if len(queue) > data.limit or len(queue) > self.limits.hard_queue_cap:  # else trim has nothing to drop
+            data.trim(self.limits.hard_queue_cap)
 
     def ack(self, sid: str, seq: int) -> None:
         """Drop every queued notification of ``sid`` up to ``seq``."""
@@ -192,6 +196,11 @@ class SessionAPI:
         """
         if type(args) is not list:
             raise TypeError("notify args must be a list")
+        txn = self._txn
+        if customizer is None and (session_id is None or (type(session_id) is str and session_id in txn.committed)):
+            codec.check_subset(args)  # one target that needs no name check: the current session, or an existing one
+            txn.notify(txn.current if session_id is None else session_id, codec.dumps(args))
+            return
         if session_id is None:
             targets = [self._txn.current]
         elif type(session_id) is str and session_id in self._txn.committed:  # an existing session's id is valid

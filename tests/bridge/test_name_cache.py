@@ -28,7 +28,7 @@ def test_made_up_names_cannot_grow_the_memory(monkeypatch):
         assert valid_name(f"n{i}")
         assert topics.ca_of(f"ca/c{i}/in") == f"c{i}"
         assert topics.ca_of(f"ca/c{i}/out") is None
-        assert len(protocol._CHECKED) <= 100 and len(topics._cas) <= 100
+        assert len(protocol._CHECKED) <= 100 and len(topics.cas) <= 100
 
 
 def test_topics_are_parsed_the_same_from_memory():

@@ -33,8 +33,9 @@ class FakeLink:
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes]] = []
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        self.published.append((topic, payload))
+    def publish(self, topic: str | bytes, payload: bytes, qos: int = 1) -> None:
+        # as MqttLink.publish takes it: text, or the encoded topic already length-prefixed (bridge.service's cache)
+        self.published.append((topic if isinstance(topic, str) else topic[2:].decode(), payload))
 
 
 def mutate(rng: random.Random) -> tuple[str, bytes]:
