@@ -171,9 +171,7 @@ class Actor:
             self.durable = True
             self.state_blob = record.state
             for sid, srec in record.sessions.items():
-                data = SessionData.from_meta(codec.loads(srec.meta))
-                data.queue = srec.notes
-                self.sessions[sid] = data
+                self.sessions[sid] = SessionData.from_record(codec.loads(srec.meta), srec.notes)
             for pos, sid, rid, reply in sorted(record.dedup, key=lambda d: d[0]):
                 self.dedup[(sid, rid)] = (pos, reply)
                 self.dedup_sessions.setdefault(sid, []).append((pos, rid))
@@ -631,14 +629,15 @@ class Actor:
         for sid, data in txn.working.items():
             old = self.sessions.get(sid)
             write = SessionWrite()
-            meta = data.meta()
             if old is None:
                 write.purge = sid in txn.deleted
-                write.meta = codec.dumps(meta)
+                write.meta = codec.dumps(data.meta())
+                data.stored_seq = data.next_seq
                 new_notes = list(data.queue)
             else:
-                if meta != old.meta():
-                    write.meta = codec.dumps(meta)
+                if data.row_due(old):  # not for a notification alone: its note carries next_seq (SessionData)
+                    write.meta = codec.dumps(data.meta())
+                    data.stored_seq = data.next_seq
                 # the queue's seqs are contiguous up to next_seq - 1: the new notes are its tail (what trim left)
                 fresh = min(data.next_seq - old.next_seq, len(data.queue))
                 new_notes = data.queue[-fresh:] if fresh > 0 else []

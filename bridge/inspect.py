@@ -35,7 +35,7 @@ def describe(record: CARecord) -> dict[str, Any]:
     for _pos, sid, _rid, _reply in record.dedup:
         dedup_by_session[sid] = dedup_by_session.get(sid, 0) + 1
     for sid, srec in record.sessions.items():
-        data = SessionData.from_meta(codec.loads(srec.meta))
+        data = SessionData.from_record(codec.loads(srec.meta), srec.notes)
         sessions[sid] = {**session_view(data, srec.notes), "dedup_records": dedup_by_session.get(sid, 0)}
     state = codec.loads(record.state) if record.state else None  # empty: created, on_init not run yet
     return {"name": record.name, "state": state, "sessions": sessions,

@@ -40,6 +40,11 @@ class SessionData:
     ``queue`` holds ``(seq, cbor(args))`` with contiguous sequence numbers ending at ``next_seq - 1``.
     ``online`` is the presence the session's device last announced (committed with the rest); ``presence_at`` is
     the loop time of the last change seen by this process (memory only: 0.0 after a load).
+
+    The session row does not follow ``next_seq`` on every notification: while notifications are queued, their own
+    rows carry it (the newest is ``next_seq - 1``), so a notify writes only its note. The row is written when one of
+    its other fields changes, or when the queue runs empty (then nothing else holds ``next_seq``); ``stored_seq`` is
+    the ``next_seq`` the row holds, and :meth:`from_record` takes the larger of the two on load.
     """
 
     limit: int
@@ -51,6 +56,7 @@ class SessionData:
     queue: list[tuple[int, bytes]] = field(default_factory=list)
     online: bool = False
     presence_at: float = 0.0
+    stored_seq: int = 0  # the next_seq the stored session row holds (0: no row yet)
 
     @property
     def first_seq(self) -> int:
@@ -60,6 +66,25 @@ class SessionData:
     def meta(self) -> tuple[Any, ...]:
         """The fields stored in the session row."""
         return (self.limit, self.pinned, self.nonce, self.memento, self.next_seq, self.codec, self.online)
+
+    def settings(self) -> tuple[Any, ...]:
+        """The session row's fields but ``next_seq``: when they change, the row is written."""
+        return (self.limit, self.pinned, self.nonce, self.memento, self.codec, self.online)
+
+    def row_due(self, old: SessionData) -> bool:
+        """Whether a call that turned ``old`` into this must write the session row (see the class's note)."""
+        return self.settings() != old.settings() or (not self.queue and self.next_seq != self.stored_seq)
+
+    @classmethod
+    def from_record(cls, meta: list[Any] | tuple[Any, ...], notes: list[tuple[int, bytes]]) -> SessionData:
+        """A stored session: its row's fields and its queued notifications, whose newest sets ``next_seq`` when the
+        row's is older (see the class's note)."""
+        data = cls.from_meta(meta)
+        data.stored_seq = data.next_seq
+        data.queue = notes
+        if notes and notes[-1][0] >= data.next_seq:
+            data.next_seq = notes[-1][0] + 1
+        return data
 
     @classmethod
     def from_meta(cls, meta: list[Any] | tuple[Any, ...]) -> SessionData:
@@ -73,7 +98,7 @@ class SessionData:
         """A working copy for one call."""
         return SessionData(
             self.limit, self.pinned, self.nonce, self.memento, self.next_seq, self.codec, list(self.queue),
-            self.online, self.presence_at)
+            self.online, self.presence_at, self.stored_seq)
 
     def trim(self, hard_cap: int) -> None:
         """Drop the oldest notifications beyond the limit (and always beyond the hard cap)."""

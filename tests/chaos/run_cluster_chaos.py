@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bridge import codec  # noqa: E402
+from bridge.session import SessionData  # noqa: E402
 from bridge.store.postgres import PostgresStore  # noqa: E402
 from tests.chaos.run_chaos import MICROPYTHON, Device, _read_lines, _tend, use_micropython  # noqa: E402
 from tests.procs import BridgeProcess, Mosquitto, stop  # noqa: E402
@@ -580,9 +581,9 @@ def _verify(devs: list[Device], watchers: dict[str, subprocess.Popen], pg: Postg
             report.anomalies.append(f"{d.ca}: counts off {wrong} missing {missing[:5]}")
         report.purchases += sum(counters.values())
         if record is not None and "watch" in record.sessions:
-            meta = codec.loads(record.sessions["watch"].meta)
-            next_seq = meta[4]
             notes = record.sessions["watch"].notes
+            # the row's next_seq, or the newest note's successor when notes are queued (SessionData.from_record)
+            next_seq = SessionData.from_record(codec.loads(record.sessions["watch"].meta), notes).next_seq
             if next_seq != items + 1:
                 report.anomalies.append(f"{d.ca}: watch session next_seq {next_seq}, expected {items + 1}")
             seqs = [s for s, _ in notes]
