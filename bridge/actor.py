@@ -113,7 +113,7 @@ class Actor:
         "ca", "ctx", "dapi", "dedup", "dedup_lag", "dedup_pos", "dedup_recent", "dedup_sessions", "dev", "dev_blob",
         "dev_started", "dtxn", "durable", "epoch", "in_commit", "last_active", "mailbox", "name", "owned_epoch",
         "presence", "pulse_at", "pulse_queued", "ready", "recent", "running", "sessions", "stale", "state_blob",
-        "tokens", "tokens_at", "used", "wake",
+        "tokens", "tokens_at", "used", "wake", "worker",
     )
 
     def __init__(self, ctx: ActorContext, name: str, record: CARecord | None) -> None:
@@ -129,6 +129,7 @@ class Actor:
         self.presence: dict[str, Presence] = {}
         self.running = False  # a worker is draining the mailbox (not parked)
         self.wake: asyncio.Future[bool] | None = None  # the parked worker's (bridge.workers), if one is parked
+        self.worker: asyncio.Task[Any] | None = None  # the current worker task (draining or parked)
         self.pulse_queued = False
         self.pulse_at = 0.0  # no pulse before this loop time (a CA just taken over from another bridge)
         self.last_active = 0.0  # wall time of the last call answered (for the dashboard)
@@ -205,36 +206,41 @@ class Actor:
         if not self.running:
             self.running = True
             wake, self.wake = self.wake, None
-            if wake is not None and not wake.done():
-                self.ctx.workers.wake(self, wake)
+            worker = self.worker
+            if wake is not None and not wake.done() and worker is not None:
+                self.ctx.workers.wake(self, wake, worker)
             else:
-                self.ctx.workers.start_worker(self._drain(), f"ca[{self.name}]")
+                worker = self.worker = self.ctx.workers.start_worker(self._drain(), f"ca[{self.name}]")
+                worker.add_done_callback(self._worker_gone)
+
+    def _worker_gone(self, task: asyncio.Task[Any]) -> None:
+        """A worker ended (stopped while parked, or cancelled at close): if it was this CA's current one, nothing
+        drains the mailbox any more. A worker stopped by a sweep after a newer one started changes nothing."""
+        if task is self.worker:
+            self.worker = None
+            self.running = False
 
     async def _drain(self) -> None:
         """The worker: drain the mailbox, then park until woken with more (or stopped: bridge.workers)."""
         workers = self.ctx.workers
-        try:
-            while True:
-                while self.mailbox:
-                    item = self.mailbox.popleft()
-                    try:
-                        await self._process(item)
-                    except StoreError as exc:  # reloading the CA failed (database down): retryable, no traceback
-                        log.warning("CA %s: cannot reload from the store (%s); answered unavailable", self.name, exc)
-                        self._fail_item(item)
-                    except Exception:
-                        log.exception("CA %s: unexpected failure processing an item", self.name)
-                        self._fail_item(item)
-                self.running = False
-                wake = self.wake = workers.park(self)
-                # stopped (False): a later request found the future done and started a new worker, or will
-                if wake is None or not await wake:
-                    return
-        except BaseException:  # cancelled (closing): if busy, it is busy no more
-            if self.running:
-                self.running = False
-                workers.leave()
-            raise
+        me = self.worker
+        assert me is not None
+        while True:
+            while self.mailbox:
+                item = self.mailbox.popleft()
+                try:
+                    await self._process(item)
+                except StoreError as exc:  # reloading the CA failed (database down): retryable, no traceback
+                    log.warning("CA %s: cannot reload from the store (%s); answered unavailable", self.name, exc)
+                    self._fail_item(item)
+                except Exception:
+                    log.exception("CA %s: unexpected failure processing an item", self.name)
+                    self._fail_item(item)
+            self.running = False
+            wake = self.wake = workers.park(self, me)
+            # stopped (False): a later request finds the future done and starts a new worker
+            if wake is None or not await wake:
+                return
 
     def offer_presence(self, req: Presence, new_sessions: int) -> bool:
         """Admit a presence message without taking a mailbox slot: a presence is one bit per session, so one waiting

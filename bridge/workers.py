@@ -33,6 +33,7 @@ class Workers:
         self._young: dict[object, asyncio.Future[bool]] = {}  # parked since the last sweep
         self._old: dict[object, asyncio.Future[bool]] = {}  # parked before it: stopped by the next sweep
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._busy_workers: set[asyncio.Task[Any]] = set()  # CA workers counted in ``busy`` (not parked)
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a task that counts as busy for its whole life (a lookup, a claim)."""
@@ -43,11 +44,19 @@ class Workers:
         self.tasks.discard(task)
         self.leave()
 
-    def start_worker(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run a CA's worker: busy from now until it parks (:meth:`park`) or, if it ends while busy, until it says
-        so with :meth:`leave`."""
+    def start_worker(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[Any]:
+        """Run a CA's worker: busy from now until it parks (:meth:`park`) or ends, however it ends (even cancelled
+        before its first step)."""
         task = self._start(coro, name)
-        task.add_done_callback(self.tasks.discard)
+        self._busy_workers.add(task)
+        task.add_done_callback(self._worker_done)
+        return task
+
+    def _worker_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if task in self._busy_workers:  # ended while busy (cancelled): busy no more
+            self._busy_workers.discard(task)
+            self.leave()
 
     def _start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[Any]:
         if self._loop is None:
@@ -64,9 +73,10 @@ class Workers:
         if not self.busy:
             self.idle.set()
 
-    def park(self, key: object) -> asyncio.Future[bool] | None:
-        """A worker ran out of work: it is idle now. Returns the future to wait on (True: woken with work; False:
-        stopped by a sweep, so end), or None when it must end at once (closing, or no lingering)."""
+    def park(self, key: object, task: asyncio.Task[Any]) -> asyncio.Future[bool] | None:
+        """Worker ``task`` ran out of work: it is idle now. Returns the future to wait on (True: woken with work;
+        False: stopped by a sweep, so end), or None when it must end at once (closing, or no lingering)."""
+        self._busy_workers.discard(task)
         self.leave()
         loop = self._loop
         if self.closing or self.linger <= 0 or loop is None:
@@ -77,10 +87,11 @@ class Workers:
             self._sweep_handle = loop.call_later(self.linger, self._sweep)
         return wake
 
-    def wake(self, key: object, wake: asyncio.Future[bool]) -> None:
-        """Give a parked worker (not stopped yet: ``wake`` is not done) work again; it is busy from now."""
+    def wake(self, key: object, wake: asyncio.Future[bool], task: asyncio.Task[Any]) -> None:
+        """Give parked worker ``task`` (not stopped yet: ``wake`` is not done) work again; busy from now."""
         if self._young.pop(key, None) is None:
             self._old.pop(key, None)
+        self._busy_workers.add(task)
         self.busy += 1
         self.idle.clear()
         wake.set_result(True)

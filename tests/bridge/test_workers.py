@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from bridge import CA, method
+from bridge.protocol import Call
 from bridge.testing import Harness
 
 
@@ -93,3 +94,43 @@ async def test_an_evicted_ca_with_a_parked_worker_reloads_and_keeps_counting(tmp
         assert len(h.runtime.actors) <= 2
         for ca in ("a", "b", "c", "d"):
             assert await h.call(ca, "s", "incr") == 2
+
+
+async def test_a_stopped_worker_cancelled_after_a_newer_one_started_leaves_the_newer_alone():
+    """The sweep stops a parked worker; before it runs again a request starts a new one; then the old one is
+    cancelled. The new worker's CA must stay running (one worker at a time) and the busy count exact."""
+    async with Harness(Worker) as h:
+        workers = h.runtime.workers
+        assert await h.call("w", "s", "incr") == 1
+        actor = h.runtime.actors["w"]
+        old = actor.worker
+        workers._sweep()
+        workers._sweep()  # the old worker's future is False now; it has not run since
+        reply = asyncio.get_running_loop().create_future()
+        h.ingress.receive("w", Call("s", "cbor", "r-2", "incr", []).encode(), reply)
+        assert actor.worker is not old and actor.running
+        old.cancel()
+        assert (await asyncio.wait_for(reply, 5))["ok"] == 2
+        await asyncio.wait_for(h.settle(), 5)
+        assert workers.busy == 0
+        assert await h.call("w", "s", "incr") == 3
+        assert len(_workers(h)) == 1
+
+
+async def test_a_worker_cancelled_before_its_first_step_gives_back_its_busy_count():
+    async with Harness(Worker) as h:
+        workers = h.runtime.workers
+        await h.call("w", "s", "incr")
+        await asyncio.wait_for(h.settle(), 5)
+        actor = h.runtime.actors["w"]
+        actor.worker.cancel()  # a parked worker, cancelled as at close
+        await asyncio.sleep(0)
+        h.ingress.receive("w", Call("s", "cbor", "r-2", "incr", []).encode(), None)
+        fresh = actor.worker
+        assert workers.busy == 1
+        fresh.cancel()  # before it ever ran
+        await asyncio.wait([fresh], timeout=5)
+        assert workers.busy == 0 and workers.idle.is_set()
+        assert actor.worker is None and not actor.running
+        # the request stayed in the mailbox: the next request's worker runs it first
+        assert await h.call("w", "s", "incr") == 3
