@@ -430,7 +430,7 @@ class Actor:
         self.ctx.metrics.notes_acked += max(0, queued - (len(after.queue) if after is not None else 0))
         if not change.empty():
             faults.hit("in_ack")
-            self.ctx.commit(Pending(owner=self, epoch=self.epoch, change=change))
+            self.ctx.commit(Pending(owner=self, epoch=self.epoch, change=change, lazy=True))
 
     def _sync(self, req: Sync) -> None:
         txn = self._begin(req.session, req.codec)

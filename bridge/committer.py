@@ -24,6 +24,9 @@ __all__ = ["UNDURABLE", "Committer", "Owner", "Pending", "Reject", "Retry"]
 log = logging.getLogger("bridge.commit")
 
 UNDURABLE: Final = error_body("unavailable", "Unavailable", "the call could not be made durable; retry")
+# seconds a lazy change (an ack: it publishes nothing and nobody waits for it) may wait for a batch to ride with
+# before it is committed on its own; losing it in a crash only means the acked notifications are sent again
+LAZY_S: Final = 0.05
 
 Retry = Callable[[str, Inbound, "asyncio.Future[Any] | None"], None]  # submit a request again: (CA, request, future)
 Reject = Callable[[str, Inbound, "asyncio.Future[Any] | None", dict[str, Any]], None]  # answer a request that fails
@@ -63,6 +66,7 @@ class Pending:
     submitted: float = 0.0  # ... and handed it here
     rx: int = 0  # a reply on the device's session (iot): the wall clock (epoch ms) at admission; the first send is
     # stamped with it and the send time when delivered (bridge.protocol.stamp_reply); 0: no stamp (dedup replays)
+    lazy: bool = False  # nothing waits for it (an ack): it rides with the next batch, or commits within LAZY_S
 
 
 class Committer:
@@ -88,6 +92,9 @@ class Committer:
         self._queue: list[Pending] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
         self._scheduled = False  # a flush is on the loop's ready queue
+        self._eager = 0  # queued items that are not lazy
+        self._lazy_timer: asyncio.TimerHandle | None = None  # commits lazy items that found nothing to ride with
+        self._lazy_ready = False  # lazy items waited long enough: the next flush takes them even alone
         self._batch: list[Pending] | None = None  # the live items of the batch being committed
         self._started = 0.0  # perf_counter when that batch went to the store
         self._changes = 0  # how many changes that batch holds
@@ -101,9 +108,21 @@ class Committer:
         self._queue.append(pending)
         if self._idle.is_set():
             self._idle.clear()
+        if pending.lazy:
+            if self._lazy_timer is None and self._loop is not None:
+                self._lazy_timer = self._loop.call_later(LAZY_S, self._lazy_due)
+            return
+        self._eager += 1
         if not self._scheduled and self._batch is None and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._flush)  # after the rest of this turn: its calls join the batch
+
+    def _lazy_due(self) -> None:
+        """Lazy items waited LAZY_S for a batch to ride with: commit them now (after the batch in flight, if any)."""
+        self._lazy_timer = None
+        self._lazy_ready = True
+        if not self._scheduled and self._batch is None:
+            self._flush()
 
     async def wait_idle(self) -> None:
         """Return once everything submitted so far is committed and delivered (or failed)."""
@@ -113,20 +132,33 @@ class Committer:
         """Enable the commit path; runs until cancelled. Once cancelled, nothing more is committed or delivered."""
         loop = self._loop = asyncio.get_running_loop()
         self._scheduled = True
+        self._lazy_ready = True  # whatever was submitted before, lazy or not
         loop.call_soon(self._flush)  # anything submitted before
         try:
             await loop.create_future()  # never resolved
         finally:
             self._loop = None
+            if self._lazy_timer is not None:
+                self._lazy_timer.cancel()
+                self._lazy_timer = None
             if self._task is not None:
                 self._task.cancel()
 
     def _flush(self) -> None:
-        """Start the next batch, unless one is in flight (its completion starts the next)."""
+        """Start the next batch, unless one is in flight (its completion starts the next). A queue holding only
+        lazy items waits for an eager one or for their timer."""
         self._scheduled = False
-        while self._batch is None and self._loop is not None and self._queue:
+        while self._batch is None and self._loop is not None and self._queue and (self._eager or self._lazy_ready):
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
+            if self._queue:
+                self._eager = sum(not p.lazy for p in self._queue)
+            else:  # everything rides with this batch
+                self._eager = 0
+                self._lazy_ready = False
+                if self._lazy_timer is not None:
+                    self._lazy_timer.cancel()
+                    self._lazy_timer = None
             live = []
             changes = []
             for pending in batch:
