@@ -254,13 +254,7 @@ class Metrics:
         pending.append(sent - admitted)
         if len(pending) >= FOLD_AT:
             hist.fold()
-        mailbox, run, commit, publish = self._call_stages
-        mailbox.append(started - admitted)
-        run.append(submitted - started)
-        commit.append(durable - submitted)
-        publish.append(sent - durable)
-        if len(publish) >= FOLD_AT:
-            self._fold_stages()
+        self.call_stages(admitted, started, submitted, durable, sent)
         return sent + self.wall_offset
 
     def _fold_stages(self) -> None:

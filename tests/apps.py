@@ -217,3 +217,25 @@ class Gated(CA):
     @method
     async def done(self):
         return self.state["done"]
+
+
+class Teller(CA):
+    """Notifies session "dev" with a running count (tests of notes and acks on the store)."""
+
+    async def on_init(self):
+        self.state["n"] = 0
+
+    @method
+    async def tell(self, count):
+        for _ in range(count):
+            self.state["n"] += 1
+            self.session.notify([self.state["n"]], "dev")
+        return self.state["n"]
+
+    @method
+    async def hello(self):
+        return self.session.get_session_id()
+
+    @method
+    async def unbounded(self):
+        self.session.limit_queue(0, "dev")

@@ -6,27 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bridge import CA, method
 from bridge.committer import LAZY_S
 from bridge.protocol import Ack, Call
 from bridge.store import MemoryStore
 from bridge.testing import Harness
-
-
-class Teller(CA):
-    async def on_init(self) -> None:
-        self.state["n"] = 0
-
-    @method
-    async def tell(self, count: int) -> int:
-        for _ in range(count):
-            self.state["n"] += 1
-            self.session.notify([self.state["n"]], "dev")
-        return self.state["n"]
-
-    @method
-    async def hello(self) -> None:
-        pass
+from tests.apps import Teller
 
 
 async def _stored_notes(store: MemoryStore, ca: str, sid: str) -> list[int]:

@@ -6,28 +6,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from bridge import CA, codec, method
+from bridge import codec
 from bridge.testing import Harness
-
-
-class Notifier(CA):
-    async def on_init(self) -> None:
-        self.state["n"] = 0
-
-    @method
-    async def tell(self, count: int) -> int:
-        for _ in range(count):
-            self.state["n"] += 1
-            self.session.notify([self.state["n"]], "dev")
-        return self.state["n"]
-
-    @method
-    async def hello(self) -> str:
-        return self.session.get_session_id()
-
-    @method
-    async def unbounded(self) -> None:
-        self.session.limit_queue(0, "dev")
+from tests.apps import Teller
 
 
 def _row_seq(path, ca: str, sid: str) -> int:
@@ -43,7 +24,7 @@ def _note_seqs(path, ca: str, sid: str) -> list[int]:
 
 async def test_notifications_write_notes_and_the_row_catches_up_when_the_queue_empties(tmp_path):
     path = tmp_path / "n.db"
-    async with Harness(Notifier, db=path) as h:
+    async with Harness(Teller, db=path) as h:
         await h.call("c", "dev", "hello")  # creates session dev: its row holds next_seq 1
         await h.call("c", "dev", "unbounded")
         assert _row_seq(path, "c", "dev") == 1
@@ -71,7 +52,7 @@ async def test_notifications_write_notes_and_the_row_catches_up_when_the_queue_e
 
 async def test_a_row_written_for_another_field_takes_the_current_next_seq(tmp_path):
     path = tmp_path / "n.db"
-    async with Harness(Notifier, db=path) as h:
+    async with Harness(Teller, db=path) as h:
         await h.call("c", "dev", "hello")
         await h.call("c", "x", "tell", 2)
         await h.call("c", "dev", "unbounded")  # the limit changed: the row is written, with next_seq 3
