@@ -20,3 +20,10 @@ class ChaosShop(HelloPersistent):
         self.state["counters"][item] = self.state["counters"].get(item, 0) + 1
         self.session.notify([index, item], "watch")
         return self.state["counters"][item]  # small replies: the device's buffer is bounded
+
+    @method
+    async def end(self, nonce):
+        """Ends the instance but keeps its memento (the last item bought). The example's ``end`` clears it, and a
+        chaos device is rerun until it sees this reply: one killed (or whose bridge died at a fault point) after
+        ``end`` committed would begin again with no memento and buy every item a second time."""
+        return self.session.remember(nonce, self.session.memento())
