@@ -380,13 +380,11 @@ class MqttLink:
         inflight = self._inflight
         if not inflight:
             self._all_acked.clear()  # set only while nothing is in flight or waiting (see _drain_waiting)
-        pid = self._pid % 65535 + 1
+        pid = self._pid % 65535 + 1  # as _next_pid and _send, inline: this runs for every reply and notification
         while pid in inflight:
             pid = pid % 65535 + 1
         self._pid = pid
-        size = len(topic) + 2 + len(payload)  # the usual reply or note is under 128: as _publish_qos1, inline
-        inflight[pid] = data = (b"".join((_BB(0x32, size), topic, _H(pid), payload)) if size < 128
-                                else _publish_qos1(topic, payload, pid))
+        inflight[pid] = data = _publish_qos1(topic, payload, pid)
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
