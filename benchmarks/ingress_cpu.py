@@ -51,6 +51,9 @@ class CountingSink:
     def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         raise AssertionError("no cluster here")
 
+    def end_batch(self) -> None:
+        pass
+
 
 def receiver(rt: Runtime, topics: Topics):  # type: ignore[no-untyped-def]
     import bridge

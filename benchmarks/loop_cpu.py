@@ -64,6 +64,9 @@ class NullSink:
     def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         raise AssertionError("no cluster here")
 
+    def end_batch(self) -> None:
+        pass
+
 
 async def device(ingress: Ingress, topic: str, prefix: str, calls: int) -> None:
     loop = asyncio.get_running_loop()

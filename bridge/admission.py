@@ -42,6 +42,10 @@ class Sink(Protocol):
     def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         """Hand a raw request to the bridge that owns its CA (clusters only; must not block)."""
 
+    def end_batch(self) -> None:
+        """A committed batch has been sent: what is queued may leave now rather than at the end of the loop's turn
+        (the service writes it to the broker at once; must not block)."""
+
 
 class Admission:
     """The runtime's gate. ``mailbox``: the bound of each CA's mailbox (and of the requests parked while a CA is

@@ -81,6 +81,7 @@ class Committer:
         reject: Reject,
         max_batch: int = 4096,
         metrics: Metrics | None = None,
+        end_batch: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._commit_soon = store.commit_soon if isinstance(store, CommitSoon) else None
@@ -89,6 +90,7 @@ class Committer:
         self._reject = reject
         self._max_batch = max_batch
         self._metrics = metrics or Metrics()
+        self._end_batch = end_batch  # called once a batch is delivered (bridge.admission.Sink.end_batch)
         self._queue: list[Pending] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
         self._scheduled = False  # a flush is on the loop's ready queue
@@ -221,6 +223,11 @@ class Committer:
                 deliver(pending)
             except Exception:  # a delivery bug must never stop the commit path
                 log.exception("delivering the effects of CA %s failed", pending.owner.name)
+        if self._end_batch is not None:
+            try:
+                self._end_batch()
+            except Exception:
+                log.exception("sending a delivered batch failed")
         faults.hit("after_publish")
 
     def _fail(self, pending: Pending) -> None:

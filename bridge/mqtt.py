@@ -375,6 +375,11 @@ class MqttLink:
                 log.warning("outbound queue full: dropped %d publishes so far (devices recover by retry/sync)",
                             self.metrics.mqtt_dropped)
 
+    def write_now(self) -> None:
+        """Write what is queued now instead of at the end of the loop's turn (see ``_send``)."""
+        if self._flush_scheduled:
+            self._flush()  # the handle still on the loop's ready queue finds nothing left to write
+
     def _send_qos1(self, topic: bytes, payload: bytes) -> None:
         """Send a QoS 1 publish (``topic`` length-prefixed) under the next free packet id."""
         inflight = self._inflight

@@ -130,7 +130,7 @@ class Runtime:
         self.router = Router(cluster, sink, self.actors)
         self.workers = Workers()  # the CA workers, lookups and claims (bridge.workers)
         self.committer = Committer(store, self._deliver, retry=self.submit, reject=self.admission.reject,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, end_batch=sink.end_batch)
         self.context = ActorContext(
             app=app, limits=self.limits, call_timeout=call_timeout, metrics=self.metrics, commit=self._commit,
             reject=self.admission.reject, workers=self.workers, reload=self._reload, fenced=cluster is not None,

@@ -218,6 +218,11 @@ class Bridge:
         topic = topics[(ca, session)] = prefixed(self.topics.session(ca, session).encode())
         return topic
 
+    def end_batch(self) -> None:
+        """A committed batch is sent: write it to the broker now, in one write with the acknowledgements held."""
+        if self.link is not None:
+            self.link.write_now()
+
     def send_error(self, ca: str, payload: bytes) -> None:
         """Publish one error message that names no usable session to the CA's errors topic."""
         assert self.link is not None

@@ -47,6 +47,9 @@ class _Recorder:
     def forward(self, node: str, ca: str, payload: bytes, hops: int = 1) -> None:
         raise AssertionError("a Harness runs one bridge: nothing is ever forwarded")
 
+    def end_batch(self) -> None:
+        pass  # everything is kept the moment it is sent
+
 
 class Harness:
     """Runs a CA class on the real runtime, with SQLite (``db`` path) or an in-memory store (``db=None``).

@@ -152,5 +152,6 @@ class CommitSoon(Protocol):
     between, so that a batch costs one hand-off to that thread and one back (bridge.committer uses it if there)."""
 
     def commit_soon(self, changes: Sequence[Change], done: CommitDone, loop: asyncio.AbstractEventLoop) -> None:
-        """Like :meth:`Store.commit`, but return at once and call ``done`` exactly once on ``loop``'s thread with
-        what commit would return or raise. Called on ``loop``'s thread."""
+        """Like :meth:`Store.commit`, but without waiting: call ``done`` exactly once on ``loop``'s thread with what
+        commit would return or raise, later or (a commit made on the spot) before returning. Called on ``loop``'s
+        thread."""

@@ -82,6 +82,54 @@ async def test_a_turns_calls_go_to_the_store_thread_as_one_batch_and_are_deliver
     await asyncio.wait_for(committer.wait_idle(), 10)
 
 
+async def test_the_sink_hears_the_end_of_each_delivered_batch_after_its_last_delivery():
+    store = HandStore()
+    events: list[Any] = []
+    committer = Committer(store, lambda p: events.append(p.change and p.change.state), retry=lambda *a: None,
+                          reject=lambda *a: None, end_batch=lambda: events.append("end"))
+    task = asyncio.create_task(committer.run())
+    try:
+        a, b = Owner("a"), Owner("b")
+        committer.submit(pending(a, b"1"))
+        committer.submit(pending(b, b"2"))
+        await asyncio.wait_for(store.arrived.wait(), 10)
+        assert events == []
+        store.batches[0][1](frozenset())
+        assert events == [b"1", b"2", "end"]  # once per batch, after its deliveries
+        committer.submit(Pending(owner=a, epoch=a.epoch, change=None))  # nothing to write: delivered at once
+        await asyncio.wait_for(committer.wait_idle(), 10)
+        assert events[3:] == [None, "end"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_lone_change_committed_inline_is_delivered_and_sent_within_the_same_turn(tmp_path):
+    """SQLite commits a lone change on the loop and answers ``done`` on the spot: the committer delivers it and
+    ends the batch before the flush that started it returns, and goes on with the next batch from there."""
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    events: list[Any] = []
+    committer = Committer(store, lambda p: events.append(p.change and p.change.state), retry=lambda *a: None,
+                          reject=lambda *a: None, end_batch=lambda: events.append("end"))
+    task = asyncio.create_task(committer.run())
+    try:
+        await asyncio.sleep(0)
+        a = Owner("a")
+        committer.submit(pending(a, b"\xa0"))
+        committer._flush()  # what the loop runs next
+        assert events == [b"\xa0", "end"]
+        for state in (b"\xa1", b"\xa2"):
+            committer.submit(pending(a, state))
+        await asyncio.wait_for(committer.wait_idle(), 10)
+        assert events[2:] == [b"\xa1", b"\xa2", "end"]  # the two of one turn: one batch
+        assert (await store.load("a")).state == b"\xa2"  # type: ignore[union-attr]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
 async def test_a_failed_batch_invalidates_answers_unavailable_and_runs_stale_items_again(committed):
     committer, store, delivered, rejected, retried = committed
     a = Owner("a")
@@ -161,7 +209,7 @@ async def test_one_pass_rows_fold_a_batch_like_merge(tmp_path):
 
 async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_path: Any) -> None:
     """A batch of one change (a lone device's call) is committed on the caller's thread when the store's thread is
-    idle: no hand-off there and back. Its outcome still arrives through ``done`` on the loop, later."""
+    idle: no hand-off there and back. Its outcome reaches ``done`` before commit_soon returns."""
     store = SQLiteStore(tmp_path / "s.db")
     await store.open()
     try:
@@ -173,12 +221,16 @@ async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_p
             outcomes.append(outcome)
             got.set()
 
-        store.commit_soon([Change("a", state=b"\xa0")], done, loop)
-        assert outcomes == []  # never called back from inside commit_soon
-        with sqlite3.connect(tmp_path / "s.db") as other:  # durable before commit_soon returned
-            assert other.execute("SELECT state FROM ca WHERE name = 'a'").fetchall() == [(b"\xa0",)]
-        await asyncio.wait_for(got.wait(), 10)
-        assert outcomes == [frozenset()]
+        durable: list[Any] = []
+
+        def done_inline(outcome: Any) -> None:  # called from inside commit_soon: the change is durable by then
+            with sqlite3.connect(tmp_path / "s.db") as other:
+                durable.extend(other.execute("SELECT state FROM ca WHERE name = 'a'").fetchall())
+            done(outcome)
+
+        store.commit_soon([Change("a", state=b"\xa0")], done_inline, loop)
+        assert outcomes == [frozenset()]  # answered before commit_soon returned
+        assert durable == [(b"\xa0",)]
 
         # the store's thread busy with another job: the batch waits in its queue, committed there, in order
         got.clear()

@@ -66,6 +66,30 @@ async def test_text_and_prefixed_topics_publish_the_same_packets_and_pubacks_fre
     assert await link.flush(1.0)
 
 
+async def test_write_now_sends_the_held_ack_and_the_queue_in_one_write_within_the_turn():
+    """What a committed batch sends leaves at once (bridge.admission.Sink.end_batch), behind the PUBACKs held for
+    it; the flush already on the loop's ready queue then finds nothing left and writes nothing."""
+    link = MqttLink(BrokerURL("127.0.0.1", 1), client_id="t", on_message=lambda t, p: None, subscriptions=[])
+    transport = _Transport()
+    link._wire = types.SimpleNamespace(transport=transport)  # type: ignore[assignment]
+    link.connected.set()
+    link.write_now()
+    assert transport.written == []  # nothing queued: no write
+    link._hold_ack(b"\x40\x02\x00\x07")  # the PUBACK of the request being answered
+    link.publish("ca/x/session/a", b"reply")
+    assert transport.written == []
+    link.write_now()
+    assert transport.written == [b"\x40\x02\x00\x07" + _reference_publish(b"ca/x/session/a", b"reply", 1)]
+    await asyncio.sleep(0)  # the scheduled flush runs
+    await asyncio.sleep(0)
+    assert len(transport.written) == 1
+    link.publish("ca/x/session/a", b"next")  # and the next publish schedules a write of its own
+    await asyncio.sleep(0)
+    assert transport.written[1:] == [_reference_publish(b"ca/x/session/a", b"next", 2)]
+    if link._ack_timer is not None:
+        link._ack_timer.cancel()
+
+
 async def test_a_full_in_flight_window_queues_and_each_puback_sends_the_next():
     link = MqttLink(BrokerURL("127.0.0.1", 1), client_id="t", on_message=lambda t, p: None, subscriptions=[],
                     max_inflight=2)
