@@ -220,6 +220,9 @@ class _Wire(asyncio.Protocol):
                 log.warning("dropped a PUBLISH too short for its topic and packet id")
                 continue
             if qos:  # PUBACK (PUBREC for QoS 2), held for the next write (see ACK_HOLD)
+                if qos == 0x06:  # both QoS bits set: MQTT 3.1.1 (3.3.1-4) says to close the connection
+                    self._fail("a PUBLISH with QoS 3")
+                    return
                 hold((b"\x40\x02" if qos == 0x02 else b"\x50\x02") + data[tend:begin])
             try:
                 topic = data[i + 2 : tend].decode()

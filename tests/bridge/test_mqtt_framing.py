@@ -121,6 +121,16 @@ async def test_a_remaining_length_over_four_bytes_closes_the_connection(chunks):
     assert not link.packets
 
 
+async def test_a_publish_with_qos_3_closes_the_connection_unanswered():
+    """MQTT 3.1.1 (3.3.1-4): a PUBLISH with both QoS bits set is malformed, and the connection is closed; what came
+    before it in the same read is handled, nothing after it."""
+    wire, link = _wire()
+    wire.data_received(_publish(b"ca/a/in", b"x", 1, 7) + packet(0x36, b"\x00\x07ca/b/in\x00\x08y")
+                       + _publish(b"ca/c/in", b"z", 0, 0))
+    assert wire.transport.aborted  # type: ignore[union-attr]
+    assert link.packets == [("ack", b"\x40\x02\x00\x07"), ("message", "ca/a/in", b"x")]
+
+
 def _every_split(stream: bytes):
     """The stream in one read, byte by byte, and cut in two at every point."""
     yield [stream]
