@@ -24,7 +24,13 @@ class HelloPersistent(CA):
 
     @method
     async def end(self, nonce):
-        return self.session.end(nonce)
+        """Ends the instance but keeps its memento (the last item bought), where the seed's end clears it.
+
+        With the seed's end, a device that dies after its end committed but before it heard the reply (a lost
+        connection, a killed bridge) would begin again with no memento and buy every item a second time. With the
+        memento kept, it begins again, sees that the last item is bought, and buys nothing twice.
+        """
+        return self.session.remember(nonce, self.session.memento())
 
     @method
     async def get_counters(self):

@@ -23,7 +23,7 @@ class ChaosShop(HelloPersistent):
 
     @method
     async def end(self, nonce):
-        """Ends the instance but keeps its memento (the last item bought). The example's ``end`` clears it, and a
-        chaos device is rerun until it sees this reply: one killed (or whose bridge died at a fault point) after
-        ``end`` committed would begin again with no memento and buy every item a second time."""
+        """Ends the instance but keeps its memento (the last item bought), as the example's ``end`` does: a chaos
+        device is rerun until it sees this reply, and one killed (or whose bridge died at a fault point) after
+        ``end`` committed would otherwise begin again with no memento and buy every item a second time."""
         return self.session.remember(nonce, self.session.memento())

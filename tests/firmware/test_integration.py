@@ -125,6 +125,24 @@ def test_bridge_persistent_session_exactly_once_with_crashes(procs, tmp_path, in
     assert res["counters"] == {f"item{i:03d}": 1 for i in range(items)}
 
 
+def test_hellopersistent_rerun_after_its_end_committed_buys_nothing_twice(procs, tmp_path, interp):
+    """The example's end keeps the memento: a device run again after its end committed (as a device that never
+    heard end's reply is, by forever.py) sees every item bought and buys none of them again."""
+    port, _ = start_bridge(procs, tmp_path, HELLOPERSISTENT)
+    env = device_env({"CA_PORT": port, "ITEMS": 4, "CRASH": 0, "CA_NAME": "once"})
+    outs = []
+    for _ in range(2):
+        p = __import__("subprocess").run([*interp, str(ROOT / "examples/hellopersistent/device.py")], env=env,
+                                         capture_output=True, timeout=60)
+        outs.append(p.stdout.decode())
+        assert p.returncode == 0, outs[-1] + p.stderr.decode()
+    assert "Every item is bought already" not in outs[0] and "Every item is bought already" in outs[1]
+    assert "done, end -> True" in outs[1]
+    rc, res, o2, e2 = run_device([sys.executable], SCRIPT, [port, "counters", "once"])
+    assert rc == 0, o2 + e2
+    assert res["counters"] == {f"item{i:03d}": 1 for i in range(4)}
+
+
 @pytest.mark.parametrize("codec", ["cbor", "json"])
 def test_bridge_integers_beyond_64_bits_reach_the_device(procs, tmp_path, interp, codec):
     """Issue 14 item 12: a CA result beyond 64 bits travels as a CBOR bignum (tags 2, 3) that the device decodes;
