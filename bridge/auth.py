@@ -25,13 +25,12 @@ import fcntl
 import hashlib
 import hmac
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import ConfigError
-from bridge.protocol import valid_name
+from bridge.protocol import token, valid_name
 
 __all__ = [
     "ARGON2_PARAMS",
@@ -235,7 +234,7 @@ class AuthStore:
                 password = self.bridge_secret_file.read_text(encoding="utf-8").strip()
             except FileNotFoundError:
                 password = ""
-            creds = Credentials(BRIDGE_USER, password or secrets.token_urlsafe(24))
+            creds = Credentials(BRIDGE_USER, password or token(24))
             if not password:
                 _write_private(self.bridge_secret_file, creds.password + "\n")
             stale = not (argon2_verify(creds.password, amqtt_users.get(BRIDGE_USER, ""))
@@ -251,13 +250,13 @@ class AuthStore:
         path = self.dir / "dashboard.token"
         with self._locked():
             try:
-                token = path.read_text(encoding="utf-8").strip()
+                bearer = path.read_text(encoding="utf-8").strip()
             except FileNotFoundError:
-                token = ""
-            if not token:
-                token = secrets.token_urlsafe(24)
-                _write_private(path, token + "\n")
-            return token
+                bearer = ""
+            if not bearer:
+                bearer = token(24)
+                _write_private(path, bearer + "\n")
+            return bearer
 
     # -- devices ------------------------------------------------------------------------------------------------
 
@@ -288,7 +287,7 @@ class AuthStore:
                 raise ConfigError(f"device name {name!r} is refused: its client ids ({own}...) are device "
                                   f"{other!r}'s")
             owners[own] = name
-            creds = Credentials(name, secrets.token_urlsafe(24))
+            creds = Credentials(name, token(24))
             self._set(amqtt_users, mosq_users, creds)
             self._save(amqtt_users, mosq_users, owners)
             return creds

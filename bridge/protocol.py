@@ -9,6 +9,7 @@ kind = one class here (registered with ``@inbound``, added to :data:`Inbound`) +
 from __future__ import annotations
 
 import re
+import secrets
 import struct
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -42,6 +43,7 @@ __all__ = [
     "reply_ok",
     "stamp_reply",
     "sync_answer",
+    "token",
     "valid_name",
 ]
 
@@ -77,6 +79,14 @@ def valid_name(name: object) -> bool:
             _CHECKED.clear()
         _CHECKED[name] = valid
     return valid
+
+
+def token(nbytes: int) -> str:
+    """A random URL-safe text of ``nbytes`` random bytes (nonces, passwords, bearer tokens) that never begins with
+    ``-``: one in 64 of secrets.token_urlsafe's does, and a command line then takes it for an option."""
+    while (text := secrets.token_urlsafe(nbytes)).startswith("-"):
+        pass
+    return text
 
 
 def check_name(name: object, what: str) -> str:

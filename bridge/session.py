@@ -7,13 +7,12 @@ call reads its own writes, and nothing reaches the committed sessions unless the
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import codec
-from bridge.protocol import check_name
+from bridge.protocol import check_name, token
 
 __all__ = ["SessionAPI", "SessionData", "SessionLimits", "SessionTxn"]
 
@@ -266,7 +265,7 @@ class SessionAPI:
     def begin(self) -> dict[str, Any]:
         """Start a persistent-session instance: a new nonce, and the memento left by an instance that did not end."""
         data = self._txn.write(self._txn.current)
-        data.nonce = secrets.token_urlsafe(15)
+        data.nonce = token(15)
         return {"nonce": data.nonce, "memento": data.memento}
 
     def remember(self, nonce: str, memento: Any) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import codec
+from bridge import codec, protocol
 from bridge.errors import BadRequest, CodecError
 from bridge.protocol import Topics, encode_note, parse_request, valid_name
 
@@ -157,3 +157,17 @@ def test_nesting_limit_counts_leaves_too(wrap, leaf):
     codec.check_subset(value)  # a leaf at depth MAX_DEPTH is fine ...
     with pytest.raises(CodecError, match="nesting deeper"):
         codec.check_subset(wrap(value))  # ... one level deeper is not
+
+
+def test_tokens_never_begin_with_a_dash_so_a_command_line_takes_them_as_they_are(monkeypatch):
+    """Nonces, passwords and the dashboard token are typed or pasted on command lines (`python -m firmware_client
+    call ... buy <nonce> 0 apple`, `--password <it>`), where a leading '-' reads as an option."""
+    import secrets
+
+    drawn = iter(["-dash", "_ok"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert protocol.token(15) == "_ok"
+    monkeypatch.undo()
+    tokens = [protocol.token(15) for _ in range(3000)]  # about 47 of these would begin with '-' otherwise
+    assert all(len(t) == 20 and not t.startswith("-") for t in tokens)
+    assert len(set(tokens)) == 3000
