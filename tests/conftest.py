@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests import skips
-from tests.procs import PYTHON, ROOT, BridgeProcess, Mosquitto, free_port, stop, wait_port  # noqa: F401
+from tests.procs import PYTHON, ROOT, BridgeProcess, Mosquitto, free_port, stop, stored_states, wait_port  # noqa: F401
 # (the tests import these from here)
 
 
@@ -43,14 +42,8 @@ def committed_state(db: Path, ca: str) -> dict[str, Any]:
     """A CA's state as committed in a bridge's SQLite file, read beside the bridge ({} before its first commit)."""
     from bridge import codec
 
-    if not db.exists():
-        return {}
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT state FROM ca WHERE name = ?", (ca,)).fetchone()
-    finally:
-        conn.close()
-    return codec.loads(row[0]) if row and row[0] else {}
+    state = stored_states(db, ca).get(ca)
+    return codec.loads(state) if state else {}
 
 
 @pytest.fixture

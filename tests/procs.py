@@ -272,3 +272,29 @@ def settle_rss(pid: int, limit: float = 5.0) -> float:
             break
         last = now
     return last
+
+
+def stored_states(db: Path, ca: str | None = None) -> dict[str, bytes]:
+    """The committed state of every CA (or of ``ca``) in a bridge's store, read as ``ca-bridge inspect`` reads it:
+    the SQLite file plus the redo log's records not applied to it yet. Works beside a running bridge and after one
+    was killed; {} while the store does not exist yet."""
+    import asyncio
+
+    from bridge.errors import StoreError
+    from bridge.store.sqlite import SQLiteStore
+
+    async def read() -> dict[str, bytes]:
+        store = SQLiteStore(db, read_only=True)
+        try:
+            await store.open()
+        except StoreError:
+            return {}
+        try:
+            if ca is not None:
+                rec = await store.load(ca)
+                return {} if rec is None else {ca: rec.state}
+            return {rec.name: rec.state for rec in await store.load_all()}
+        finally:
+            await store.close()
+
+    return asyncio.run(read()) if db.exists() else {}

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["CARecord", "Change", "CommitDone", "CommitSoon", "SessionRecord", "SessionWrite", "Store", "merge"]
+__all__ = ["CARecord", "Change", "CommitDone", "CommitSoon", "SessionRecord", "SessionWrite", "Store", "apply_changes",
+           "merge"]
 
 CommitDone = Callable[[frozenset[str] | BaseException], None]  # a batch's outcome: the refused CAs, or the error
 
@@ -107,6 +108,39 @@ def merge(changes: Iterable[Change]) -> dict[str, Change]:
                 have = into.sessions[sid] = SessionWrite()
             have.absorb(write)
     return merged
+
+
+def apply_changes(records: dict[str, CARecord], changes: Iterable[Change]) -> None:
+    """Fold committed changes into CAs as loaded, adding the CAs they create: what a commit does to a store, done
+    in memory (bridge.store.memory; a read-only view of SQLite with its redo log, bridge.store.sqlite)."""
+    for change in merge(changes).values():
+        rec = records.get(change.ca)
+        if rec is None:
+            rec = records[change.ca] = CARecord(change.ca, b"\xa0")
+        if change.state is not None:
+            rec.state = change.state
+        if change.device is not None:
+            rec.device = change.device
+        for sid, write in change.sessions.items():
+            _apply_session(rec, sid, write)
+        rec.dedup.extend(change.dedup)
+        floors = change.dedup_floors
+        if floors:
+            rec.dedup[:] = [d for d in rec.dedup if d[0] >= floors.get(d[1], 0)]
+
+
+def _apply_session(rec: CARecord, sid: str, write: SessionWrite) -> None:
+    if write.purge:
+        rec.sessions.pop(sid, None)
+    if write.meta is None and sid not in rec.sessions:
+        return
+    srec = rec.sessions.get(sid)
+    if srec is None:
+        srec = rec.sessions[sid] = SessionRecord(write.meta or b"")
+    elif write.meta is not None:
+        srec.meta = write.meta
+    srec.notes.extend(write.notes)
+    srec.notes[:] = [n for n in srec.notes if n[0] >= write.note_floor]
 
 
 class Store(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.store.base import CARecord, Change, SessionRecord, SessionWrite, merge
+from bridge.store.base import CARecord, Change, SessionRecord, apply_changes
 
 __all__ = ["MemoryStore"]
 
@@ -59,36 +59,9 @@ class MemoryStore:
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
-        for change in merge(changes).values():
-            rec = self._cas.get(change.ca)
-            if rec is None:
-                rec = self._cas[change.ca] = CARecord(change.ca, b"\xa0")
-            if change.state is not None:
-                rec.state = change.state
-            if change.device is not None:
-                rec.device = change.device
-            for sid, write in change.sessions.items():
-                _apply(rec, sid, write)
-            rec.dedup.extend(change.dedup)
-            floors = change.dedup_floors
-            if floors:
-                rec.dedup[:] = [d for d in rec.dedup if d[0] >= floors.get(d[1], 0)]
+        apply_changes(self._cas, changes)
         self.commits += 1
         return frozenset()
-
-
-def _apply(rec: CARecord, sid: str, write: SessionWrite) -> None:
-    if write.purge:
-        rec.sessions.pop(sid, None)
-    if write.meta is None and sid not in rec.sessions:
-        return
-    srec = rec.sessions.get(sid)
-    if srec is None:
-        srec = rec.sessions[sid] = SessionRecord(write.meta or b"")
-    elif write.meta is not None:
-        srec.meta = write.meta
-    srec.notes.extend(write.notes)
-    srec.notes[:] = [n for n in srec.notes if n[0] >= write.note_floor]
 
 
 def _copy(rec: CARecord) -> CARecord:

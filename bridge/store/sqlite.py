@@ -1,10 +1,17 @@
-"""The default durable store: one SQLite file, WAL, synchronous=FULL, one writer thread.
+"""The default durable store: one SQLite file (WAL) behind a redo log, synchronous=FULL.
 
-A batch of many CAs' calls is one SQLite transaction (group commit): one fsync however many calls it holds.
-All database work runs on a single dedicated thread, so the event loop never blocks on the disk and the
-connection is never shared between threads. The thread is fed by a queue; each job hands its result back with one
-``call_soon_threadsafe``. A commit (:meth:`SQLiteStore.commit_soon`) calls the committer's callback directly from
-there: one hand-off each way per batch, no futures in between.
+A batch of many CAs' calls is one record of the redo log (bridge.store.redo): one write and one fdatasync however
+many calls it holds, and about half the CPU of a SQLite transaction. The store's thread applies the records to the
+SQLite file every APPLY_S, many batches in one transaction that also records the last one it holds; loading a CA
+with changes not applied yet applies them first, so a load always sees every commit. After a crash, opening the
+store applies what the log holds beyond that mark.
+
+Two threads: the log's (appends, fed by a queue; a lone change while it is idle is appended on the caller's
+thread) and the database's (the connection is never shared: opening, loads, and the applications). Each job hands
+its result back with one ``call_soon_threadsafe``; a commit (:meth:`SQLiteStore.commit_soon`) calls the committer's
+callback directly from there, no futures in between. Stores opened by tools (``exclusive=False`` or read-only)
+have no log writer: ``ca-bridge create`` commits straight to SQLite, and a read-only view adds the log's records
+not applied yet to what it reads.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -24,17 +32,22 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge import faults
 from bridge.errors import ConfigError, StoreError
-from bridge.store.base import CARecord, Change, CommitDone, SessionRecord, SessionWrite
+from bridge.store.base import CARecord, Change, CommitDone, SessionRecord, SessionWrite, apply_changes
+from bridge.store.redo import RedoLog, read_records
 
 __all__ = ["SQLiteStore"]
 
+log = logging.getLogger("bridge.store")
+
 T = TypeVar("T")
 
-# A job for the store's thread: run fn(*args) there, then call reply(result, error) on the loop's thread.
+# A job for the database's thread: run fn(*args) there, then call reply(result, error) on the loop's thread.
 Reply = Callable[[Any, "BaseException | None"], None]
 Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, Reply]
+_KICK = "kick"  # to the database's thread: the log has records to apply (within APPLY_S)
+_APPLY = "apply"  # to the database's thread: apply the log's records now
+Append = tuple[Sequence[Change], asyncio.AbstractEventLoop, CommitDone]  # a job for the log's thread
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ca (name TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
@@ -49,13 +62,17 @@ CREATE TABLE IF NOT EXISTS dedup (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS device (ca TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 """
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Version 1 kept dedup records per session (PRIMARY KEY (ca, sid, pos)); version 2 numbers them per CA so that a
 # collected session does not take them along. Upgrading from 1 drops the old records (at worst a retry in flight
 # during the upgrade runs again). Version 3 adds the meta table (the app the store belongs to): nothing to convert.
 # Version 4 adds the device table (bridge.device: one row per CA that has device data): nothing to convert.
+# Version 5 commits through the redo log (bridge.store.redo), whose mark is the meta row 'redo': nothing to convert,
+# but a bridge of version 4 must not open it (it would not apply the log's records after a crash).
 MIGRATIONS = {1: "DROP TABLE dedup;"}
 INLINE_MAX_S = 0.002  # commit a lone change on the caller's thread while one takes less than this (seconds)
+APPLY_S = 0.05  # the redo log's records are applied to the SQLite file this long after the first of them, at most
+APPLY_MAX = 512  # or as soon as this many batches wait
 _ROWS = 16  # rows per insert statement at most: 64 statement texts in all, which sqlite3's cache (128) keeps
 
 
@@ -127,12 +144,22 @@ class SQLiteStore:
         self.exclusive = exclusive and not read_only
         self._db: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None  # the commits' cursor (one for all of them: no cursor per statement)
-        self._jobs: queue.SimpleQueue[Job | None] | None = None  # the store thread's queue (None: closed)
+        self._jobs: queue.SimpleQueue[Job | str | None] | None = None  # the database thread's queue (None: closed)
         self._thread: threading.Thread | None = None
         self._lock: int | None = None  # the descriptor holding the flock on <db>.lock
         self._lone_s = 0.0  # how long the last commit of a lone change took (commit_soon: inline while fast)
-        self._busy = threading.Lock()  # held while a job runs (on the store thread, or inline: commit_soon)
         self._devices = True  # the file has the device table (a store of schema 3 opened read-only has not)
+        # The redo log (a writing bridge's store only) and what is committed there but not applied to SQLite yet:
+        # (sequence number, batch), in order. The log's thread appends; the database's thread takes them.
+        self._redo: RedoLog | None = None
+        self._appends: queue.SimpleQueue[Append | None] | None = None  # the log thread's queue
+        self._redo_thread: threading.Thread | None = None
+        self._busy = threading.Lock()  # held while a batch is appended (on the log's thread, or inline: commit_soon)
+        self._pending: list[tuple[int, Sequence[Change]]] = []
+        self._pending_lock = threading.Lock()
+        self.applied = 0  # the last record applied to SQLite (its mark in the meta table)
+        self._mark = 0  # read-only: the mark as of the last load
+        self._has_meta = True  # the file has the meta table (a store of schema 2 opened read-only has not)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the store's thread and wait for its result."""
@@ -143,39 +170,103 @@ class SQLiteStore:
         self._jobs.put((fn, args, loop, partial(_resolve, future)))
         return await future
 
-    def _serve(self, jobs: queue.SimpleQueue[Job | None]) -> None:
-        """The store's thread: run jobs in order; each result goes back to its loop with one wake-up."""
-        while (job := jobs.get()) is not None:
+    def _serve(self, jobs: queue.SimpleQueue[Job | str | None]) -> None:
+        """The database's thread: run jobs in order, each result going back to its loop with one wake-up; and apply
+        the redo log's records APPLY_S after the first of them arrives (or at once when told to)."""
+        due: float | None = None  # when to apply the records waiting
+        while True:
+            try:
+                job = jobs.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
+            except queue.Empty:
+                job = _APPLY
+            if job is None:
+                return
+            if isinstance(job, str):
+                if job == _APPLY:
+                    due = None if self._apply_pending() else time.monotonic() + APPLY_S
+                elif due is None:
+                    due = time.monotonic() + APPLY_S
+                continue
             fn, args, loop, reply = job
-            with self._busy:
-                try:
-                    result, error = fn(*args), None
-                except BaseException as exc:  # handed to the loop, which decides
-                    result, error = None, exc
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:  # handed to the loop, which decides
+                result, error = None, exc
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                 loop.call_soon_threadsafe(reply, result, error)
 
+    def _serve_appends(self, appends: queue.SimpleQueue[Append | None]) -> None:
+        """The log's thread: append batches in order; each outcome goes to its ``done`` with one wake-up."""
+        while (job := appends.get()) is not None:
+            changes, loop, done = job
+            with self._busy:
+                try:
+                    self._append(changes)
+                    outcome: frozenset[str] | BaseException = _NOTHING_REFUSED
+                except BaseException as exc:  # handed to the loop, which decides
+                    outcome = exc
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(done, outcome)
+
     async def open(self) -> None:
-        """Open the file on the writer thread: creating it and the schema, or upgrading it (read-only: as it is)."""
+        """Open the file on the database's thread: creating it and the schema, or upgrading it (read-only: as it is)."""
         if self.exclusive:
             self._lock = _take_lock(self.path)  # before anything is read or written; quick, never waits
-        jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        jobs: queue.SimpleQueue[Job | str | None] = queue.SimpleQueue()
         thread = threading.Thread(target=self._serve, args=(jobs,), name="sqlite-store", daemon=True)
         thread.start()
         self._jobs, self._thread = jobs, thread
         try:
             await self._run(self._open_read_only if self.read_only else self._open)
+            if self.exclusive:
+                await self._run(self._recover)
         except BaseException:
             self._stop()
             self._release_lock()
             raise
+        if self._redo is not None:
+            appends: queue.SimpleQueue[Append | None] = queue.SimpleQueue()
+            self._redo_thread = threading.Thread(target=self._serve_appends, args=(appends,), name="sqlite-redo",
+                                                 daemon=True)
+            self._redo_thread.start()
+            self._appends = appends
 
     def _stop(self) -> None:
+        if self._appends is not None:
+            self._appends.put(None)
+        if self._redo_thread is not None:
+            self._redo_thread.join()
+        self._appends = self._redo_thread = None
         if self._jobs is not None:
             self._jobs.put(None)
         if self._thread is not None:
             self._thread.join()
         self._jobs = self._thread = None
+        if self._redo is not None:
+            self._redo.close()
+            self._redo = None
+
+    def _recover(self) -> None:
+        """Apply what the redo log holds beyond the database's mark (a bridge that stopped without applying it: a
+        crash), then start the log over."""
+        mark = self._read_mark(self._conn())
+        records, highest, gap = read_records(self.path, mark)
+        if gap:
+            log.warning("the redo log of %s has a gap after record %d (a power loss with synchronous=NORMAL?): "
+                        "the records after it are dropped", self.path, records[-1][0] if records else mark)
+        if records:
+            self._write([c for _, batch in records for c in batch], mark=records[-1][0])
+            log.info("applied %d committed batches from the redo log of %s", len(records), self.path)
+        redo = RedoLog(self.path, flush=self.synchronous != "NORMAL")
+        try:
+            redo.start(highest)
+        except OSError as exc:
+            redo.close()
+            raise StoreError(f"cannot open the redo log of {self.path}: {exc}") from None
+        if highest != (records[-1][0] if records else mark):  # numbers skipped: the mark follows
+            self._write([], mark=highest)
+        self._redo = redo
+        self.applied = highest
 
     def _open_read_only(self) -> None:
         """Open an existing store as it is: no schema is created or upgraded, and SQLite refuses any write."""
@@ -188,6 +279,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
         self._devices = "device" in tables
+        self._has_meta = "meta" in tables
         if not {"ca", "session", "note", "dedup"} <= tables:
             db.close()
             raise StoreError(f"no ca-bridge store in {self.path}")
@@ -221,6 +313,11 @@ class SQLiteStore:
         """Close the connection and stop the writer thread."""
         if self._jobs is None:
             return
+        if self._appends is not None:  # appends already queued are made first (their outcomes still reach the loop)
+            self._appends.put(None)
+            assert self._redo_thread is not None
+            await asyncio.to_thread(self._redo_thread.join)
+            self._appends = self._redo_thread = None
         try:
             await self._run(self._close)
         finally:
@@ -228,6 +325,9 @@ class SQLiteStore:
             self._release_lock()  # after the connection is closed: the next bridge finds a quiet file
 
     def _close(self) -> None:
+        if self._apply_pending() and self._redo is not None:  # a clean stop leaves nothing for recovery to read
+            with contextlib.suppress(OSError):
+                self._redo.clear()
         if self._db is not None:
             self._cursor = None
             self._db.close()
@@ -240,21 +340,44 @@ class SQLiteStore:
 
     async def load_all(self) -> list[CARecord]:
         """Every CA with its sessions."""
-        return await self._run(self._load, None)
+        return await self._run(self._load_applied, None)
 
     async def load(self, name: str) -> CARecord | None:
         """One CA, or None."""
-        found = await self._run(self._load, name)
+        found = await self._run(self._load_applied, name)
         return found[0] if found else None
 
     async def names(self) -> list[str]:
         """Sorted CA names."""
-        return await self._run(lambda: [r[0] for r in self._conn().execute("SELECT name FROM ca ORDER BY name")])
+        return await self._run(self._names)
+
+    def _names(self) -> list[str]:
+        db = self._conn()
+        if self._redo is not None:
+            self._apply_pending()
+            return [r[0] for r in db.execute("SELECT name FROM ca ORDER BY name")]
+        db.execute("BEGIN")
+        try:
+            names = {r[0] for r in db.execute("SELECT name FROM ca")}
+            mark = self._read_mark(db)
+        finally:
+            db.execute("COMMIT")
+        names.update(c.ca for _, batch in read_records(self.path, mark)[0] for c in batch)
+        return sorted(names)
+
+    def _read_mark(self, db: sqlite3.Connection) -> int:
+        """The last redo record applied (0: none, or a store from before the redo log)."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'redo'").fetchone() if self._has_meta else None
+        return int(row[0]) if row is not None else 0
 
     async def register(self, name: str) -> bool:
         """An empty CA row: the CA exists, and on_init runs when a bridge first loads it."""
 
         def insert() -> bool:
+            if self._redo is not None:
+                self._apply_pending(name)
+            elif self._load_applied(name):  # a tool's store: the CA may be in the log of a bridge that stopped
+                return False
             cur = self._conn().execute("INSERT OR IGNORE INTO ca (name, state) VALUES (?, x'')", (name,))
             return cur.rowcount == 1
 
@@ -298,11 +421,27 @@ class SQLiteStore:
             raise StoreError("store is closed")
         return self._db
 
+    def _load_applied(self, name: str | None) -> list[CARecord]:
+        """Load with every commit in view: the bridge's store first applies the log's records of the CA (all of
+        them for every CA); a tool's adds the log's records beyond the mark it read to what it read."""
+        if self._redo is not None:
+            self._apply_pending(name)
+            return self._load(name)
+        for _ in range(5):
+            cas = self._load(name)
+            records, _, gap = read_records(self.path, self._mark)
+            if not gap:  # else the bridge reused a file between the two reads: read both again
+                break
+        records_of = {rec.name: rec for rec in cas}
+        apply_changes(records_of, (c for _, batch in records for c in batch if name is None or c.ca == name))
+        return sorted(records_of.values(), key=lambda rec: rec.name) if name is None else list(records_of.values())
+
     def _load(self, name: str | None) -> list[CARecord]:
         db = self._conn()
         where, args = ("WHERE ca = ?", (name,)) if name is not None else ("", ())
         db.execute("BEGIN")
         try:
+            self._mark = self._read_mark(db)
             cas = {
                 n: CARecord(n, state)
                 for n, state in db.execute(
@@ -326,26 +465,44 @@ class SQLiteStore:
             db.execute("COMMIT")
         return list(cas.values())
 
+    async def flush(self) -> None:
+        """Apply the redo log's records to the SQLite file now. They are durable already; this is for readers of
+        the file alone (a copy of it, or a program that does not read the log)."""
+        if self._redo is not None and not await self._run(self._apply_pending):
+            raise StoreError(f"cannot apply the redo log to {self.path} (the log says why)")
+
     async def commit(self, changes: Sequence[Change]) -> frozenset[str]:
-        """One SQLite transaction for the whole batch (one bridge owns the file: nothing is ever refused)."""
-        await self._run(self._commit, changes)
-        return frozenset()
+        """Commit a batch (one bridge owns the file: nothing is ever refused)."""
+        if self._redo is None:  # a tool's store: straight to SQLite
+            await self._run(self._write, changes)
+            return _NOTHING_REFUSED
+        future: asyncio.Future[frozenset[str]] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: frozenset[str] | BaseException) -> None:
+            if not future.done():
+                future.set_exception(outcome) if isinstance(outcome, BaseException) else future.set_result(outcome)
+
+        self.commit_soon(changes, done, asyncio.get_running_loop())
+        return await future
 
     def commit_soon(self, changes: Sequence[Change], done: CommitDone, loop: asyncio.AbstractEventLoop) -> None:
-        """Commit a batch: on the store's thread, whose outcome (the refused CAs, none, or the error) reaches
-        ``done`` once on ``loop``'s thread; or, a lone change while that thread is idle, right here, calling ``done``
-        before returning. Called on ``loop``'s thread."""
-        if self._jobs is None:
-            loop.call_soon(done, StoreError("store is closed"))
+        """Commit a batch: on the log's thread, whose outcome (the refused CAs, none, or the error) reaches ``done``
+        once on ``loop``'s thread; or, a lone change while that thread is idle, right here, calling ``done`` before
+        returning. Called on ``loop``'s thread."""
+        if self._appends is None:
+            if self._jobs is None or self._redo is not None:  # (the log's thread stopped: closing)
+                loop.call_soon(done, StoreError("store is closed"))
+            else:  # a tool's store: straight to SQLite
+                self._jobs.put((self._write, (changes,), loop, partial(_commit_done, done)))
             return
         if len(changes) == 1 and self._lone_s < INLINE_MAX_S and self._busy.acquire(blocking=False):
-            # a lone change (one client, or a quiet moment) with the store's thread idle: commit it right here, which
+            # a lone change (one client, or a quiet moment) with the log's thread idle: append it right here, which
             # saves the hand-off there and back (a fifth of the CPU of a lone client's call), as long as the disk is
             # fast; on a slow one (an SD card's fsync) the loop must not wait, so the thread takes it again. Its
             # outcome goes to ``done`` at once, which saves a turn of the loop before the reply can leave.
             try:
                 try:
-                    self._commit(changes)
+                    self._append(changes)
                     outcome: frozenset[str] | BaseException = _NOTHING_REFUSED
                 except BaseException as exc:
                     outcome = exc
@@ -353,20 +510,56 @@ class SQLiteStore:
                 self._busy.release()
             done(outcome)
             return
-        self._jobs.put((self._commit, (changes,), loop, partial(_commit_done, done)))
+        self._appends.put((changes, loop, done))
 
-    def _commit(self, changes: Sequence[Change]) -> None:
-        """The batch's rows in one pass (the later change of a CA or session wins, as bridge.store.merge would
-        fold them), then one transaction with a statement only for the kinds of rows there are."""
+    def _append(self, changes: Sequence[Change]) -> None:
+        """Make a batch durable in the redo log (holding ``_busy``), and queue it to be applied to SQLite."""
+        redo, jobs = self._redo, self._jobs
+        if redo is None or jobs is None:
+            raise StoreError("store is closed")
         started = time.perf_counter()
         try:
-            self._write(changes)
+            seq = redo.append(changes)
+        except Exception as exc:  # the disk, or a value that cannot be stored (nothing is written then)
+            raise StoreError(f"commit failed: {exc}") from None
         finally:
             if len(changes) == 1:
                 self._lone_s = time.perf_counter() - started
+        with self._pending_lock:
+            self._pending.append((seq, changes))
+            waiting = len(self._pending)
+        if waiting == 1:
+            jobs.put(_KICK)
+        elif waiting == APPLY_MAX:
+            jobs.put(_APPLY)
 
-    def _write(self, changes: Sequence[Change]) -> None:
-        """The commit itself (``_commit`` times it)."""
+    def _apply_pending(self, name: str | None = None) -> bool:
+        """On the database's thread: apply the redo log's records waiting (``name``: only if one of them changes
+        that CA) in one transaction with their mark, which frees their place in the log. False if that failed
+        (they wait for the next try, and recovery has them meanwhile)."""
+        with self._pending_lock:
+            batches = self._pending
+            if not batches or (name is not None and not any(c.ca == name for _, b in batches for c in b)):
+                return True
+            self._pending = []
+        mark = batches[-1][0]
+        try:
+            self._write([c for _, batch in batches for c in batch], mark=mark)
+        except BaseException:
+            with self._pending_lock:
+                self._pending[:0] = batches
+            log.exception("applying %d committed batches to %s failed; they stay in the redo log and are applied "
+                          "again later", len(batches), self.path)
+            return False
+        self.applied = mark
+        if self._redo is not None:
+            self._redo.applied = mark
+        return True
+
+    def _write(self, changes: Sequence[Change], mark: int = 0) -> None:
+        """One transaction with a batch's rows, in one pass (the later change of a CA or session wins, as
+        bridge.store.merge would fold them), with a statement only for the kinds of rows there are; ``mark``: and
+        the last redo record it applies."""
         db = self._conn()
         states: dict[str, bytes] = {}
         devices: dict[str, bytes] = {}
@@ -407,12 +600,16 @@ class SQLiteStore:
                     _insert(cur, _STATE, list(chain.from_iterable(states.items())))
                 if devices:
                     cur.executemany("INSERT OR REPLACE INTO device (ca, data) VALUES (?, ?)", devices.items())
+                if dedups and dedup_floors and len(changes) > 1:  # many batches applied: skip what they delete
+                    dedups = [v for i in range(0, len(dedups), 5) if dedups[i + 1] >= dedup_floors.get(
+                        (dedups[i], dedups[i + 2]), 0) for v in dedups[i:i + 5]]
                 if dedups:
                     _insert(cur, _DEDUP, dedups)
                 if dedup_floors:
                     cur.executemany("DELETE FROM dedup WHERE ca = ? AND sid = ? AND pos < ?",
                                     [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
-                faults.hit("in_commit")
+                if mark:
+                    cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('redo', ?)", (str(mark),))
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -434,7 +631,8 @@ class SQLiteStore:
             if w.meta is not None:
                 metas += (ca, sid, w.meta)
             for seq, blob in w.notes:
-                notes += (ca, sid, seq, blob)
+                if seq >= w.note_floor:  # (many batches applied at once: one may drop what another queued)
+                    notes += (ca, sid, seq, blob)
             if w.note_floor:
                 note_floors.append((ca, sid, w.note_floor))
         if purges:

@@ -4,7 +4,6 @@ store's callback (bridge.store.CommitSoon), with the same guarantees as the awai
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from bridge.committer import UNDURABLE, Committer, Pending
 from bridge.errors import StoreError
 from bridge.store import Change, CommitSoon, MemoryStore, SessionWrite
+from bridge.store.redo import read_records
 from bridge.store.sqlite import SQLiteStore
 
 
@@ -160,10 +160,16 @@ async def test_sqlite_commit_soon_answers_once_on_the_loop_thread_after_the_batc
                            Change("b", b"\xa1")], done, loop)
         await asyncio.wait_for(answered.wait(), 10)
         assert answers == [(frozenset(), threading.main_thread())]
-        with sqlite3.connect(tmp_path / "s.db") as other:  # durable: another connection sees it
-            assert other.execute("SELECT name, state FROM ca ORDER BY name").fetchall() == [("a", b"\xa0"),
-                                                                                           ("b", b"\xa1")]
-            assert other.execute("SELECT ca, pos, rid FROM dedup").fetchall() == [("a", 1, "r1")]
+        [(_, batch)] = read_records(tmp_path / "s.db", 0)[0]  # durable: in the redo log, as it was handed over
+        assert [(c.ca, c.state, c.dedup) for c in batch] == [("a", b"\xa0", [(1, "s", "r1", b"p")]),
+                                                             ("b", b"\xa1", [])]
+        viewer = SQLiteStore(tmp_path / "s.db", read_only=True)  # what `ca-bridge inspect` sees beside the bridge
+        await viewer.open()
+        try:
+            assert [(r.name, r.state, r.dedup) for r in await viewer.load_all()] == [
+                ("a", b"\xa0", [(1, "s", "r1", b"p")]), ("b", b"\xa1", [])]
+        finally:
+            await viewer.close()
         answered.clear()
         store.commit_soon([Change("a", b"\xa2"), Change("c", b"\xa0", {"s": SessionWrite(b"m", [(1, object())])})],
                           done, loop)
@@ -208,8 +214,8 @@ async def test_one_pass_rows_fold_a_batch_like_merge(tmp_path):
 
 
 async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_path: Any) -> None:
-    """A batch of one change (a lone device's call) is committed on the caller's thread when the store's thread is
-    idle: no hand-off there and back. Its outcome reaches ``done`` before commit_soon returns."""
+    """A batch of one change (a lone device's call) is appended to the redo log on the caller's thread when the
+    log's thread is idle: no hand-off there and back. Its outcome reaches ``done`` before commit_soon returns."""
     store = SQLiteStore(tmp_path / "s.db")
     await store.open()
     try:
@@ -224,20 +230,18 @@ async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_p
         durable: list[Any] = []
 
         def done_inline(outcome: Any) -> None:  # called from inside commit_soon: the change is durable by then
-            with sqlite3.connect(tmp_path / "s.db") as other:
-                durable.extend(other.execute("SELECT state FROM ca WHERE name = 'a'").fetchall())
+            durable.extend((c.ca, c.state) for _, batch in read_records(tmp_path / "s.db", 0)[0] for c in batch)
             done(outcome)
 
         store.commit_soon([Change("a", state=b"\xa0")], done_inline, loop)
         assert outcomes == [frozenset()]  # answered before commit_soon returned
-        assert durable == [(b"\xa0",)]
+        assert durable == [("a", b"\xa0")]
 
-        # the store's thread busy with another job: the batch waits in its queue, committed there, in order
+        # the log's thread busy with another batch: this one waits in its queue, appended there, in order
         got.clear()
         with store._busy:
             store.commit_soon([Change("b", state=b"\xa1")], done, loop)
-            with sqlite3.connect(tmp_path / "s.db") as other:
-                assert other.execute("SELECT count(*) FROM ca WHERE name = 'b'").fetchone() == (0,)
+            assert [c.ca for _, batch in read_records(tmp_path / "s.db", 0)[0] for c in batch] == ["a"]
         await asyncio.wait_for(got.wait(), 10)
         assert outcomes == [frozenset(), frozenset()]
         assert (await store.load("b")) is not None
@@ -246,13 +250,14 @@ async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_p
         got.clear()
         store._lone_s = 1.0
         threads: list[int] = []
-        write = store._write
+        assert store._redo is not None
+        append = store._redo.append
 
-        def traced(changes: Any) -> None:
+        def traced(changes: Any) -> int:
             threads.append(threading.get_ident())
-            write(changes)
+            return append(changes)
 
-        store._write = traced  # type: ignore[method-assign]
+        store._redo.append = traced  # type: ignore[method-assign]
         store.commit_soon([Change("c", state=b"\xa2")], done, loop)
         await asyncio.wait_for(got.wait(), 10)
         assert len(threads) == 1 and threads[0] != threading.get_ident()

@@ -14,12 +14,14 @@ async def test_a_big_batch_takes_a_few_statements_and_keeps_every_row(tmp_path):
     await store.open()
     try:
         await store.commit([Change("c0", b"\xa0", {"s": SessionWrite(b"m0", [(1, b"n1")])})])  # a session to extend
+        await store.flush()
         seen: Tally[str] = Tally()
         store._db.set_trace_callback(lambda sql: seen.update([sql.split(" VALUES")[0]]))  # type: ignore[union-attr]
         changes = [Change(f"c{i}", bytes([i]), dedup=[(1, "s", f"r{i}", b"reply%d" % i)]) for i in range(40)]
         changes.append(Change("c0", b"\xa1", {"s": SessionWrite(b"m1", [(seq, b"n%d" % seq) for seq in range(2, 39)])},
                               [(2, "s", "again", b"r")]))  # the same CA twice: the later state wins
         await store.commit(changes)
+        await store.flush()  # the statements run when the redo log's record is applied to the SQLite file
         store._db.set_trace_callback(None)  # type: ignore[union-attr]
         assert seen["INSERT INTO ca (name, state)"] == 3  # 40 CAs in rows of 16
         assert seen["INSERT OR REPLACE INTO dedup (ca, pos, sid, rid, reply)"] == 3  # 41 records

@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bridge import codec  # noqa: E402
 from bridge.store.sqlite import SQLiteStore  # noqa: E402
-from tests.procs import BridgeProcess, Mosquitto, free_port, stop  # noqa: E402
+from tests.procs import BridgeProcess, Mosquitto, free_port, stop, stored_states  # noqa: E402
 from tests.skips import missing  # noqa: E402
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
@@ -211,18 +210,15 @@ def _tend(d: Device, report: Report) -> None:
 def _verify(devs: list[Device], watchers: dict[str, subprocess.Popen], bridge: BridgeProcess, items: int,
             report: Report) -> None:
     expected_items = [f"item{i:03d}" for i in range(items)]
-    db = sqlite3.connect(bridge.db)
-    try:
-        for d in devs:
-            row = db.execute("SELECT state FROM ca WHERE name = ?", (d.ca,)).fetchone()
-            counters = codec.loads(row[0])["counters"] if row else {}
-            wrong = {k: v for k, v in counters.items() if v != 1}
-            missing = [k for k in expected_items if k not in counters]
-            if wrong or missing or len(counters) != items:
-                report.anomalies.append(f"{d.ca}: counts off {wrong} missing {missing[:5]}")
-            report.purchases += sum(counters.values())
-    finally:
-        db.close()
+    states = stored_states(bridge.db)  # the SQLite file and its redo log, as `ca-bridge inspect` reads them
+    for d in devs:
+        state = states.get(d.ca)
+        counters = codec.loads(state)["counters"] if state else {}
+        wrong = {k: v for k, v in counters.items() if v != 1}
+        missing = [k for k in expected_items if k not in counters]
+        if wrong or missing or len(counters) != items:
+            report.anomalies.append(f"{d.ca}: counts off {wrong} missing {missing[:5]}")
+        report.purchases += sum(counters.values())
     for ca, w in watchers.items():
         lines = _read_lines(w, items, timeout=30)
         seqs = [x["seq"] for x in lines]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import cbor2  # noqa: E402
 
 from bridge.mqtt import BrokerURL, MqttLink  # noqa: E402
-from tests.procs import BridgeProcess, Mosquitto, free_port, rss_mb  # noqa: E402
+from tests.procs import BridgeProcess, Mosquitto, free_port, rss_mb, stored_states  # noqa: E402
 
 
 @dataclass
@@ -200,18 +200,14 @@ async def run_async(devices: int, cas: int, duration: float, broker: str, seed: 
 
 
 def _verify(sims: list[Sim], bridge: BridgeProcess, res: Result) -> None:
-    import sqlite3
-
-    db = sqlite3.connect(bridge.db)
     counted: dict[str, int] = {}
-    for (state,) in db.execute("SELECT state FROM ca"):
+    for state in stored_states(bridge.db).values():  # the SQLite file and its redo log, as `ca-bridge inspect` reads
         decoded = cbor2.loads(state)
         for token, n in decoded.get("ticks", {}).items():
             counted[token] = counted.get(token, 0) + n
         for sid, last in decoded.get("last", {}).items():  # --own-ca: steps 1..last each ran once (else 2 or 3)
             for n in range(1, last + 1):
                 counted[f"{sid}-{n}"] = counted.get(f"{sid}-{n}", 0) + 1
-    db.close()
     for sim in sims:
         res.calls += sim.replies
         res.retries += sim.retries

@@ -1,0 +1,197 @@
+"""The redo log in front of the SQLite store: a commit is one append and one fdatasync.
+
+A SQLite WAL transaction with synchronous=FULL costs this machine about twice the CPU and wall time of the bare
+write and flush under it (docs/BENCHMARKS.md): the B-tree, the WAL frames and index, and the file locks. So a
+batch of changes is first made durable here, as one record appended to a log file, and applied to the SQLite file
+later, many batches in one transaction (bridge.store.sqlite). Each application records, in the same transaction,
+the sequence number of the last record it holds; a record is needed until then.
+
+The log is two files, ``<db>.redo.0`` and ``<db>.redo.1``, written in turn from their start: a file is reused when
+every record in it is applied. A record is::
+
+    crc32 (4 bytes, over the rest) | length of the payload (4) | sequence number (8) | payload (CBOR)
+
+all little-endian, at the offset where the previous one ended. Sequence numbers grow by one per record and never
+restart, so reading a file from its start gives its current records: the first record that is torn (its CRC fails),
+or whose number does not follow the one before, is where the old content begins. Recovery takes the records
+numbered above the database's mark from both files; they must run on from the mark without a gap, and the first
+gap ends them (only a power loss with synchronous=NORMAL, which never flushes the log, can make one).
+
+The files are written over, never appended to past their end while they have room: overwriting allocated blocks
+lets fdatasync skip the file system's metadata (the file's size), which is half the cost of a flush here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+import cbor2
+
+from bridge import faults
+from bridge.store.base import Change, SessionWrite
+
+__all__ = ["RedoLog", "decode", "encode", "read_records"]
+
+_HEAD = struct.Struct("<IIQ")  # crc, payload length, sequence number
+_SEQ = struct.Struct("<IQ")  # what the crc covers before the payload: length and sequence number
+FILE_BYTES = 2 << 20  # each file is written full of zeros to this size once (grown when a batch is larger)
+SWITCH_AT = 1 << 20  # past this offset the next record goes to the other file, once every record there is applied
+
+
+def encode(changes: Sequence[Change]) -> bytes:
+    """A batch as the CBOR payload of one record: per change, a flat array (readable without this module)."""
+    return cbor2.dumps([
+        [c.ca, c.state, c.device, c.epoch, c.dedup, c.dedup_floors,
+         [[sid, w.meta, w.notes, w.note_floor, w.purge] for sid, w in c.sessions.items()] if c.sessions else None]
+        for c in changes
+    ])
+
+
+def decode(payload: bytes) -> list[Change]:
+    """The batch a record holds."""
+    changes = []
+    for ca, state, device, epoch, dedup, floors, sessions in cbor2.loads(payload):
+        change = Change(ca, state, {}, [tuple(d) for d in dedup], floors, epoch, device)
+        for sid, meta, notes, note_floor, purge in sessions or ():
+            change.sessions[sid] = SessionWrite(meta, [(seq, blob) for seq, blob in notes], note_floor, purge)
+        changes.append(change)
+    return changes
+
+
+def _scan(data: bytes) -> list[tuple[int, int, int]]:
+    """The current records of one file's content, in order: (sequence number, payload start, payload end)."""
+    found: list[tuple[int, int, int]] = []
+    at, size, view = 0, len(data), memoryview(data)
+    while at + _HEAD.size <= size:
+        crc, length, seq = _HEAD.unpack_from(data, at)
+        start = at + _HEAD.size
+        end = start + length
+        if (length == 0 or end > size or (found and seq != found[-1][0] + 1)
+                or zlib.crc32(view[start:end], zlib.crc32(view[at + 4:start])) != crc):
+            break
+        found.append((seq, start, end))
+        at = end
+    return found
+
+
+def read_records(base: Path, after: int) -> tuple[list[tuple[int, list[Change]]], int, bool]:
+    """The records of the log at ``base`` numbered above ``after``, decoded and in order.
+
+    Returns them, the highest sequence number found in either file (whether or not it is used), and whether a gap
+    cut them short. A missing file counts as empty. Only reads: tools use it beside a running bridge.
+    """
+    records: list[tuple[int, int, int, bytes]] = []
+    highest = after
+    for path in _paths(base):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        scanned = _scan(data)
+        if scanned:
+            highest = max(highest, scanned[-1][0])
+        records.extend((seq, start, end, data) for seq, start, end in scanned if seq > after)
+    records.sort(key=lambda r: r[0])
+    out: list[tuple[int, list[Change]]] = []
+    expect = after + 1
+    for seq, start, end, data in records:
+        if seq != expect:
+            return out, highest, True
+        out.append((seq, decode(data[start:end])))
+        expect += 1
+    return out, highest, False
+
+
+def _paths(base: Path) -> tuple[Path, Path]:
+    return base.with_name(base.name + ".redo.0"), base.with_name(base.name + ".redo.1")
+
+
+class RedoLog:
+    """The writing end: one thread at a time appends (bridge.store.sqlite serialises them)."""
+
+    def __init__(self, base: Path, *, flush: bool) -> None:
+        self.base = base
+        self.flush = flush  # fdatasync every record (synchronous FULL or EXTRA); NORMAL leaves it to the kernel
+        self.paths = _paths(base)
+        self._fds: list[int] = []
+        self._sizes = [0, 0]
+        self._last = [0, 0]  # the highest sequence number written to each file since it was last started
+        self._file = 0  # the file being written
+        self._offset = 0
+        self.seq = 0  # the last sequence number written
+        self.applied = 0  # every record up to this one is in the database (durably): its file may be reused
+
+    def start(self, after: int) -> None:
+        """Open both files for writing, the next record numbered ``after + 1``; everything up to ``after`` must be
+        applied already (the caller recovered the log first), so writing starts over at the first file."""
+        for path in self.paths:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            self._fds.append(fd)
+        for i, fd in enumerate(self._fds):
+            self._sizes[i] = os.fstat(fd).st_size
+            if self._sizes[i] < FILE_BYTES:
+                self._grow(i, FILE_BYTES)
+        self.seq = self.applied = after
+        self._last = [after, after]
+        self.clear()
+
+    def clear(self) -> None:
+        """Start over at the first file, wiping the head of both so that nothing is read back: every record must
+        be applied (at the start, and at a clean stop)."""
+        self._file, self._offset = 0, 0
+        self._wipe_head(0)
+        self._wipe_head(1)
+
+    def _wipe_head(self, i: int) -> None:
+        os.pwrite(self._fds[i], bytes(_HEAD.size), 0)
+        os.fdatasync(self._fds[i])
+
+    def _grow(self, i: int, size: int) -> None:
+        """Write zeros up to ``size`` (real blocks, not a hole: a later overwrite changes no metadata) and flush."""
+        fd, have = self._fds[i], self._sizes[i]
+        chunk = bytes(1 << 20)
+        while have < size:
+            n = os.pwrite(fd, chunk[:min(len(chunk), size - have)], have)
+            have += n
+        os.fsync(fd)
+        self._sizes[i] = have
+
+    def append(self, changes: Sequence[Change]) -> int:
+        """Make a batch durable as the next record; returns its sequence number. On an error nothing counts as
+        written: its header is wiped (best effort) and the next record takes the same place and number."""
+        payload = encode(changes)
+        seq = self.seq + 1
+        lenseq = _SEQ.pack(len(payload), seq)
+        crc = zlib.crc32(payload, zlib.crc32(lenseq))
+        record = struct.pack("<I", crc) + lenseq + payload
+        if self._offset + len(record) > SWITCH_AT:
+            other = 1 - self._file
+            if self._last[other] <= self.applied:
+                self._file, self._offset = other, 0
+        i = self._file
+        if self._offset + len(record) > self._sizes[i]:
+            self._grow(i, self._offset + len(record) + FILE_BYTES)
+        fd = self._fds[i]
+        try:
+            os.pwrite(fd, record, self._offset)
+            faults.hit("in_commit")
+            if self.flush:
+                os.fdatasync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the batch failed: its record must not be read back after a crash
+                os.pwrite(fd, bytes(_HEAD.size), self._offset)
+            raise
+        self._offset += len(record)
+        self._last[i] = self.seq = seq
+        return seq
+
+    def close(self) -> None:
+        """Close the files (what is in them stays: recovery reads it)."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
