@@ -277,7 +277,8 @@ def settle_rss(pid: int, limit: float = 5.0) -> float:
 def stored_states(db: Path, ca: str | None = None) -> dict[str, bytes]:
     """The committed state of every CA (or of ``ca``) in a bridge's store, read as ``ca-bridge inspect`` reads it:
     the SQLite file plus the redo log's records not applied to it yet. Works beside a running bridge and after one
-    was killed; {} while the store does not exist yet."""
+    was killed, from inside an event loop too (it reads on a thread of its own); {} while the store does not exist
+    yet."""
     import asyncio
 
     from bridge.errors import StoreError
@@ -297,4 +298,10 @@ def stored_states(db: Path, ca: str | None = None) -> dict[str, bytes]:
         finally:
             await store.close()
 
-    return asyncio.run(read()) if db.exists() else {}
+    if not db.exists():
+        return {}
+    out: list[dict[str, bytes]] = []
+    reader = threading.Thread(target=lambda: out.append(asyncio.run(read())))  # callers may be inside a loop
+    reader.start()
+    reader.join()
+    return out[0]

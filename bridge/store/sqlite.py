@@ -32,6 +32,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
+import cbor2
+
 from bridge.errors import ConfigError, StoreError
 from bridge.store.base import CARecord, Change, CommitDone, SessionRecord, SessionWrite, apply_changes
 from bridge.store.redo import RedoLog, read_records
@@ -520,7 +522,7 @@ class SQLiteStore:
         started = time.perf_counter()
         try:
             seq = redo.append(changes)
-        except Exception as exc:  # the disk, or a value that cannot be stored (nothing is written then)
+        except (OSError, cbor2.CBOREncodeError) as exc:  # the disk, or a value that cannot be stored
             raise StoreError(f"commit failed: {exc}") from None
         finally:
             if len(changes) == 1:
