@@ -6,12 +6,12 @@ SQLite file every APPLY_S, many batches in one transaction that also records the
 with changes not applied yet applies them first, so a load always sees every commit. After a crash, opening the
 store applies what the log holds beyond that mark.
 
-Two threads: the log's (appends, fed by a queue; a lone change while it is idle is appended on the caller's
-thread) and the database's (the connection is never shared: opening, loads, and the applications). Each job hands
-its result back with one ``call_soon_threadsafe``; a commit (:meth:`SQLiteStore.commit_soon`) calls the committer's
-callback directly from there, no futures in between. Stores opened by tools (``exclusive=False`` or read-only)
-have no log writer: ``ca-bridge create`` commits straight to SQLite, and a read-only view adds the log's records
-not applied yet to what it reads.
+Two threads: the log's (appends, fed by a queue; while it is idle and the disk is fast, a batch is appended on the
+caller's thread instead) and the database's (the connection is never shared: opening, loads, and the
+applications). Each job hands its result back with one ``call_soon_threadsafe``; a commit
+(:meth:`SQLiteStore.commit_soon`) calls the committer's callback directly from there, no futures in between.
+Stores opened by tools (``exclusive=False`` or read-only) have no log writer: ``ca-bridge create`` commits straight
+to SQLite, and their loads add the log's records not applied yet to what they read.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ SCHEMA_VERSION = 5
 # Version 5 commits through the redo log (bridge.store.redo), whose mark is the meta row 'redo': nothing to convert,
 # but a bridge of version 4 must not open it (it would not apply the log's records after a crash).
 MIGRATIONS = {1: "DROP TABLE dedup;"}
-INLINE_MAX_S = 0.002  # commit a lone change on the caller's thread while one takes less than this (seconds)
+INLINE_MAX_S = 0.002  # append on the caller's thread while an append takes less than this (seconds)
 APPLY_S = 0.05  # the redo log's records are applied to the SQLite file this long after the first of them, at most
 APPLY_MAX = 512  # or as soon as this many batches wait
 _ROWS = 16  # rows per insert statement at most: 64 statement texts in all, which sqlite3's cache (128) keeps
@@ -149,7 +149,7 @@ class SQLiteStore:
         self._jobs: queue.SimpleQueue[Job | str | None] | None = None  # the database thread's queue (None: closed)
         self._thread: threading.Thread | None = None
         self._lock: int | None = None  # the descriptor holding the flock on <db>.lock
-        self._lone_s = 0.0  # how long the last commit of a lone change took (commit_soon: inline while fast)
+        self._append_s = 0.0  # how long the last append took (commit_soon: on the caller's thread while fast)
         self._devices = True  # the file has the device table (a store of schema 3 opened read-only has not)
         # The redo log (a writing bridge's store only) and what is committed there but not applied to SQLite yet:
         # (sequence number, batch), in order. The log's thread appends; the database's thread takes them.
@@ -356,7 +356,7 @@ class SQLiteStore:
     def _names(self) -> list[str]:
         db = self._conn()
         if self._redo is not None:
-            self._apply_pending()
+            self._applied_for(None)
             return [r[0] for r in db.execute("SELECT name FROM ca ORDER BY name")]
         db.execute("BEGIN")
         try:
@@ -377,7 +377,7 @@ class SQLiteStore:
 
         def insert() -> bool:
             if self._redo is not None:
-                self._apply_pending(name)
+                self._applied_for(name)
             elif self._load_applied(name):  # a tool's store: the CA may be in the log of a bridge that stopped
                 return False
             cur = self._conn().execute("INSERT OR IGNORE INTO ca (name, state) VALUES (?, x'')", (name,))
@@ -427,7 +427,7 @@ class SQLiteStore:
         """Load with every commit in view: the bridge's store first applies the log's records of the CA (all of
         them for every CA); a tool's adds the log's records beyond the mark it read to what it read."""
         if self._redo is not None:
-            self._apply_pending(name)
+            self._applied_for(name)
             return self._load(name)
         for _ in range(5):
             cas = self._load(name)
@@ -489,19 +489,20 @@ class SQLiteStore:
 
     def commit_soon(self, changes: Sequence[Change], done: CommitDone, loop: asyncio.AbstractEventLoop) -> None:
         """Commit a batch: on the log's thread, whose outcome (the refused CAs, none, or the error) reaches ``done``
-        once on ``loop``'s thread; or, a lone change while that thread is idle, right here, calling ``done`` before
-        returning. Called on ``loop``'s thread."""
+        once on ``loop``'s thread; or, while that thread is idle and appends are fast, right here, calling ``done``
+        before returning. Called on ``loop``'s thread."""
         if self._appends is None:
             if self._jobs is None or self._redo is not None:  # (the log's thread stopped: closing)
                 loop.call_soon(done, StoreError("store is closed"))
             else:  # a tool's store: straight to SQLite
                 self._jobs.put((self._write, (changes,), loop, partial(_commit_done, done)))
             return
-        if len(changes) == 1 and self._lone_s < INLINE_MAX_S and self._busy.acquire(blocking=False):
-            # a lone change (one client, or a quiet moment) with the log's thread idle: append it right here, which
-            # saves the hand-off there and back (a fifth of the CPU of a lone client's call), as long as the disk is
-            # fast; on a slow one (an SD card's fsync) the loop must not wait, so the thread takes it again. Its
-            # outcome goes to ``done`` at once, which saves a turn of the loop before the reply can leave.
+        if self._append_s < INLINE_MAX_S and self._busy.acquire(blocking=False):
+            # the log's thread idle: append right here. That saves the hand-off there and back, and above all the
+            # log's thread waiting for the GIL after its fdatasync while the loop runs Python (at 16 devices a
+            # thread's append took 0.68 ms where an append here takes 0.26; docs/BENCHMARKS.md). On a slow disk (an
+            # SD card's fsync) the loop must not wait, so the thread takes the appends again. The outcome goes to
+            # ``done`` at once, which saves a turn of the loop before the replies can leave.
             try:
                 try:
                     self._append(changes)
@@ -525,8 +526,7 @@ class SQLiteStore:
         except (OSError, cbor2.CBOREncodeError) as exc:  # the disk, or a value that cannot be stored
             raise StoreError(f"commit failed: {exc}") from None
         finally:
-            if len(changes) == 1:
-                self._lone_s = time.perf_counter() - started
+            self._append_s = time.perf_counter() - started
         with self._pending_lock:
             self._pending.append((seq, changes))
             waiting = len(self._pending)
@@ -534,6 +534,12 @@ class SQLiteStore:
             jobs.put(_KICK)
         elif waiting == APPLY_MAX:
             jobs.put(_APPLY)
+
+    def _applied_for(self, name: str | None) -> None:
+        """Before reading the SQLite file for ``name`` (None: every CA): apply the log's records it needs, or raise
+        (a read without them would miss commits)."""
+        if not self._apply_pending(name):
+            raise StoreError(f"cannot read {self.path}: applying its redo log failed (the log says why)")
 
     def _apply_pending(self, name: str | None = None) -> bool:
         """On the database's thread: apply the redo log's records waiting (``name``: only if one of them changes

@@ -213,9 +213,9 @@ async def test_one_pass_rows_fold_a_batch_like_merge(tmp_path):
         await memory.close()
 
 
-async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_path: Any) -> None:
-    """A batch of one change (a lone device's call) is appended to the redo log on the caller's thread when the
-    log's thread is idle: no hand-off there and back. Its outcome reaches ``done`` before commit_soon returns."""
+async def test_sqlite_appends_a_batch_inline_when_its_thread_is_idle(tmp_path: Any) -> None:
+    """A batch (a lone device's call, or many) is appended to the redo log on the caller's thread when the log's
+    thread is idle: no hand-off there and back. Its outcome reaches ``done`` before commit_soon returns."""
     store = SQLiteStore(tmp_path / "s.db")
     await store.open()
     try:
@@ -236,19 +236,23 @@ async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_p
         store.commit_soon([Change("a", state=b"\xa0")], done_inline, loop)
         assert outcomes == [frozenset()]  # answered before commit_soon returned
         assert durable == [("a", b"\xa0")]
+        durable.clear()
+        store.commit_soon([Change("d", state=b"\xa4"), Change("e", state=b"\xa5")], done_inline, loop)
+        assert outcomes == [frozenset()] * 2 and durable == [("a", b"\xa0"), ("d", b"\xa4"), ("e", b"\xa5")]
+        outcomes.clear()
 
         # the log's thread busy with another batch: this one waits in its queue, appended there, in order
         got.clear()
         with store._busy:
             store.commit_soon([Change("b", state=b"\xa1")], done, loop)
-            assert [c.ca for _, batch in read_records(tmp_path / "s.db", 0)[0] for c in batch] == ["a"]
+            assert [c.ca for _, batch in read_records(tmp_path / "s.db", 0)[0] for c in batch] == ["a", "d", "e"]
         await asyncio.wait_for(got.wait(), 10)
-        assert outcomes == [frozenset(), frozenset()]
+        assert outcomes == [frozenset()]
         assert (await store.load("b")) is not None
 
-        # a slow disk (the last lone commit took longer than INLINE_MAX_S): the loop never waits for it
+        # a slow disk (the last append took longer than INLINE_MAX_S): the loop never waits for it
         got.clear()
-        store._lone_s = 1.0
+        store._append_s = 1.0
         threads: list[int] = []
         assert store._redo is not None
         append = store._redo.append
@@ -261,7 +265,7 @@ async def test_sqlite_commits_a_lone_change_inline_when_its_thread_is_idle(tmp_p
         store.commit_soon([Change("c", state=b"\xa2")], done, loop)
         await asyncio.wait_for(got.wait(), 10)
         assert len(threads) == 1 and threads[0] != threading.get_ident()
-        assert outcomes == [frozenset()] * 3
-        assert store._lone_s < 1.0  # measured again on the thread: a disk that got fast goes inline again
+        assert outcomes == [frozenset()] * 2
+        assert store._append_s < 1.0  # measured again on the thread: a disk that got fast goes inline again
     finally:
         await store.close()

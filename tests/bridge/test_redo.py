@@ -356,3 +356,32 @@ async def test_the_tools_store_sees_a_stopped_bridges_log(tmp_path, no_timer):
     finally:
         await tool.close()
     assert {n: r.state for n, r in (await contents(crashed)).items()} == {"a": b"\x01", "b": b""}
+
+
+async def test_a_failed_application_keeps_the_records_and_a_load_that_needs_them_fails(tmp_path, no_timer, caplog):
+    """The SQLite file refuses an application (a full disk, say): the commits stay durable in the log and waiting;
+    a load that needs them fails rather than read without them, and the next application takes them all."""
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        await store.commit([Change("a", b"\x01")])
+        await store.commit([Change("b", b"\x02")])
+        write = store._write
+        failures = 0
+
+        def refusing(changes, mark=0):
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise StoreError("disk full")
+            write(changes, mark)
+
+        store._write = refusing  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="bridge.store"), pytest.raises(StoreError, match="redo log"):
+            await store.load("a")
+        assert "stay in the redo log" in caplog.text
+        assert sql_states(tmp_path / "s.db") == {}
+        assert (await store.load("b")).state == b"\x02"  # the retry applies both, in order
+        assert sql_states(tmp_path / "s.db") == {"a": b"\x01", "b": b"\x02"}
+    finally:
+        await store.close()
