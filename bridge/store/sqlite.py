@@ -160,7 +160,7 @@ class SQLiteStore:
         self._pending: list[tuple[int, Sequence[Change]]] = []
         self._pending_lock = threading.Lock()
         self.applied = 0  # the last record applied to SQLite (its mark in the meta table)
-        self._mark = 0  # read-only: the mark as of the last load
+        self._mark = 0  # a tool's store: the mark as of its last load
         self._has_meta = True  # the file has the meta table (a store of schema 2 opened read-only has not)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -315,11 +315,12 @@ class SQLiteStore:
         """Close the connection and stop the writer thread."""
         if self._jobs is None:
             return
-        if self._appends is not None:  # appends already queued are made first (their outcomes still reach the loop)
-            self._appends.put(None)
+        appends, self._appends = self._appends, None  # from now on commit_soon answers "store is closed"
+        if appends is not None:  # appends already queued are made first (their outcomes still reach the loop)
+            appends.put(None)
             assert self._redo_thread is not None
             await asyncio.to_thread(self._redo_thread.join)
-            self._appends = self._redo_thread = None
+            self._redo_thread = None
         try:
             await self._run(self._close)
         finally:

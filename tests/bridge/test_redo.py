@@ -385,3 +385,21 @@ async def test_a_failed_application_keeps_the_records_and_a_load_that_needs_them
         assert sql_states(tmp_path / "s.db") == {"a": b"\x01", "b": b"\x02"}
     finally:
         await store.close()
+
+
+async def test_a_commit_while_the_store_closes_is_refused_not_lost(tmp_path):
+    """commit_soon between the start of close() and its end answers "store is closed" (before, a batch queued
+    behind the log thread's stop would never have been answered)."""
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    await store.commit([Change("a", b"\x01")])
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)  # close() has stopped taking appends and waits for the log's thread
+    outcome: list[object] = []
+    answered = asyncio.Event()
+    store.commit_soon([Change("a", b"\x02")], lambda o: (outcome.append(o), answered.set()),
+                      asyncio.get_running_loop())
+    await asyncio.wait_for(answered.wait(), 10)
+    await closing
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreError)
+    assert sql_states(tmp_path / "s.db") == {"a": b"\x01"}
