@@ -56,6 +56,8 @@ GAUGES = (  # (key in the gauges mapping, metric name, help): the runtime's snap
     ("mailbox", "ca_bridge_mailbox_depth", "Requests waiting in CA mailboxes"),
     ("mailbox_max", "ca_bridge_mailbox_depth_max", "The fullest CA mailbox"),
     ("busy", "ca_bridge_busy_cas", "CAs with a call running or queued"),
+    ("unapplied", "ca_bridge_store_unapplied_batches",
+     "Committed batches in the SQLite store's redo log not applied to its file yet (it should stay small)"),
 )
 
 

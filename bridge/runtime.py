@@ -56,7 +56,7 @@ from bridge.metrics import Metrics
 from bridge.protocol import Call, Inbound, Sync, error_body, stamp_reply
 from bridge.router import MAX_HOPS, Router
 from bridge.session import SessionLimits
-from bridge.store import CARecord, Store
+from bridge.store import Backlog, CARecord, Store
 from bridge.workers import Workers
 
 if TYPE_CHECKING:
@@ -456,8 +456,11 @@ class Runtime:
                 n = len(data.queue)
                 queued += n
                 queue_max = max(queue_max, n)
-        return {"cas": len(self.actors), "sessions": sessions, "online": online, "queued": queued,
-                "queue_max": queue_max, "mailbox": mailbox, "mailbox_max": mailbox_max, "busy": busy}
+        counts = {"cas": len(self.actors), "sessions": sessions, "online": online, "queued": queued,
+                  "queue_max": queue_max, "mailbox": mailbox, "mailbox_max": mailbox_max, "busy": busy}
+        if isinstance(self.store, Backlog):
+            counts["unapplied"] = self.store.unapplied()
+        return counts
 
     # -- tasks -------------------------------------------------------------------------------------------------
 

@@ -11,13 +11,14 @@
 Nothing here imports the runtime, the service or the command line.
 """
 
-from bridge.store.base import CARecord, Change, CommitSoon, SessionRecord, SessionWrite, Store, merge
+from bridge.store.base import Backlog, CARecord, Change, CommitSoon, SessionRecord, SessionWrite, Store, merge
 from bridge.store.factory import membership_for, open_store
 from bridge.store.membership import Claim, Membership
 from bridge.store.memory import MemoryStore
 from bridge.store.urls import is_postgres_url, redact_url
 
 __all__ = [
+    "Backlog",
     "CARecord",
     "Change",
     "Claim",

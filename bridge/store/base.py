@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["CARecord", "Change", "CommitDone", "CommitSoon", "SessionRecord", "SessionWrite", "Store", "apply_changes",
-           "merge"]
+__all__ = ["Backlog", "CARecord", "Change", "CommitDone", "CommitSoon", "SessionRecord", "SessionWrite", "Store",
+           "apply_changes", "merge"]
 
 CommitDone = Callable[[frozenset[str] | BaseException], None]  # a batch's outcome: the refused CAs, or the error
 
@@ -189,3 +189,12 @@ class CommitSoon(Protocol):
         """Like :meth:`Store.commit`, but without waiting: call ``done`` exactly once on ``loop``'s thread with what
         commit would return or raise, later or (a commit made on the spot) before returning. Called on ``loop``'s
         thread."""
+
+
+@runtime_checkable
+class Backlog(Protocol):
+    """Optional, for a store that makes commits durable before it files them (bridge.store.sqlite's redo log): how
+    far behind the filing is, for the metrics."""
+
+    def unapplied(self) -> int:
+        """Committed batches not filed yet (a number that keeps growing means the filing fails: the log says why)."""

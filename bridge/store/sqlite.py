@@ -468,6 +468,10 @@ class SQLiteStore:
             db.execute("COMMIT")
         return list(cas.values())
 
+    def unapplied(self) -> int:
+        """Batches in the redo log not applied to the SQLite file yet (bridge.store.Backlog)."""
+        return len(self._pending)
+
     async def flush(self) -> None:
         """Apply the redo log's records to the SQLite file now. They are durable already; this is for readers of
         the file alone (a copy of it, or a program that does not read the log)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import StoreError
-from bridge.store import CARecord, Change, MemoryStore, SessionWrite
+from bridge.store import Backlog, CARecord, Change, MemoryStore, SessionWrite
 from bridge.store import redo as redo_module
 from bridge.store import sqlite as sqlite_module
 from bridge.store.redo import read_records
@@ -76,7 +76,9 @@ async def test_a_commit_is_in_the_log_at_once_and_in_the_sqlite_file_after_a_flu
         [(seq, [change])] = read_records(tmp_path / "s.db", 0)[0]
         assert (change.ca, change.state, change.sessions["s"].notes, change.dedup) == (
             "a", b"\x01", [(1, b"n")], [(1, "s", "r", b"p")])
+        assert store.unapplied() == 1 and isinstance(store, Backlog)  # what /metrics shows
         await store.flush()
+        assert store.unapplied() == 0
         assert sql_states(tmp_path / "s.db") == {"a": b"\x01"}
         assert read_records(tmp_path / "s.db", store.applied)[0] == []  # nothing beyond the mark
         assert store.applied == seq

@@ -90,6 +90,10 @@ def test_metrics_count_a_scripted_workload(bridge_factory):
         assert value(samples, "ca_bridge_sessions") == 2
         assert value(samples, "ca_bridge_queued_notifications") == 0
         assert value(samples, "ca_bridge_broker_connected") == 1
+        deadline = time.monotonic() + 15  # the store's redo log is applied to the SQLite file within 50 ms
+        while value(scrape(mport), "ca_bridge_store_unapplied_batches") != 0:
+            assert time.monotonic() < deadline, "the redo log was never applied"
+            time.sleep(0.05)
         # only /metrics is served there, and read-only
         with pytest.raises(urllib.error.HTTPError) as not_found:
             urllib.request.urlopen(f"http://127.0.0.1:{mport}/", timeout=5)
