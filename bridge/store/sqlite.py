@@ -73,8 +73,13 @@ SCHEMA_VERSION = 5
 # but a bridge of version 4 must not open it (it would not apply the log's records after a crash).
 MIGRATIONS = {1: "DROP TABLE dedup;"}
 INLINE_MAX_S = 0.002  # append on the caller's thread while an append takes less than this (seconds)
-APPLY_S = 0.05  # the redo log's records are applied to the SQLite file this long after the first of them, at most
-APPLY_MAX = 512  # or as soon as this many batches wait
+# The redo log's records are applied to the SQLite file this long after the first of them, at most, or as soon as
+# APPLY_MAX batches wait. Half a second of a CA's calls leaves most of its dedup records below the window's floor by
+# the end, so they are never written to the file: at 16 devices the applications took 3-4 us of CPU per call, where
+# at 0.05 s they took 10 (docs/BENCHMARKS.md). Every reader sees the records before that (loads apply them first,
+# the tools read the log), and recovery after a crash replays at most this much.
+APPLY_S = 0.5
+APPLY_MAX = 4096
 _ROWS = 16  # rows per insert statement at most: 64 statement texts in all, which sqlite3's cache (128) keeps
 
 
