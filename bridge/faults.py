@@ -3,10 +3,14 @@
 ``CA_BRIDGE_FAULTS="after_commit=3"`` makes the process SIGKILL itself the third time it reaches the point
 ``after_commit``. Several points are separated by commas. Points:
 
-* ``in_commit``: inside the store transaction, after the writes and before COMMIT (the batch must vanish);
+* ``in_commit``: inside a commit, before it is durable: PostgreSQL's transaction before COMMIT (the batch vanishes),
+  SQLite's redo log after the record's write and before its fdatasync (the write outlives a killed process); no
+  reply has left either way;
 * ``after_commit``: the batch is durable, nothing of it is published yet;
 * ``after_publish``: the batch's replies and notifications are handed to MQTT (maybe not yet sent);
-* ``in_ack``: an ack was applied in memory but not committed.
+* ``in_ack``: an ack was applied in memory but not committed;
+* ``in_apply``: SQLite only, inside the transaction that applies the redo log to the file, before COMMIT (the
+  transaction is lost; opening the store replays the log).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 
 __all__ = ["POINTS", "armed", "hit"]
 
-POINTS = frozenset({"in_commit", "after_commit", "after_publish", "in_ack"})
+POINTS = frozenset({"in_commit", "after_commit", "after_publish", "in_ack", "in_apply"})
 
 
 def _parse(spec: str) -> dict[str, int]:

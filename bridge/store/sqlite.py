@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import cbor2
 
+from bridge import faults
 from bridge.errors import ConfigError, StoreError
 from bridge.store.base import CARecord, Change, CommitDone, SessionRecord, SessionWrite, apply_changes
 from bridge.store.redo import RedoLog, read_records
@@ -628,6 +629,7 @@ class SQLiteStore:
                                     [(ca, sid, floor) for (ca, sid), floor in dedup_floors.items()])
                 if mark:
                     cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('redo', ?)", (str(mark),))
+                    faults.hit("in_apply")  # killed here, the transaction is lost and recovery replays the log
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")

@@ -38,7 +38,7 @@ from tests.procs import BridgeProcess, Mosquitto, free_port, stop, stored_states
 from tests.skips import missing  # noqa: E402
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
-FAULT_POINTS = ["in_commit", "after_commit", "after_publish"]
+FAULT_POINTS = ["in_commit", "after_commit", "after_publish", "in_apply"]
 
 
 def use_micropython(wanted: bool) -> bool:

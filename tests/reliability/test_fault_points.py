@@ -28,7 +28,7 @@ def check_live_notes(notes: list[dict]) -> None:
     assert all(n["args"] == [f"t{n['seq'] - 1}"] for n in notes), notes
 
 
-@pytest.mark.parametrize("point,count", [("in_commit", 4), ("after_commit", 4), ("after_publish", 4)])
+@pytest.mark.parametrize("point,count", [("in_commit", 4), ("after_commit", 4), ("after_publish", 4), ("in_apply", 1)])
 def test_kill_at_point(point, count, tmp_path, bridge_factory):
     broker = Mosquitto(tmp_path)  # survives the bridge, so the devices stay connected
     broker.start()
