@@ -29,12 +29,13 @@ import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 import cbor2
 
 from bridge import faults
 from bridge.store.base import Change, SessionWrite
 
-__all__ = ["RedoLog", "decode", "encode", "read_records"]
+__all__ = ["LogReader", "RedoLog", "decode", "encode", "read_records"]
 
 _HEAD = struct.Struct("<IIQ")  # crc, payload length, sequence number
 _SEQ = struct.Struct("<IQ")  # what the crc covers before the payload: length and sequence number
@@ -104,6 +105,39 @@ def read_records(base: Path, after: int) -> tuple[list[tuple[int, list[Change]]]
         out.append((seq, decode(data[start:end])))
         expect += 1
     return out, highest, False
+
+
+class LogReader:
+    """read_records for a tool that loads CA after CA (``ca-bridge migrate``): the files are read again only when
+    the mark or one of them changed since the last read, so a stopped bridge's log is read once, and a running
+    one's whenever it moved on."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._key: tuple[Any, ...] | None = None
+        self._gap = False
+        self._by_ca: dict[str, list[Change]] = {}
+
+    def read(self, after: int) -> tuple[dict[str, list[Change]], bool]:
+        """The changes of the records numbered above ``after`` by CA, in order, and whether a gap cut them short
+        (the same lists as last time when nothing changed: do not modify them)."""
+        key = (after, *(_stamp(p) for p in _paths(self.base)))  # taken before the read: a later write changes it
+        if key != self._key:
+            records, _, self._gap = read_records(self.base, after)
+            self._by_ca = {}
+            for _, batch in records:
+                for change in batch:
+                    self._by_ca.setdefault(change.ca, []).append(change)
+            self._key = key
+        return self._by_ca, self._gap
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _paths(base: Path) -> tuple[Path, Path]:

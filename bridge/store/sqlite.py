@@ -37,7 +37,7 @@ import cbor2
 from bridge import faults
 from bridge.errors import ConfigError, StoreError
 from bridge.store.base import CARecord, Change, CommitDone, SessionRecord, SessionWrite, apply_changes
-from bridge.store.redo import RedoLog, read_records
+from bridge.store.redo import LogReader, RedoLog, read_records
 
 __all__ = ["SQLiteStore"]
 
@@ -167,6 +167,7 @@ class SQLiteStore:
         self._pending_lock = threading.Lock()
         self.applied = 0  # the last record applied to SQLite (its mark in the meta table)
         self._mark = 0  # a tool's store: the mark as of its last load
+        self._log = LogReader(self.path)  # a tool's store: the log's records beyond the mark
         self._has_meta = True  # the file has the meta table (a store of schema 2 opened read-only has not)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -371,7 +372,7 @@ class SQLiteStore:
             mark = self._read_mark(db)
         finally:
             db.execute("COMMIT")
-        names.update(c.ca for _, batch in read_records(self.path, mark)[0] for c in batch)
+        names.update(self._log.read(mark)[0])
         return sorted(names)
 
     def _read_mark(self, db: sqlite3.Connection) -> int:
@@ -438,11 +439,14 @@ class SQLiteStore:
             return self._load(name)
         for _ in range(5):
             cas = self._load(name)
-            records, _, gap = read_records(self.path, self._mark)
+            by_ca, gap = self._log.read(self._mark)
             if not gap:  # else the bridge reused a file between the two reads: read both again
                 break
         records_of = {rec.name: rec for rec in cas}
-        apply_changes(records_of, (c for _, batch in records for c in batch if name is None or c.ca == name))
+        if name is None:
+            apply_changes(records_of, (c for changes in by_ca.values() for c in changes))
+        elif name in by_ca:
+            apply_changes(records_of, by_ca[name])
         return sorted(records_of.values(), key=lambda rec: rec.name) if name is None else list(records_of.values())
 
     def _load(self, name: str | None) -> list[CARecord]:

@@ -405,3 +405,36 @@ async def test_a_commit_while_the_store_closes_is_refused_not_lost(tmp_path):
     await closing
     assert len(outcome) == 1 and isinstance(outcome[0], StoreError)
     assert sql_states(tmp_path / "s.db") == {"a": b"\x01"}
+
+
+async def test_a_tool_reads_a_stopped_bridges_log_once_for_many_loads(tmp_path, no_timer, monkeypatch):
+    """`ca-bridge migrate` loads CA after CA: the log is read again only when a file (or the mark) changed."""
+    (tmp_path / "live").mkdir()
+    store = SQLiteStore(tmp_path / "live" / "s.db")
+    await store.open()
+    try:
+        await store.commit([Change("a", b"\x01"), Change("b", b"\x02")])
+        crashed = image(tmp_path / "live", tmp_path / "crash")
+    finally:
+        await store.close()
+    reads = 0
+    real = redo_module.read_records
+
+    def counting(base, after):
+        nonlocal reads
+        reads += 1
+        return real(base, after)
+
+    monkeypatch.setattr(redo_module, "read_records", counting)
+    tool = SQLiteStore(crashed, exclusive=False)
+    await tool.open()
+    try:
+        assert [(await tool.load(n)).state for n in ("a", "b")] == [b"\x01", b"\x02"]
+        assert await tool.load("c") is None
+        assert await tool.names() == ["a", "b"]
+        assert reads == 1
+        log = crashed.with_name("s.db.redo.1")
+        log.write_bytes(log.read_bytes())  # rewritten (no new record): read again, same answer
+        assert (await tool.load("a")).state == b"\x01" and reads == 2
+    finally:
+        await tool.close()
