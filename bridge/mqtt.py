@@ -290,6 +290,7 @@ class MqttLink:
         self._wire: _Wire | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None  # the scheduled flush (write_now cancels it)
         self._acks: list[bytes] = []  # PUBACKs (PUBRECs) held for the next write, oldest first
         self._acks_since = 0.0  # loop time the oldest of them was held
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -381,7 +382,12 @@ class MqttLink:
     def write_now(self) -> None:
         """Write what is queued now instead of at the end of the loop's turn (see ``_send``)."""
         if self._flush_scheduled:
-            self._flush()  # the handle still on the loop's ready queue finds nothing left to write
+            # cancelled, the handle on the loop's ready queue cannot write later by itself: it would run after the
+            # next read, and send the acknowledgements held then in a write of their own (16 devices: 1.8 writes
+            # per batch, where one is enough)
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
 
     def _send_qos1(self, topic: bytes, payload: bytes) -> None:
         """Send a QoS 1 publish (``topic`` length-prefixed) under the next free packet id."""
@@ -396,7 +402,7 @@ class MqttLink:
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _next_pid(self) -> int:
         while True:
@@ -409,7 +415,7 @@ class MqttLink:
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _hold_ack(self, ack: bytes) -> None:
         """Queue the acknowledgement of an inbound publish for the next write (see ACK_HOLD)."""
@@ -421,7 +427,7 @@ class MqttLink:
         acks.append(ack)
         if len(acks) >= ACK_HELD and not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _acks_due(self) -> None:
         """The hold timer: send acknowledgements held for ACK_HOLD now; look again later for younger ones."""

@@ -68,7 +68,8 @@ async def test_text_and_prefixed_topics_publish_the_same_packets_and_pubacks_fre
 
 async def test_write_now_sends_the_held_ack_and_the_queue_in_one_write_within_the_turn():
     """What a committed batch sends leaves at once (bridge.admission.Sink.end_batch), behind the PUBACKs held for
-    it; the flush already on the loop's ready queue then finds nothing left and writes nothing."""
+    it; the flush that was on the loop's ready queue is cancelled, so a PUBACK held after it (the next request,
+    read first) waits for the next reply instead of leaving in a write of its own."""
     link = MqttLink(BrokerURL("127.0.0.1", 1), client_id="t", on_message=lambda t, p: None, subscriptions=[])
     transport = _Transport()
     link._wire = types.SimpleNamespace(transport=transport)  # type: ignore[assignment]
@@ -80,12 +81,16 @@ async def test_write_now_sends_the_held_ack_and_the_queue_in_one_write_within_th
     assert transport.written == []
     link.write_now()
     assert transport.written == [b"\x40\x02\x00\x07" + _reference_publish(b"ca/x/session/a", b"reply", 1)]
-    await asyncio.sleep(0)  # the scheduled flush runs
+    link._hold_ack(b"\x40\x02\x00\x08")  # the next request, read before the old flush's turn comes
+    await asyncio.sleep(0)  # that flush was cancelled: it does not send the new PUBACK alone
     await asyncio.sleep(0)
     assert len(transport.written) == 1
+    link.publish("ca/x/session/a", b"reply2")  # the PUBACK leaves with the next reply
+    link.write_now()
+    assert transport.written[1:] == [b"\x40\x02\x00\x08" + _reference_publish(b"ca/x/session/a", b"reply2", 2)]
     link.publish("ca/x/session/a", b"next")  # and the next publish schedules a write of its own
     await asyncio.sleep(0)
-    assert transport.written[1:] == [_reference_publish(b"ca/x/session/a", b"next", 2)]
+    assert transport.written[2:] == [_reference_publish(b"ca/x/session/a", b"next", 3)]
     if link._ack_timer is not None:
         link._ack_timer.cancel()
 
