@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
 import cbor2
 
 from bridge import faults
@@ -38,7 +39,7 @@ from bridge.store.base import Change, SessionWrite
 __all__ = ["LogReader", "RedoLog", "decode", "encode", "read_records"]
 
 _HEAD = struct.Struct("<IIQ")  # crc, payload length, sequence number
-_SEQ = struct.Struct("<IQ")  # what the crc covers before the payload: length and sequence number
+_SEQ = struct.Struct("<IQ")  # what the crc covers before the payload: the header after the crc
 FILE_BYTES = 2 << 20  # each file is written full of zeros to this size once (grown when a batch is larger)
 SWITCH_AT = 1 << 20  # past this offset the next record goes to the other file, once every record there is applied
 
@@ -199,9 +200,7 @@ class RedoLog:
         written: its header is wiped (best effort) and the next record takes the same place and number."""
         payload = encode(changes)
         seq = self.seq + 1
-        lenseq = _SEQ.pack(len(payload), seq)
-        crc = zlib.crc32(payload, zlib.crc32(lenseq))
-        record = struct.pack("<I", crc) + lenseq + payload
+        record = _HEAD.pack(zlib.crc32(payload, zlib.crc32(_SEQ.pack(len(payload), seq))), len(payload), seq) + payload
         if self._offset + len(record) > SWITCH_AT:
             other = 1 - self._file
             if self._last[other] <= self.applied:

@@ -75,12 +75,13 @@ SCHEMA_VERSION = 5
 MIGRATIONS = {1: "DROP TABLE dedup;"}
 INLINE_MAX_S = 0.002  # append on the caller's thread while an append takes less than this (seconds)
 # The redo log's records are applied to the SQLite file this long after the first of them, at most, or as soon as
-# APPLY_MAX batches wait. Half a second of a CA's calls leaves most of its dedup records below the window's floor by
-# the end, so they are never written to the file: at 16 devices the applications took 3-4 us of CPU per call, where
-# at 0.05 s they took 10 (docs/BENCHMARKS.md). Every reader sees the records before that (loads apply them first,
-# the tools read the log), and recovery after a crash replays at most this much.
-APPLY_S = 0.5
-APPLY_MAX = 4096
+# APPLY_MAX batches wait. Loads wait behind an application (one thread owns the connection), so it must stay short:
+# at 0.5 s the applications of a first contact with 10,000 CAs took 20-180 ms each and the contact took 5.1-6.6 s
+# (once 17 s) where at 0.05 s it took 3.5-4.2 s (benchmarks/lazy.py), for 6 us less CPU per call at 16 devices
+# (docs/BENCHMARKS.md). Every reader sees the records before that (loads apply them first, the tools read the
+# log), and recovery after a crash replays at most this much.
+APPLY_S = 0.05
+APPLY_MAX = 512
 _ROWS = 16  # rows per insert statement at most: 64 statement texts in all, which sqlite3's cache (128) keeps
 
 
@@ -165,7 +166,6 @@ class SQLiteStore:
         self._busy = threading.Lock()  # held while a batch is appended (on the log's thread, or inline: commit_soon)
         self._pending: list[tuple[int, Sequence[Change]]] = []
         self._pending_lock = threading.Lock()
-        self.applied = 0  # the last record applied to SQLite (its mark in the meta table)
         self._mark = 0  # a tool's store: the mark as of its last load
         self._log = LogReader(self.path)  # a tool's store: the log's records beyond the mark
         self._has_meta = True  # the file has the meta table (a store of schema 2 opened read-only has not)
@@ -209,11 +209,7 @@ class SQLiteStore:
         while (job := appends.get()) is not None:
             changes, loop, done = job
             with self._busy:
-                try:
-                    self._append(changes)
-                    outcome: frozenset[str] | BaseException = _NOTHING_REFUSED
-                except BaseException as exc:  # handed to the loop, which decides
-                    outcome = exc
+                outcome = self._append_outcome(changes)
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(done, outcome)
 
@@ -275,7 +271,6 @@ class SQLiteStore:
         if highest != (records[-1][0] if records else mark):  # numbers skipped: the mark follows
             self._write([], mark=highest)
         self._redo = redo
-        self.applied = highest
 
     def _open_read_only(self) -> None:
         """Open an existing store as it is: no schema is created or upgraded, and SQLite refuses any write."""
@@ -454,7 +449,8 @@ class SQLiteStore:
         where, args = ("WHERE ca = ?", (name,)) if name is not None else ("", ())
         db.execute("BEGIN")
         try:
-            self._mark = self._read_mark(db)
+            if self._redo is None:  # a tool's store: the log's records beyond this mark are added to what it reads
+                self._mark = self._read_mark(db)
             cas = {
                 n: CARecord(n, state)
                 for n, state in db.execute(
@@ -478,6 +474,11 @@ class SQLiteStore:
             db.execute("COMMIT")
         return list(cas.values())
 
+    @property
+    def applied(self) -> int:
+        """The last redo record applied to the SQLite file (its mark in the meta table); 0 without a log."""
+        return self._redo.applied if self._redo is not None else 0
+
     def unapplied(self) -> int:
         """Batches in the redo log not applied to the SQLite file yet (bridge.store.Backlog)."""
         return len(self._pending)
@@ -493,13 +494,9 @@ class SQLiteStore:
         if self._redo is None:  # a tool's store: straight to SQLite
             await self._run(self._write, changes)
             return _NOTHING_REFUSED
-        future: asyncio.Future[frozenset[str]] = asyncio.get_running_loop().create_future()
-
-        def done(outcome: frozenset[str] | BaseException) -> None:
-            if not future.done():
-                future.set_exception(outcome) if isinstance(outcome, BaseException) else future.set_result(outcome)
-
-        self.commit_soon(changes, done, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[frozenset[str]] = loop.create_future()
+        self.commit_soon(changes, partial(_settle, future), loop)
         return await future
 
     def commit_soon(self, changes: Sequence[Change], done: CommitDone, loop: asyncio.AbstractEventLoop) -> None:
@@ -519,16 +516,20 @@ class SQLiteStore:
             # SD card's fsync) the loop must not wait, so the thread takes the appends again. The outcome goes to
             # ``done`` at once, which saves a turn of the loop before the replies can leave.
             try:
-                try:
-                    self._append(changes)
-                    outcome: frozenset[str] | BaseException = _NOTHING_REFUSED
-                except BaseException as exc:
-                    outcome = exc
+                outcome = self._append_outcome(changes)
             finally:
                 self._busy.release()
             done(outcome)
             return
         self._appends.put((changes, loop, done))
+
+    def _append_outcome(self, changes: Sequence[Change]) -> frozenset[str] | BaseException:
+        """Append a batch (holding ``_busy``); what its ``done`` is told: nothing refused, or the error."""
+        try:
+            self._append(changes)
+        except BaseException as exc:  # handed to the loop, which decides
+            return exc
+        return _NOTHING_REFUSED
 
     def _append(self, changes: Sequence[Change]) -> None:
         """Make a batch durable in the redo log (holding ``_busy``), and queue it to be applied to SQLite."""
@@ -574,7 +575,6 @@ class SQLiteStore:
             log.exception("applying %d committed batches to %s failed; they stay in the redo log and are applied "
                           "again later", len(batches), self.path)
             return False
-        self.applied = mark
         if self._redo is not None:
             self._redo.applied = mark
         return True
@@ -710,6 +710,14 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
 
 
 _NOTHING_REFUSED: frozenset[str] = frozenset()
+
+
+def _settle(future: asyncio.Future[Any], outcome: frozenset[str] | BaseException) -> None:
+    """A commit's outcome (a CommitDone's argument) into the future that ``commit`` awaits."""
+    if isinstance(outcome, BaseException):
+        _resolve(future, None, outcome)
+    else:
+        _resolve(future, outcome, None)
 
 
 def _commit_done(done: CommitDone, result: Any, error: BaseException | None) -> None:

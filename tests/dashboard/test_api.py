@@ -33,7 +33,7 @@ def test_overview_counts_match_the_workload(workload):
     assert ov["totals"]["errors"] == workload.errors == 1
     assert ov["totals"]["notes_published"] == 2
     ov = wait_for(lambda: (o := workload.get("/api/overview").json())["gauges"]["unapplied"] == 0 and o,
-                  what="the SQLite store's redo log applied (every half second)")
+                  what="the SQLite store's redo log applied (every 50 ms)")
     assert ov["gauges"] == {"cas": 5, "sessions": 6, "online": 1, "queued": 2, "queue_max": 2, "mailbox": 0,
                             "mailbox_max": 0, "busy": 0, "unapplied": 0}
     methods = {m["method"]: m for m in ov["methods"]}
