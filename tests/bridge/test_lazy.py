@@ -217,7 +217,7 @@ async def test_busy_or_uncommitted_cas_are_not_evicted():
         Keeper.gate.set()
         await asyncio.wait_for(store.committing.wait(), 10)
         actor = rt.actors["busy"]
-        assert not actor.running and actor.in_commit == 1 and not actor.idle()  # its reply is not durable yet
+        assert not actor.running and actor.in_commit >= 1 and not actor.idle()  # its reply is not durable yet
         store.loaded.clear()
         other = asyncio.ensure_future(h.call("other", "s", "get"))  # one more CA: over the bound, a sweep
         await asyncio.wait_for(store.loaded.wait(), 10)
