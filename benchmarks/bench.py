@@ -257,7 +257,7 @@ class Bench:
             bs.stop()
         # 4. scale: start-up time and memory, then calls/s over 10k active CAs
         for count in self.scale_counts:
-            db = self.tmp / f"scale-{count}.db"
+            db = self.tmp / f"{broker}-scale-{count}.db"
             populate(db, count)
             b, _ = start(db.name)
             rss_listen = rss_mb(b.pid)
@@ -269,7 +269,7 @@ class Bench:
             log(f"{broker:9} scale {count:>6} CAs: listening after {b.startup:.2f}s, first reply by {ready:.2f}s, "
                 f"RSS {self.scale[-1]['rss_mb']:.1f} MB (at listening {rss_listen:.1f} MB)")
             b.stop()
-        db = self.tmp / f"active-{self.active}.db"
+        db = self.tmp / f"{broker}-active-{self.active}.db"
         populate(db, self.active, [f"c{i}" for i in range(16)])
         b, pids = start(db.name)
         self.workers.run(b.port, [self.probe("k1")], 0.0, 300.0, until_done=True)  # the resume hooks have run

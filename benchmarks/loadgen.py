@@ -74,7 +74,28 @@ class Quiet:
                 return round(busy, 1)
 
 
-class Conn:
+class _Selected:
+    """A client connection registered with the process's selector (``self`` is the key's data)."""
+
+    sel: selectors.BaseSelector
+    fd: int
+    alive: bool
+    writing: bool
+
+    def want_write(self, wanted: bool) -> None:
+        """Watch the socket for room to write while output waits, and only then."""
+        if self.alive and wanted != self.writing:
+            self.writing = wanted
+            self.sel.modify(self.fd, selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0), self)
+
+    def lost(self) -> None:
+        if self.alive:
+            self.alive = False
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.fd)
+
+
+class Conn(_Selected):
     """One paho client whose socket is driven by the process's selector (no paho thread)."""
 
     def __init__(self, sel: selectors.BaseSelector, cid: str, port: int, subs: list[str], on_message: Any) -> None:
@@ -109,15 +130,7 @@ class Conn:
         c = self.client
         if self.alive and c.want_write() and c.loop_write() != 0:
             self.lost()
-        if self.alive and c.want_write() != self.writing:
-            self.writing = not self.writing
-            self.sel.modify(self.fd, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.writing else 0), self)
-
-    def lost(self) -> None:
-        if self.alive:
-            self.alive = False
-            with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(self.fd)
+        self.want_write(bool(c.want_write()))
 
     def close(self) -> None:
         if self.alive:
@@ -144,7 +157,7 @@ def _mqtt_packet(head: int, body: bytes) -> bytes:
             return bytes([head]) + bytes(length) + body
 
 
-class LeanConn:
+class LeanConn(_Selected):
     """A subscriber written straight on a non-blocking socket: the devices of the fan-out, where 100 paho clients
     took more CPU per notification than the bridge and mosquitto together. It speaks what a device needs of MQTT
     3.1.1: CONNECT, one QoS 1 SUBSCRIBE, QoS 1 PUBLISH both ways and PUBACK; ``on_message(payload)``."""
@@ -219,15 +232,7 @@ class LeanConn:
                 self.lost()
                 return
             del self.outbuf[:sent]
-        if self.alive and bool(self.outbuf) != self.writing:
-            self.writing = not self.writing
-            self.sel.modify(self.fd, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.writing else 0), self)
-
-    def lost(self) -> None:
-        if self.alive:
-            self.alive = False
-            with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(self.fd)
+        self.want_write(bool(self.outbuf))
 
     def close(self) -> None:
         if self.alive:
