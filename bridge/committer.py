@@ -29,10 +29,11 @@ UNDURABLE: Final = error_body("unavailable", "Unavailable", "the call could not 
 LAZY_S: Final = 0.05
 # Gathering: while callers are concurrent (the last batch held more than one change), a batch starts two turns of
 # the event loop later than it could, so that the requests the loop's next polls read from the broker's socket run
-# first and join it. At 16 devices on uvloop this took batches from 4.0 to 6.6 calls and the server's CPU per call
-# from 81-87 to 68-74 us (one fdatasync and one broker write per batch), the calls/s within noise and the p50 up by
-# about 0.05 ms (yardstick runs in docs/BENCHMARKS.md; one turn: 5.7 calls, 71-79 us). A lone caller's batch never
-# waits. (A timer cannot do this: uvloop's timers count whole milliseconds.)
+# first and join it. At 16 devices on uvloop this took batches from 4.0 to 6.6 calls (one fdatasync and one broker
+# write each) and the server's CPU per call from 85-89 to 74-77 us on 16 CAs and from 81-85 to 68-70 on one shared
+# CA, the calls/s within noise and the p50 up by about 0.1 ms (yardstick runs in docs/BENCHMARKS.md; one turn: 5.7
+# calls, 71-79 us). A lone caller's batch never waits. (A timer cannot do this: uvloop's timers count whole
+# milliseconds.)
 GATHER_TURNS: Final = 2
 
 Retry = Callable[[str, Inbound, "asyncio.Future[Any] | None"], None]  # submit a request again: (CA, request, future)
