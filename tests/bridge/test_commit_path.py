@@ -82,8 +82,7 @@ async def test_a_turns_calls_go_to_the_store_thread_as_one_batch_and_are_deliver
     await asyncio.wait_for(committer.wait_idle(), 10)
 
 
-
-async def test_concurrent_callers_gather_a_turn_later_and_a_lone_caller_never_waits(committed):
+async def test_concurrent_callers_gather_some_turns_later_and_a_lone_caller_never_waits(committed):
     """After a batch of more than one change, the next one starts GATHER_TURNS turns of the loop later, so what the
     loop reads meanwhile joins it; after a batch of one, the next starts on the very next turn."""
     committer, store, delivered, _, _ = committed
@@ -109,6 +108,7 @@ async def test_concurrent_callers_gather_a_turn_later_and_a_lone_caller_never_wa
     assert [c.state for c in store.batches[3][0]] == [b"6"]  # went to the store on the next turn
     store.batches[3][1](frozenset())
     assert [p.change.state for p in delivered if p.change] == [b"1", b"2", b"3", b"4", b"5", b"6"]
+
 
 async def test_the_sink_hears_the_end_of_each_delivered_batch_after_its_last_delivery():
     store = HandStore()
