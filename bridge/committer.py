@@ -102,13 +102,12 @@ class Committer:
         self._queue: list[Pending] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
         self._scheduled = False  # a flush is on the loop's ready queue
-        self._gather = False  # the last batch held more than one change: the next one waits GATHER_TURNS turns
         self._eager = 0  # queued items that are not lazy
         self._lazy_timer: asyncio.TimerHandle | None = None  # commits lazy items that found nothing to ride with
         self._lazy_ready = False  # lazy items waited long enough: the next flush takes them even alone
         self._batch: list[Pending] | None = None  # the live items of the batch being committed
         self._started = 0.0  # perf_counter when that batch went to the store
-        self._changes = 0  # how many changes that batch holds
+        self._changes = 0  # how many changes that batch holds (the last one's: more than one, the next gathers)
         self._task: asyncio.Task[None] | None = None  # awaiting a store without commit_soon
         self._idle = asyncio.Event()
         self._idle.set()
@@ -126,7 +125,7 @@ class Committer:
         self._eager += 1
         if not self._scheduled and self._batch is None and self._loop is not None:
             self._scheduled = True
-            if self._gather:
+            if self._changes > 1:  # callers are concurrent: gather
                 self._loop.call_soon(self._turn, GATHER_TURNS)
             else:
                 self._loop.call_soon(self._flush)  # after the rest of this turn: its calls join the batch
@@ -192,7 +191,6 @@ class Committer:
             if changes:
                 self._batch = live
                 self._changes = len(changes)
-                self._gather = len(changes) > 1
                 self._started = time.perf_counter()
                 if self._commit_soon is not None:
                     self._commit_soon(changes, self._done, self._loop)

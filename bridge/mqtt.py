@@ -289,8 +289,7 @@ class MqttLink:
         self.metrics = metrics if metrics is not None else Metrics()  # counts mqtt_connects, _dropped, _oversized
         self._wire: _Wire | None = None
         self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._flush_handle: asyncio.Handle | None = None  # the scheduled flush (write_now cancels it)
+        self._flush_handle: asyncio.Handle | None = None  # the flush on the loop's ready queue (write_now cancels it)
         self._acks: list[bytes] = []  # PUBACKs (PUBRECs) held for the next write, oldest first
         self._acks_since = 0.0  # loop time the oldest of them was held
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -381,12 +380,12 @@ class MqttLink:
 
     def write_now(self) -> None:
         """Write what is queued now instead of at the end of the loop's turn (see ``_send``)."""
-        if self._flush_scheduled:
+        handle = self._flush_handle
+        if handle is not None:
             # cancelled, the handle on the loop's ready queue cannot write later by itself: it would run after the
             # next read, and send the acknowledgements held then in a write of their own (16 devices: 1.8 writes
             # per batch, where one is enough)
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
+            handle.cancel()
             self._flush()
 
     def _send_qos1(self, topic: bytes, payload: bytes) -> None:
@@ -400,8 +399,7 @@ class MqttLink:
         self._pid = pid
         inflight[pid] = data = _publish_qos1(topic, payload, pid)
         self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _next_pid(self) -> int:
@@ -413,8 +411,7 @@ class MqttLink:
     def _send(self, data: bytes) -> None:
         """Queue bytes for the wire; everything queued in one loop turn leaves in one write."""
         self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _hold_ack(self, ack: bytes) -> None:
@@ -425,8 +422,7 @@ class MqttLink:
             if self._ack_timer is None:
                 self._ack_timer = self._loop.call_later(ACK_HOLD, self._acks_due)
         acks.append(ack)
-        if len(acks) >= ACK_HELD and not self._flush_scheduled:
-            self._flush_scheduled = True
+        if len(acks) >= ACK_HELD and self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _acks_due(self) -> None:
@@ -437,11 +433,11 @@ class MqttLink:
         left = self._acks_since + ACK_HOLD - self._loop.time()
         if left > 0:  # the ones held when the timer was set left with a write since
             self._ack_timer = self._loop.call_later(left, self._acks_due)
-        elif not self._flush_scheduled:
+        elif self._flush_handle is None:
             self._flush()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_handle = None
         if self._acks:  # acknowledgements first: they answer what came in before anything queued here
             self._out[:0] = self._acks
             self._acks.clear()
