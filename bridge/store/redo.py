@@ -19,11 +19,21 @@ gap ends them (only a power loss with synchronous=NORMAL, which never flushes th
 
 The files are written over, never appended to past their end while they have room: overwriting allocated blocks
 lets fdatasync skip the file system's metadata (the file's size), which is half the cost of a flush here.
+
+When every record is flushed (synchronous FULL or EXTRA) and the file system allows it, records are written with
+O_DIRECT: the 4 KiB blocks from the one the record starts in to the one it ends in, from an aligned buffer that
+keeps the tail of the last block (the records before it in that block are written again, unchanged; the rest of the
+block is zeros). The page cache is skipped, and so is the kernel's write-back of the page before the flush: on this
+VM a write and flush took 104 us of wall time and 42 us of system CPU against 125 and 59 through the page cache
+(docs/BENCHMARKS.md). Where O_DIRECT is refused (tmpfs, some FUSE file systems, other systems) the log writes
+through the page cache as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import mmap
 import os
 import struct
 import zlib
@@ -42,6 +52,9 @@ _HEAD = struct.Struct("<IIQ")  # crc, payload length, sequence number
 _SEQ = struct.Struct("<IQ")  # what the crc covers before the payload: the header after the crc
 FILE_BYTES = 2 << 20  # each file is written full of zeros to this size once (grown when a batch is larger)
 SWITCH_AT = 1 << 20  # past this offset the next record goes to the other file, once every record there is applied
+DIRECT = getattr(os, "O_DIRECT", 0)  # 0: never write around the page cache (a system without O_DIRECT)
+BLOCK = 4096  # what direct writes are aligned to: a multiple of any disk's logical block size
+BUFFER = 64 << 10  # the direct writes' buffer; a larger record gets a larger one for as long as it is written
 
 
 def encode(changes: Sequence[Change]) -> bytes:
@@ -159,6 +172,15 @@ class RedoLog:
         self._offset = 0
         self.seq = 0  # the last sequence number written
         self.applied = 0  # every record up to this one is in the database (durably): its file may be reused
+        # Direct writes (module doc): a second descriptor of each file opened with O_DIRECT, and an aligned buffer
+        # whose start holds the file's bytes from the block the next record starts in up to that record
+        self._direct: list[int] = []
+        self._buffer: mmap.mmap | None = None
+
+    @property
+    def direct(self) -> bool:
+        """Whether records are written around the page cache (O_DIRECT)."""
+        return bool(self._direct)
 
     def start(self, after: int) -> None:
         """Open both files for writing, the next record numbered ``after + 1``; everything up to ``after`` must be
@@ -169,10 +191,30 @@ class RedoLog:
         for i, fd in enumerate(self._fds):
             self._sizes[i] = os.fstat(fd).st_size
             if self._sizes[i] < FILE_BYTES:
-                self._grow(i, FILE_BYTES)
+                self._grow(i, max(FILE_BYTES, BLOCK))
         self.seq = self.applied = after
         self._last = [after, after]
+        if self.flush and DIRECT:
+            self._open_direct()
         self.clear()
+
+    def _open_direct(self) -> None:
+        """Open the files for direct writes and try one on each (a block of zeros at the start, which clear() wipes
+        anyway); a file system that refuses leaves the log on the page cache."""
+        buffer = mmap.mmap(-1, BUFFER)  # page-aligned, zeros
+        try:
+            for path in self.paths:
+                self._direct.append(os.open(path, os.O_RDWR | DIRECT | getattr(os, "O_CLOEXEC", 0)))
+                os.pwrite(self._direct[-1], memoryview(buffer)[:BLOCK], 0)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            for fd in self._direct:
+                os.close(fd)
+            self._direct.clear()
+            buffer.close()
+            return
+        self._buffer = buffer
 
     def clear(self) -> None:
         """Start over at the first file, wiping the head of both so that nothing is read back: every record must
@@ -206,25 +248,73 @@ class RedoLog:
             if self._last[other] <= self.applied:
                 self._file, self._offset = other, 0
         i = self._file
-        if self._offset + len(record) > self._sizes[i]:
-            self._grow(i, self._offset + len(record) + FILE_BYTES)
-        fd = self._fds[i]
-        try:
-            os.pwrite(fd, record, self._offset)
-            faults.hit("in_commit")
-            if self.flush:
-                os.fdatasync(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):  # the batch failed: its record must not be read back after a crash
-                os.pwrite(fd, bytes(_HEAD.size), self._offset)
-            raise
+        if self._direct:
+            self._append_direct(i, record)
+        else:
+            end = self._offset + len(record)
+            if end > self._sizes[i]:
+                self._grow(i, end + FILE_BYTES)
+            fd = self._fds[i]
+            try:
+                os.pwrite(fd, record, self._offset)
+                faults.hit("in_commit")
+                if self.flush:
+                    os.fdatasync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the batch failed: its record must not be read back after a crash
+                    os.pwrite(fd, bytes(_HEAD.size), self._offset)
+                raise
         self._offset += len(record)
         self._last[i] = self.seq = seq
         return seq
 
+    def _append_direct(self, i: int, record: bytes) -> None:
+        """Write and flush ``record`` at the current offset of file ``i`` around the page cache (module doc)."""
+        buffer = self._buffer
+        assert buffer is not None
+        at = self._offset & -BLOCK  # the block the record starts in ...
+        kept = self._offset - at  # ... holds this many bytes of earlier records, which the buffer starts with
+        end = kept + len(record)
+        size = -(-end // BLOCK) * BLOCK  # whole blocks
+        if at + size > self._sizes[i]:
+            self._grow(i, at + size + FILE_BYTES)
+        if size > len(buffer):
+            larger = mmap.mmap(-1, size)
+            larger[:kept] = buffer[:kept]
+            buffer.close()
+            self._buffer = buffer = larger
+        buffer[kept:end] = record
+        buffer[end:size] = bytes(size - end)
+        fd = self._direct[i]
+        view = memoryview(buffer)
+        try:
+            os.pwrite(fd, view[:size], at)
+            faults.hit("in_commit")
+            os.fdatasync(fd)
+        except BaseException:
+            buffer[kept:kept + _HEAD.size] = bytes(_HEAD.size)  # its record must not be read back after a crash
+            with contextlib.suppress(OSError):
+                os.pwrite(fd, view[:BLOCK], at)
+            raise
+        finally:
+            view.release()
+        # the next record starts in the block this one ends in: keep that block's bytes up to here
+        last = end & -BLOCK
+        if last:
+            buffer.move(0, last, end - last)
+        if len(buffer) > BUFFER:  # back to the usual size once a large record is written
+            usual = mmap.mmap(-1, BUFFER)
+            usual[:end - last] = buffer[:end - last]
+            buffer.close()
+            self._buffer = usual
+
     def close(self) -> None:
         """Close the files (what is in them stays: recovery reads it)."""
-        for fd in self._fds:
+        for fd in self._fds + self._direct:
             os.close(fd)
         self._fds.clear()
+        self._direct.clear()
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
 

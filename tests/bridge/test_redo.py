@@ -251,17 +251,21 @@ def _random_batch(rng: random.Random, cas: dict[str, dict[str, int]], pos: dict[
     return batch
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "direct"), [(1, True), (2, True), (3, True), (1, False), (2, False)])
 async def test_random_commits_crashed_anywhere_recover_exactly_across_both_files(tmp_path, no_timer, monkeypatch,
-                                                                               seed):
+                                                                               seed, direct):
     """Small files, so the log switches files and grows them many times; the SQLite file is caught up at random
-    moments; at random moments a crash image must give exactly the model's contents (inspect's view too)."""
+    moments; at random moments a crash image must give exactly the model's contents (inspect's view too). Written
+    around the page cache (O_DIRECT, 4 KiB blocks written again as records fill them) and through it."""
     monkeypatch.setattr(redo_module, "SWITCH_AT", 1500)
     monkeypatch.setattr(redo_module, "FILE_BYTES", 2048)
+    if not direct:
+        monkeypatch.setattr(redo_module, "DIRECT", 0)
     rng = random.Random(seed)
     (tmp_path / "live").mkdir()
     store = SQLiteStore(tmp_path / "live" / "s.db")
     await store.open()
+    assert store._redo is not None and store._redo.direct is direct
     batches: list[list[Change]] = []
     cas: dict[str, dict[str, int]] = {}
     pos: dict[str, int] = {}
@@ -438,3 +442,48 @@ async def test_a_tool_reads_a_stopped_bridges_log_once_for_many_loads(tmp_path, 
         assert (await tool.load("a")).state == b"\x01" and reads == 2
     finally:
         await tool.close()
+
+
+async def test_a_file_system_that_refuses_direct_writes_gets_them_through_the_page_cache(tmp_path, no_timer,
+                                                                                     monkeypatch):
+    real = redo_module.os.open
+
+    def refusing(path, flags, *args):
+        if flags & redo_module.DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, *args)
+
+    (tmp_path / "live").mkdir()
+    monkeypatch.setattr(redo_module.os, "open", refusing)
+    store = SQLiteStore(tmp_path / "live" / "s.db")
+    await store.open()
+    try:
+        assert store._redo is not None and not store._redo.direct
+        await store.commit([Change("a", b"\x01")])
+        await store.commit([Change("b", b"\x02")])
+        crashed = image(tmp_path / "live", tmp_path / "crash")
+    finally:
+        await store.close()
+    assert {n: r.state for n, r in (await contents(crashed)).items()} == {"a": b"\x01", "b": b"\x02"}
+
+
+async def test_direct_writes_keep_the_records_before_them_in_a_block_and_take_records_larger_than_the_buffer(
+        tmp_path, no_timer):
+    """Records smaller than a block share it (each write puts the earlier ones back, unchanged); a record larger
+    than the direct buffer gets a larger one, and the next records go on right after it."""
+    (tmp_path / "live").mkdir()
+    store = SQLiteStore(tmp_path / "live" / "s.db")
+    await store.open()
+    batches = [[Change("a", bytes([i]) * 50)] for i in range(100)]  # about 70 bytes each: many to a block
+    batches.insert(40, [Change("big", bytes(range(256)) * 1000)])  # 256,000 bytes: past the 64 KiB buffer
+    try:
+        assert store._redo is not None and store._redo.direct
+        for n, batch in enumerate(batches):
+            await store.commit(batch)
+            if n in (10, 40, 41, len(batches) - 1):
+                crashed = image(tmp_path / "live", tmp_path / f"crash{n}")
+                assert await contents(crashed, read_only=True) == await model(batches[:n + 1]), n
+        assert store._redo._buffer is not None and len(store._redo._buffer) == redo_module.BUFFER
+    finally:
+        await store.close()
+    assert [seq for seq, _ in read_records(crashed, 0)[0]] == list(range(1, 102))
