@@ -32,10 +32,10 @@ ROOT = HERE.parent
 sys.path[:0] = [p for p in (str(HERE), str(ROOT)) if p not in sys.path]
 
 from loadgen import PROCS, Quiet, Workers, fmt, log, options, pct, session  # noqa: E402
-from stages import breakdown, scrape, table  # noqa: E402
+from stages import breakdown, commits, scrape, table  # noqa: E402
 
 from tests.procs import (  # noqa: E402
-    PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, settle_rss, spawn, stop, wait_output)
+    PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, settle_rss, spawn, stop, thread_cpu, wait_output)
 
 APP = f"{HERE / 'apps.py'}:Bench"
 FANOUT = 100  # sessions notified per fan-out call
@@ -366,10 +366,11 @@ def chart(rows: list[dict[str, Any]], path: Path) -> bool:
 
 
 def profile(args: argparse.Namespace, bench: Bench) -> int:
-    """Profile the bridge on mosquitto under 16 clients on 16 CAs (or the fan-out), during the measured window
-    only; summarize, then print where the window's calls spent their time (the stage histograms of /metrics).
+    """Profile the bridge on mosquitto under N clients on N CAs, N on one shared CA, or the fan-out, during the
+    measured window only; summarize, then print the CPU per call of each of the bridge's threads, the commits'
+    batch size and time, and where the window's calls spent their time (the stage histograms of /metrics).
     py-spy attaches to the running bridge once the warm-up is over; cProfile runs the whole bridge process (main
-    thread only) and writes its file when the bridge stops; ``stages`` runs no profiler, only the breakdown."""
+    thread only) and writes its file when the bridge stops; ``stages`` runs no profiler, only the breakdowns."""
     from profile_summary import summarize_cprofile, summarize_pyspy
 
     out = Path(args.profile_out)
@@ -378,29 +379,44 @@ def profile(args: argparse.Namespace, bench: Bench) -> int:
     wrap = [PYTHON, "-m", "cProfile", "-o", str(raw)] if args.profile == "cprofile" else None
     mport = free_port()
     b = bench.bridge("mosquitto", mq.port, bench.tmp / "profile.db", wrap=wrap, metrics=mport)
+    pid = b.pid
     secs = int(args.profile_seconds)
     spy = [str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(b.pid),
            "--threads", "--rate", str(args.profile_rate), "--duration", str(secs), "--format", "raw", "-o", str(raw)]
     spies: list[subprocess.Popen[Any]] = []
     snaps = [scrape(mport)]
+    threads = [thread_cpu(b.pid)]
+    batches = [commits(mport)]
 
     def started() -> None:
-        snaps[0] = scrape(mport)
+        snaps[0], threads[0], batches[0] = scrape(mport), thread_cpu(b.pid), commits(mport)
         if args.profile == "py-spy":
             spies.append(spawn(spy, stdout=subprocess.DEVNULL))
 
-    fan = args.profile_workload == "fanout"
-    load = specs("fanout", FANOUT, "prof") if fan else specs("percA", 16, "prof")
+    def ended() -> None:
+        snaps.append(scrape(mport))
+        threads.append(thread_cpu(b.pid))
+        batches.append(commits(mport))
+
+    n, kind = args.profile_devices, args.profile_workload
+    load = specs("fanout", FANOUT, "prof") if kind == "fanout" else specs("shared" if kind == "shared" else "percA", n,
+                                                                          "prof")
     r = bench.workers.run(mq.port, load, 2.0, secs, {"bridge": lambda: cpu_seconds(b.pid)},
-                          PROCS if fan else None, on_start=started, on_end=lambda: snaps.append(scrape(mport)))
+                          PROCS if kind == "fanout" else None, on_start=started, on_end=ended)
     for p in spies:
         p.wait(60)
     b.stop(30)  # cProfile writes its file when the bridge exits
-    what = f"1 driver calling fanout({FANOUT}), {FANOUT} devices" if fan else "16 clients on 16 CAs"
+    what = (f"1 driver calling fanout({FANOUT}), {FANOUT} devices" if kind == "fanout"
+            else f"{n} clients on one shared CA" if kind == "shared" else f"{n} clients on {n} CAs")
     text = (f"load: {what}, mosquitto, {r['count'] / secs:.0f} calls/s while profiled"
-            + (f" ({r['notes'] / secs:.0f} notifications/s)" if fan else "")
+            + (f" ({r['notes'] / secs:.0f} notifications/s)" if kind == "fanout" else "")
             + f", p99 {fmt(pct(r['lat'], 0.99))} ms, bridge CPU {r['cpu_pct']['bridge']}% of a core, others "
             f"{r['cpu_pct']['others']}%\n")
+    text += thread_table(pid, threads[0], threads[-1], r["count"]) + "\n"
+    (b0, c0, s0), (b1, c1, s1) = batches[0], batches[-1]
+    if b1 > b0:
+        text += (f"commits: {b1 - b0:,.0f} batches, {(c1 - c0) / (b1 - b0):.1f} calls each, "
+                 f"{1e3 * (s1 - s0) / (b1 - b0):.3f} ms from a batch's start to durable (mean)\n")
     if args.profile != "stages":
         text += (summarize_pyspy if args.profile == "py-spy" else summarize_cprofile)(raw, top=args.profile_top) + "\n"
     text += "\nwhere the calls of the window spent their time (ca_bridge_stage_seconds on /metrics):\n" + \
@@ -409,6 +425,21 @@ def profile(args: argparse.Namespace, bench: Bench) -> int:
     out.with_suffix(".txt").write_text(text + "\n")
     log((f"raw profile: {raw}; " if args.profile != "stages" else "") + f"summary: {out.with_suffix('.txt')}")
     return 0
+
+
+def thread_table(pid: int, before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]],
+                 calls: int) -> str:
+    """The bridge's CPU per call in the window, by thread: the event loop (the main thread) and the others (the
+    SQLite store's log and database threads; thread ids, since Python does not name the system's threads).
+    The clock ticks are 10 ms, so a thread needs a few hundred ms of CPU in the window to be measured well."""
+    lines = [f"{'bridge thread':22} {'user us/call':>13} {'system us/call':>15}"]
+    for tid in sorted(after, key=lambda t: (t != pid, t)):
+        (u1, s1), (u0, s0) = after[tid], before.get(tid, (0.0, 0.0))
+        if tid != pid and u1 - u0 + s1 - s0 <= 0:
+            continue
+        name = "event loop (main)" if tid == pid else f"thread {tid}"
+        lines.append(f"{name:22} {1e6 * (u1 - u0) / max(calls, 1):>13.1f} {1e6 * (s1 - s0) / max(calls, 1):>15.1f}")
+    return "\n".join(lines)
 
 
 def fanout(args: argparse.Namespace, bench: Bench) -> tuple[str, dict[str, Any]]:
@@ -456,7 +487,8 @@ def main() -> int:
     p.add_argument("--profile", choices=["py-spy", "cprofile", "stages"],
                    help="instead of the benchmark: profile the bridge under 16 clients on mosquitto, then print "
                    "the calls' stage breakdown (stages: the breakdown only, no profiler)")
-    p.add_argument("--profile-workload", choices=["incr", "fanout"], default="incr",
+    p.add_argument("--profile-devices", type=int, default=16, help="clients of the incr and shared workloads")
+    p.add_argument("--profile-workload", choices=["incr", "shared", "fanout"], default="incr",
                    help="what runs while profiling: 16 clients calling incr on 16 CAs, or the fan-out")
     p.add_argument("--profile-out", default="/tmp/profile", help="OUT.raw|.prof and OUT.txt")
     p.add_argument("--profile-seconds", type=float, default=20.0)

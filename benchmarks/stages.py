@@ -40,6 +40,25 @@ def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> Snapsho
     return out
 
 
+def commits(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> tuple[float, float, float]:
+    """The commit totals on ``/metrics`` so far: batches, calls in them, and seconds from a batch's start to its
+    durability (zeros if unreachable)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0, 0.0, 0.0
+    found = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("ca_bridge_commit_batch_calls", "ca_bridge_commit_duration_seconds"):
+            for s in family.samples:
+                found[s.name] = s.value
+    return (found.get("ca_bridge_commit_batch_calls_count", 0.0), found.get("ca_bridge_commit_batch_calls_sum", 0.0),
+            found.get("ca_bridge_commit_duration_seconds_sum", 0.0))
+
+
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """The upper bound of the bucket holding quantile ``q`` (cumulative counts, +Inf last)."""
     count = buckets[-1][1] if buckets else 0

@@ -233,6 +233,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / CLK_TCK if f else 0.0
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """User and system CPU seconds of each live thread of a process, by thread id (the process's id: its main
+    thread)."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        f = _stat(f"{pid}/task/{tid}")
+        if f is not None:
+            out[int(tid)] = (int(f[11]) / CLK_TCK, int(f[12]) / CLK_TCK)
+    return out
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds of ``root``, its reaped children and its live children (a postmaster and its backends)."""
     total = 0
