@@ -75,17 +75,12 @@ SCHEMA_VERSION = 5
 MIGRATIONS = {1: "DROP TABLE dedup;"}
 INLINE_MAX_S = 0.002  # append on the caller's thread while an append takes less than this (seconds)
 # The redo log's records are applied to the SQLite file this long after the first of them, at most, or as soon as
-# APPLY_MAX batches wait. Loads wait behind an application (one thread owns the connection), so it must stay short
-# while the store is read: at 0.5 s the applications of a first contact with 10,000 CAs took 20-180 ms each and the
-# contact took 5.1-6.6 s (once 17 s) where at 0.05 s it took 3.5-4.2 s (benchmarks/lazy.py). When nothing has read
-# the store for QUIET_S (the steady state: every CA loaded), the period is APPLY_QUIET_S: a longer period applies
-# fewer dedup records, since most of those a CA writes in it fall below its window's floor by its end and are
-# dropped before they are written (docs/BENCHMARKS.md). A read shortens the period again at once. Every reader sees
-# the records before they are applied (loads apply them first, the tools read the log), and recovery after a crash
-# replays at most one period.
+# APPLY_MAX batches wait. Loads wait behind an application (one thread owns the connection), so it must stay short:
+# at 0.5 s the applications of a first contact with 10,000 CAs took 20-180 ms each and the contact took 5.1-6.6 s
+# (once 17 s) where at 0.05 s it took 3.5-4.2 s (benchmarks/lazy.py), for 6 us less CPU per call at 16 devices
+# (docs/BENCHMARKS.md). Every reader sees the records before that (loads apply them first, the tools read the
+# log), and recovery after a crash replays at most this much.
 APPLY_S = 0.05
-APPLY_QUIET_S = 0.5
-QUIET_S = 1.0
 APPLY_MAX = 512
 _ROWS = 16  # rows per insert statement at most: 64 statement texts in all, which sqlite3's cache (128) keeps
 
@@ -186,10 +181,8 @@ class SQLiteStore:
 
     def _serve(self, jobs: queue.SimpleQueue[Job | str | None]) -> None:
         """The database's thread: run jobs in order, each result going back to its loop with one wake-up; and apply
-        the redo log's records APPLY_S after the first of them arrives (APPLY_QUIET_S while nothing reads the
-        store), or at once when told to."""
+        the redo log's records APPLY_S after the first of them arrives (or at once when told to)."""
         due: float | None = None  # when to apply the records waiting
-        read = time.monotonic()  # when the last job ran (reads and tools' writes; not applications)
         while True:
             try:
                 job = jobs.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
@@ -201,8 +194,7 @@ class SQLiteStore:
                 if job == _APPLY:
                     due = None if self._apply_pending() else time.monotonic() + APPLY_S
                 elif due is None:
-                    now = time.monotonic()
-                    due = now + (APPLY_QUIET_S if now - read >= QUIET_S else APPLY_S)
+                    due = time.monotonic() + APPLY_S
                 continue
             fn, args, loop, reply = job
             try:
@@ -211,9 +203,6 @@ class SQLiteStore:
                 result, error = None, exc
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                 loop.call_soon_threadsafe(reply, result, error)
-            read = time.monotonic()
-            if due is not None and due > read + APPLY_S:  # reads again: back to the short period
-                due = read + APPLY_S
 
     def _serve_appends(self, appends: queue.SimpleQueue[Append | None]) -> None:
         """The log's thread: append batches in order; each outcome goes to its ``done`` with one wake-up."""

@@ -101,30 +101,6 @@ async def test_records_are_applied_on_their_own_soon_after(tmp_path, monkeypatch
         await store.close()
 
 
-async def test_a_quiet_store_applies_on_the_long_period_until_it_is_read_again(tmp_path, monkeypatch):
-    """Nothing has read the store for QUIET_S: the records wait APPLY_QUIET_S (here: far longer than the test). A
-    read (a load of a CA the records do not touch, which applies nothing itself) brings the period back to APPLY_S,
-    for the records already waiting too."""
-    monkeypatch.setattr(sqlite_module, "APPLY_S", 0.02)
-    monkeypatch.setattr(sqlite_module, "APPLY_QUIET_S", 3600.0)
-    monkeypatch.setattr(sqlite_module, "QUIET_S", 0.1)
-    store = SQLiteStore(tmp_path / "s.db")
-    await store.open()
-    try:
-        await asyncio.sleep(0.2)  # quiet
-        await store.commit([Change("a", b"\x01")])
-        await asyncio.sleep(0.3)
-        assert sql_states(tmp_path / "s.db") == {}  # waiting for the long period
-        assert await store.load("b") is None  # a read
-        for _ in range(500):
-            if sql_states(tmp_path / "s.db"):
-                break
-            await asyncio.sleep(0.01)
-        assert sql_states(tmp_path / "s.db") == {"a": b"\x01"}
-    finally:
-        await store.close()
-
-
 async def test_loads_names_and_register_see_commits_not_applied_yet(tmp_path, no_timer):
     store = SQLiteStore(tmp_path / "s.db")
     await store.open()
