@@ -24,9 +24,9 @@ When every record is flushed (synchronous FULL or EXTRA) and the file system all
 O_DIRECT: the 4 KiB blocks from the one the record starts in to the one it ends in, from an aligned buffer that
 keeps the tail of the last block (the records before it in that block are written again, unchanged; the rest of the
 block is zeros). The page cache is skipped, and so is the kernel's write-back of the page before the flush: on this
-VM a write and flush took 104 us of wall time and 42 us of system CPU against 125 and 59 through the page cache
-(docs/BENCHMARKS.md). Where O_DIRECT is refused (tmpfs, some FUSE file systems, other systems) the log writes
-through the page cache as before.
+VM a write and flush took 109 us of wall time and 43 us of system CPU against 123 and 57 through the page cache
+(benchmarks/flush_cpu.py, docs/BENCHMARKS.md). Where O_DIRECT is refused (some FUSE file systems, other systems)
+the log writes through the page cache as before.
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ class RedoLog:
         except BaseException:
             buffer[kept:kept + _HEAD.size] = bytes(_HEAD.size)  # its record must not be read back after a crash
             with contextlib.suppress(OSError):
-                os.pwrite(fd, view[:BLOCK], at)
+                os.pwrite(fd, view[:-(-(kept + _HEAD.size) // BLOCK) * BLOCK], at)  # the blocks its header is in
             raise
         finally:
             view.release()

@@ -487,3 +487,26 @@ async def test_direct_writes_keep_the_records_before_them_in_a_block_and_take_re
     finally:
         await store.close()
     assert [seq for seq, _ in read_records(crashed, 0)[0]] == list(range(1, 102))
+
+
+def test_a_failed_direct_write_wipes_a_header_that_crosses_into_the_next_block(tmp_path, monkeypatch):
+    log = redo_module.RedoLog(tmp_path / "s.db", flush=True)
+    log.start(0)
+    try:
+        assert log.direct
+        log._offset = redo_module.BLOCK - 8  # (the file holds zeros there, as the buffer does)
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+        monkeypatch.setattr(redo_module.os, "fdatasync", failing)
+        with pytest.raises(OSError):
+            log.append([Change("a", b"\x01" * 100)])
+        monkeypatch.undo()
+        at = redo_module.BLOCK - 8
+        assert log.paths[0].read_bytes()[at:at + 16] == bytes(16)  # all of the header, in both blocks
+        assert log.append([Change("a", b"\x02")]) == 1  # the same place and number
+        head = log.paths[0].read_bytes()[at:at + 16]
+        assert redo_module._HEAD.unpack(head)[2] == 1
+    finally:
+        log.close()
