@@ -154,6 +154,12 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _written(done: int, wanted: int) -> None:
+    """A write to a regular file that wrote less than asked (a file system out of its usual ways): a failure."""
+    if done != wanted:
+        raise OSError(errno.EIO, f"short write: {done} of {wanted} bytes")
+
+
 def _paths(base: Path) -> tuple[Path, Path]:
     return base.with_name(base.name + ".redo.0"), base.with_name(base.name + ".redo.1")
 
@@ -256,7 +262,7 @@ class RedoLog:
                 self._grow(i, end + FILE_BYTES)
             fd = self._fds[i]
             try:
-                os.pwrite(fd, record, self._offset)
+                _written(os.pwrite(fd, record, self._offset), len(record))
                 faults.hit("in_commit")
                 if self.flush:
                     os.fdatasync(fd)
@@ -288,7 +294,7 @@ class RedoLog:
         fd = self._direct[i]
         view = memoryview(buffer)
         try:
-            os.pwrite(fd, view[:size], at)
+            _written(os.pwrite(fd, view[:size], at), size)
             faults.hit("in_commit")
             os.fdatasync(fd)
         except BaseException:

@@ -510,3 +510,33 @@ def test_a_failed_direct_write_wipes_a_header_that_crosses_into_the_next_block(t
         assert redo_module._HEAD.unpack(head)[2] == 1
     finally:
         log.close()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_short_write_fails_the_batch_and_the_next_takes_its_place(tmp_path, no_timer, monkeypatch, direct):
+    if not direct:
+        monkeypatch.setattr(redo_module, "DIRECT", 0)
+    (tmp_path / "live").mkdir()
+    store = SQLiteStore(tmp_path / "live" / "s.db")
+    await store.open()
+    try:
+        assert store._redo is not None and store._redo.direct is direct
+        await store.commit([Change("a", b"\x01")])
+        real = redo_module.os.pwrite
+        calls = 0
+
+        def short(fd: int, data, at: int) -> int:
+            nonlocal calls
+            calls += 1
+            return real(fd, data, at) - (1 if calls == 1 else 0)
+
+        monkeypatch.setattr(redo_module.os, "pwrite", short)
+        with pytest.raises(StoreError, match="short write"):
+            await store.commit([Change("a", b"\x02")])
+        monkeypatch.setattr(redo_module.os, "pwrite", real)
+        await store.commit([Change("a", b"\x03")])
+        assert [seq for seq, _ in read_records(tmp_path / "live" / "s.db", 0)[0]] == [1, 2]
+        crashed = image(tmp_path / "live", tmp_path / "crash")
+        assert (await contents(crashed))["a"].state == b"\x03"
+    finally:
+        await store.close()
