@@ -379,29 +379,28 @@ def profile(args: argparse.Namespace, bench: Bench) -> int:
     wrap = [PYTHON, "-m", "cProfile", "-o", str(raw)] if args.profile == "cprofile" else None
     mport = free_port()
     b = bench.bridge("mosquitto", mq.port, bench.tmp / "profile.db", wrap=wrap, metrics=mport)
-    pid = b.pid
+    pid = b.pid  # (b.pid is gone once the bridge has stopped)
     secs = int(args.profile_seconds)
-    spy = [str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(b.pid),
+    spy = [str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(pid),
            "--threads", "--rate", str(args.profile_rate), "--duration", str(secs), "--format", "raw", "-o", str(raw)]
     spies: list[subprocess.Popen[Any]] = []
     snaps = [scrape(mport)]
-    threads = [thread_cpu(b.pid)]
+    threads = [thread_cpu(pid)]
     batches = [commits(mport)]
 
     def started() -> None:
-        snaps[0], threads[0], batches[0] = scrape(mport), thread_cpu(b.pid), commits(mport)
+        snaps[0], threads[0], batches[0] = scrape(mport), thread_cpu(pid), commits(mport)
         if args.profile == "py-spy":
             spies.append(spawn(spy, stdout=subprocess.DEVNULL))
 
     def ended() -> None:
         snaps.append(scrape(mport))
-        threads.append(thread_cpu(b.pid))
+        threads.append(thread_cpu(pid))
         batches.append(commits(mport))
 
     n, kind = args.profile_devices, args.profile_workload
-    load = specs("fanout", FANOUT, "prof") if kind == "fanout" else specs("shared" if kind == "shared" else "percA", n,
-                                                                          "prof")
-    r = bench.workers.run(mq.port, load, 2.0, secs, {"bridge": lambda: cpu_seconds(b.pid)},
+    load = specs(kind, FANOUT if kind == "fanout" else n, "prof") if kind != "incr" else specs("percA", n, "prof")
+    r = bench.workers.run(mq.port, load, 2.0, secs, {"bridge": lambda: cpu_seconds(pid)},
                           PROCS if kind == "fanout" else None, on_start=started, on_end=ended)
     for p in spies:
         p.wait(60)
@@ -485,11 +484,12 @@ def main() -> int:
                    "(default ../shared/bench/yardstick.sh) and put its table on top; --quick sets REPS=1 DUR=4")
     p.add_argument("--active", type=int, help="CAs of the random-CA run (default 10000)")
     p.add_argument("--profile", choices=["py-spy", "cprofile", "stages"],
-                   help="instead of the benchmark: profile the bridge under 16 clients on mosquitto, then print "
-                   "the calls' stage breakdown (stages: the breakdown only, no profiler)")
+                   help="instead of the benchmark: profile the bridge on mosquitto (--profile-workload), then print "
+                   "its CPU per call by thread, its commits and the calls' stage breakdown (stages: no profiler)")
     p.add_argument("--profile-devices", type=int, default=16, help="clients of the incr and shared workloads")
     p.add_argument("--profile-workload", choices=["incr", "shared", "fanout"], default="incr",
-                   help="what runs while profiling: 16 clients calling incr on 16 CAs, or the fan-out")
+                   help="what runs while profiling: N clients calling incr on N CAs (N: --profile-devices), N on one "
+                   "shared CA, or the fan-out")
     p.add_argument("--profile-out", default="/tmp/profile", help="OUT.raw|.prof and OUT.txt")
     p.add_argument("--profile-seconds", type=float, default=20.0)
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bridge.mqtt import packet, prefixed  # noqa: E402
 from tests.procs import MOSQUITTO, PYTHON, cpu_seconds, machine_cpu, spawn, stop, stop_all  # noqa: E402
 
 PROCS = 4  # load-generator processes of a pool
@@ -143,20 +144,6 @@ class Conn(_Selected):
             sock.close()
 
 
-def _mqtt_str(value: str) -> bytes:
-    raw = value.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _mqtt_packet(head: int, body: bytes) -> bytes:
-    n, length = len(body), bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        length.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes([head]) + bytes(length) + body
-
-
 class LeanConn(_Selected):
     """A subscriber written straight on a non-blocking socket: the devices of the fan-out, where 100 paho clients
     took more CPU per notification than the bridge and mosquitto together. It speaks what a device needs of MQTT
@@ -168,10 +155,9 @@ class LeanConn(_Selected):
         self.inbuf, self.outbuf, self.pid = bytearray(), bytearray(), 0
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connect = _mqtt_packet(0x10, _mqtt_str("MQTT") + bytes([4, 0x02]) + (300).to_bytes(2, "big")
-                               + _mqtt_str(cid))
-        topics = b"".join(_mqtt_str(t) + b"\x01" for t in subs)
-        self.sock.sendall(connect + _mqtt_packet(0x82, self._next_pid().to_bytes(2, "big") + topics))
+        connect = packet(0x10, prefixed(b"MQTT") + bytes([4, 0x02]) + (300).to_bytes(2, "big") + prefixed(cid.encode()))
+        topics = b"".join(prefixed(t.encode()) + b"\x01" for t in subs)
+        self.sock.sendall(connect + packet(0x82, self._next_pid().to_bytes(2, "big") + topics))
         self.sock.setblocking(False)
         self.fd = self.sock.fileno()
         sel.register(self.fd, selectors.EVENT_READ, self)
@@ -219,7 +205,7 @@ class LeanConn(_Selected):
         return True
 
     def publish(self, topic: str, payload: bytes) -> None:
-        self.outbuf += _mqtt_packet(0x32, _mqtt_str(topic) + self._next_pid().to_bytes(2, "big") + payload)
+        self.outbuf += packet(0x32, prefixed(topic.encode()) + self._next_pid().to_bytes(2, "big") + payload)
         self.flush()
 
     def flush(self) -> None:

@@ -18,15 +18,8 @@ Snapshot = dict[str, tuple[list[tuple[float, float]], float]]  # stage -> ([(upp
 
 def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> Snapshot:
     """The stage histograms from ``http://HOST:PORT/metrics`` (empty if the bridge has none, or is unreachable)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
     out: Snapshot = {}
-    for family in text_string_to_metric_families(text):
+    for family in _families(port, host, timeout):
         if family.name != FAMILY:
             continue
         for s in family.samples:
@@ -43,20 +36,24 @@ def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> Snapsho
 def commits(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> tuple[float, float, float]:
     """The commit totals on ``/metrics`` so far: batches, calls in them, and seconds from a batch's start to its
     durability (zeros if unreachable)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return 0.0, 0.0, 0.0
     found = {}
-    for family in text_string_to_metric_families(text):
+    for family in _families(port, host, timeout):
         if family.name in ("ca_bridge_commit_batch_calls", "ca_bridge_commit_duration_seconds"):
             for s in family.samples:
                 found[s.name] = s.value
     return (found.get("ca_bridge_commit_batch_calls_count", 0.0), found.get("ca_bridge_commit_batch_calls_sum", 0.0),
             found.get("ca_bridge_commit_duration_seconds_sum", 0.0))
+
+
+def _families(port: int, host: str, timeout: float) -> list[Any]:
+    """The metric families of ``http://HOST:PORT/metrics`` (none if the bridge is unreachable)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as resp:
+            return list(text_string_to_metric_families(resp.read().decode()))
+    except OSError:
+        return []
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
