@@ -32,7 +32,7 @@ ROOT = HERE.parent
 sys.path[:0] = [p for p in (str(HERE), str(ROOT)) if p not in sys.path]
 
 from loadgen import PROCS, Quiet, Workers, fmt, log, options, pct, session  # noqa: E402
-from stages import breakdown, commits, scrape, table  # noqa: E402
+from stages import breakdown, scrape, scrape_with_commits, table  # noqa: E402
 
 from tests.procs import (  # noqa: E402
     PYTHON, BridgeProcess, Mosquitto, cpu_seconds, free_port, rss_mb, settle_rss, spawn, stop, thread_cpu, wait_output)
@@ -384,22 +384,22 @@ def profile(args: argparse.Namespace, bench: Bench) -> int:
     spy = [str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(pid),
            "--threads", "--rate", str(args.profile_rate), "--duration", str(secs), "--format", "raw", "-o", str(raw)]
     spies: list[subprocess.Popen[Any]] = []
-    snaps = [scrape(mport)]
-    threads = [thread_cpu(pid)]
-    batches = [commits(mport)]
+    snap, batch = scrape_with_commits(mport)
+    snaps, batches, threads = [snap], [batch], [thread_cpu(pid)]
 
     def started() -> None:
-        snaps[0], threads[0], batches[0] = scrape(mport), thread_cpu(pid), commits(mport)
+        (snaps[0], batches[0]), threads[0] = scrape_with_commits(mport), thread_cpu(pid)
         if args.profile == "py-spy":
             spies.append(spawn(spy, stdout=subprocess.DEVNULL))
 
     def ended() -> None:
-        snaps.append(scrape(mport))
+        snap, batch = scrape_with_commits(mport)
+        snaps.append(snap)
+        batches.append(batch)
         threads.append(thread_cpu(pid))
-        batches.append(commits(mport))
 
     n, kind = args.profile_devices, args.profile_workload
-    load = specs(kind, FANOUT if kind == "fanout" else n, "prof") if kind != "incr" else specs("percA", n, "prof")
+    load = specs("percA" if kind == "incr" else kind, FANOUT if kind == "fanout" else n, "prof")
     r = bench.workers.run(mq.port, load, 2.0, secs, {"bridge": lambda: cpu_seconds(pid)},
                           PROCS if kind == "fanout" else None, on_start=started, on_end=ended)
     for p in spies:

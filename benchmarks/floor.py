@@ -35,12 +35,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [p for p in (str(HERE), str(ROOT)) if p not in sys.path]
+
+from bench import NODE_MODULES, YARDSTICKS  # noqa: E402
 
 from tests.procs import Mosquitto, is_ready, spawn, stop_all, wait_output  # noqa: E402
 
-YARDSTICK_DIRS = [ROOT.parent / "shared/bench", ROOT.parent.parent / "shared/bench"]
-NODE_MODULES = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ca-bridge-yardstick/node_modules"
 CONF = "max_inflight_messages 100\n"  # the yardstick's mosquitto config, beside what tests.procs.Mosquitto writes
 TARGETS = ("echo", "durable", "bridge")
 
@@ -113,9 +113,9 @@ def main() -> int:
     p.add_argument("--yardstick", help="the yardstick's folder (bench.js, echo.js, counter.py)")
     p.add_argument("--raw", help="also write every run as a JSON line here")
     args = p.parse_args()
-    yard = Path(args.yardstick) if args.yardstick else next((d for d in YARDSTICK_DIRS if d.is_dir()), None)
+    yard = Path(args.yardstick) if args.yardstick else next((p.parent for p in YARDSTICKS if p.exists()), None)
     if yard is None or not (yard / "bench.js").exists():
-        sys.exit(f"floor.py: no yardstick folder at {args.yardstick or YARDSTICK_DIRS[0]} (--yardstick DIR)")
+        sys.exit(f"floor.py: no yardstick folder at {args.yardstick or YARDSTICKS[0].parent} (--yardstick DIR)")
     if not shutil.which("node") or not (NODE_MODULES / "mqtt").is_dir():
         sys.exit(f"floor.py: needs node and the yardstick's modules in {NODE_MODULES} (run the yardstick once)")
     workloads = [(int(w.split(":")[0]), w.split(":")[1]) for w in args.workloads.split(",")]

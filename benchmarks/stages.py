@@ -18,8 +18,27 @@ Snapshot = dict[str, tuple[list[tuple[float, float]], float]]  # stage -> ([(upp
 
 def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> Snapshot:
     """The stage histograms from ``http://HOST:PORT/metrics`` (empty if the bridge has none, or is unreachable)."""
+    return _stages(_families(port, host, timeout))
+
+
+def scrape_with_commits(port: int, host: str = "127.0.0.1",
+                        timeout: float = 10.0) -> tuple[Snapshot, tuple[float, float, float]]:
+    """One fetch of ``/metrics``: the stage histograms, and the commit totals so far (batches, calls in them, and
+    seconds from a batch's start to its durability; zeros if unreachable)."""
+    families = _families(port, host, timeout)
+    found = {}
+    for family in families:
+        if family.name in ("ca_bridge_commit_batch_calls", "ca_bridge_commit_duration_seconds"):
+            for s in family.samples:
+                found[s.name] = s.value
+    return _stages(families), (found.get("ca_bridge_commit_batch_calls_count", 0.0),
+                               found.get("ca_bridge_commit_batch_calls_sum", 0.0),
+                               found.get("ca_bridge_commit_duration_seconds_sum", 0.0))
+
+
+def _stages(families: list[Any]) -> Snapshot:
     out: Snapshot = {}
-    for family in _families(port, host, timeout):
+    for family in families:
         if family.name != FAMILY:
             continue
         for s in family.samples:
@@ -31,18 +50,6 @@ def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> Snapsho
                 total = s.value
             out[stage] = (buckets, total)
     return out
-
-
-def commits(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> tuple[float, float, float]:
-    """The commit totals on ``/metrics`` so far: batches, calls in them, and seconds from a batch's start to its
-    durability (zeros if unreachable)."""
-    found = {}
-    for family in _families(port, host, timeout):
-        if family.name in ("ca_bridge_commit_batch_calls", "ca_bridge_commit_duration_seconds"):
-            for s in family.samples:
-                found[s.name] = s.value
-    return (found.get("ca_bridge_commit_batch_calls_count", 0.0), found.get("ca_bridge_commit_batch_calls_sum", 0.0),
-            found.get("ca_bridge_commit_duration_seconds_sum", 0.0))
 
 
 def _families(port: int, host: str, timeout: float) -> list[Any]:
