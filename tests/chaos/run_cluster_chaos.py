@@ -240,7 +240,9 @@ class Db:
 def run(seed: int, duration: float, devices: int, items: int, workdir: Path, *, micropython: bool = True,
         node_ttl: float = 3.0, freezes: bool = True, broker_restarts: bool = True, db_cuts: bool = True,
         faults: bool = True, finish_timeout: float = 180.0, fsync: bool = True, spare_creation: bool = False,
-        pulse: float = 0.0, log=None) -> ClusterReport:
+        pulse: float = 0.0, first_bridge_kills: int = 0, log=None) -> ClusterReport:
+    """``first_bridge_kills``: the first chaos events kill a bridge (a short run can be over before chance gets
+    there); the rest are drawn at random."""
     rng = random.Random(seed)
     report = ClusterReport(seed, devices=devices, items_per_device=items)
     say = log or (lambda *a: None)
@@ -321,7 +323,8 @@ def run(seed: int, duration: float, devices: int, items: int, workdir: Path, *, 
             if not calm and now >= next_chaos:
                 next_chaos = now + rng.uniform(0.3, 2.0)
                 _chaos(rng, now - started, nodes, devs, report, db, pg, mosq, node_ttl,
-                       freezes=freezes, broker_restarts=broker_restarts, db_cuts=db_cuts, faults=faults, say=say)
+                       kill=report.bridge_kills < first_bridge_kills, freezes=freezes,
+                       broker_restarts=broker_restarts, db_cuts=db_cuts, faults=faults, say=say)
             time.sleep(0.05)
         report.duration = min(time.monotonic(), deadline) - started
         settle = time.monotonic() + 60
@@ -483,11 +486,13 @@ def _thaw(node: Node, report: ClusterReport, db: Db) -> None:
 
 
 def _chaos(rng: random.Random, t: float, nodes: dict[str, Node], devs: list[Device], report: ClusterReport, db: Db,
-           pg: PostgresServer, mosq: Mosquitto, node_ttl: float, *, freezes: bool, broker_restarts: bool,
+           pg: PostgresServer, mosq: Mosquitto, node_ttl: float, *, kill: bool, freezes: bool, broker_restarts: bool,
            db_cuts: bool, faults: bool, say) -> None:
     now = time.monotonic()
     up = [n for n in nodes.values() if n.status == "up"]
     action = rng.random()
+    if kill:
+        action = 0.5  # a bridge kill (drawn all the same: the rest of the run's draws stay as they were)
     if action < 0.30:
         victim = rng.choice(devs)
         if victim.proc is not None and victim.proc.poll() is None:
